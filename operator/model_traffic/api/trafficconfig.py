@@ -1,0 +1,214 @@
+"""TrafficConfig: progressive delivery of model versions served by KServe."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from model_traffic.api.backend import APISchema
+from model_traffic.api.common import (
+    Duration,
+    GatewayRef,
+    HeaderName,
+    LocalObjectReference,
+    Model,
+    StatusBase,
+    cel,
+    validations,
+)
+
+KIND = "TrafficConfig"
+PLURAL = "trafficconfigs"
+
+VERSION_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class ModelVersion(Model):
+    version: str = Field(
+        min_length=1, max_length=40, pattern=VERSION_PATTERN,
+        description="Version label (lowercase, DNS-safe); the InferenceService is <name>-<version>.",
+    )
+    storage_uri: str | None = Field(
+        default=None, max_length=2048, description="Where the weights are, e.g. hf://org/model@rev."
+    )
+
+
+class Variant(ModelVersion):
+    weight: int = Field(ge=0, le=100, description="Percent of traffic (Weighted strategy).")
+
+
+class InferenceServiceSource(Model):
+    """What each version runs: a template, or an existing InferenceService (brownfield)."""
+
+    model_config = Model.model_config | {
+        "json_schema_extra": validations(
+            cel("has(self.template) != has(self.ref)", "inferenceService needs exactly one of template or ref"),
+        )
+    }
+
+    template: dict[str, Any] | None = Field(
+        default=None, description="An InferenceService spec; storageUri and served model name are set per version."
+    )
+    ref: LocalObjectReference | None = Field(
+        default=None, description="An existing InferenceService: the stable version, cloned for new versions."
+    )
+
+
+class HeaderMatch(Model):
+    name: HeaderName = Field(description="Header name.")
+    value: str = Field(max_length=4096, description="Exact header value.")
+
+
+class Match(Model):
+    headers: list[HeaderMatch] = Field(min_length=1, max_length=16, description="All must match.")
+
+
+class Metric(Model):
+    model_config = Model.model_config | {
+        "json_schema_extra": validations(
+            cel("has(self.builtin) != has(self.query)", "a metric needs exactly one of builtin or query"),
+            cel("has(self.min) || has(self.max) || has(self.maxRelativeToStable) || has(self.minRelativeToStable)",
+                "a metric needs a threshold: min, max, minRelativeToStable or maxRelativeToStable"),
+            cel("!has(self.min) || !has(self.max) || self.min <= self.max", "min must not exceed max"),
+        )
+    }
+
+    name: str = Field(min_length=1, max_length=63, description="Name of the check, shown in status.")
+    builtin: (
+        Literal[
+            "ErrorRate", "RequestLatencyP95", "RequestLatencyP99", "TimeToFirstTokenP95",
+            "TimePerOutputTokenP95", "OutputTokensPerRequest",
+        ]
+        | None
+    ) = Field(default=None, description="A builtin LLM metric on the AI Gateway's gen_ai_* metrics.")
+    query: str | None = Field(
+        default=None, max_length=8192, description="A PromQL query; {{ .Version }} and friends are substituted."
+    )
+    min: float | None = Field(default=None, description="Fail below this value.")
+    max: float | None = Field(default=None, description="Fail above this value.")
+    min_relative_to_stable: float | None = Field(
+        default=None, ge=0, description="Fail below this multiple of the stable version's value, same window."
+    )
+    max_relative_to_stable: float | None = Field(
+        default=None, ge=0, description="Fail above this multiple of the stable version's value, same window."
+    )
+    interval: Duration | None = Field(default=None, description="Query window; the analysis interval when unset.")
+
+
+class Webhook(Model):
+    name: str = Field(min_length=1, max_length=63, description="Name of the webhook.")
+    type: Literal["PreRollout", "Rollout", "PrePromotion", "PostRollout"] = Field(description="When it runs.")
+    url: str = Field(min_length=1, max_length=2048, pattern=r"^https?://", description="URL POSTed to.")
+    timeout: Duration = Field(default="60s", description="How long it may take.")
+
+
+class Prometheus(Model):
+    address: str = Field(min_length=1, max_length=2048, pattern=r"^https?://", description="Prometheus URL.")
+
+
+class Analysis(Model):
+    model_config = Model.model_config | {
+        "json_schema_extra": validations(
+            cel("!has(self.stepWeights) || self.stepWeights.all(w, w > 0 && w <= 100)",
+                "stepWeights must be in (0, 100]"),
+            cel("!has(self.stepWeights) || size(self.stepWeights) < 2 || "
+                "self.stepWeights.all(i, self.stepWeights.filter(j, j == i).size() == 1) && "
+                "self.stepWeights.all(i, self.stepWeights.all(j, "
+                "self.stepWeights.indexOf(i) < self.stepWeights.indexOf(j) ? i < j : true))",
+                "stepWeights must be strictly increasing"),
+            cel("!(has(self.stepWeights) && has(self.stepWeight))", "set stepWeights or stepWeight, not both"),
+            cel("!has(self.maxWeight) || !has(self.stepWeight) || self.stepWeight <= self.maxWeight",
+                "stepWeight must not exceed maxWeight"),
+            cel("!has(self.metrics) || self.metrics.all(a, self.metrics.exists_one(b, a.name == b.name))",
+                "metric names must be unique"),
+        )
+    }
+
+    interval: Duration = Field(default="1m", description="Time between checks.")
+    threshold: int = Field(default=3, ge=1, le=100, description="Failed checks before rollback.")
+    step_weights: list[int] | None = Field(default=None, max_length=20, description="Canary weights, in order.")
+    step_weight: int | None = Field(default=None, ge=1, le=100, description="Canary weight increment.")
+    max_weight: int | None = Field(default=None, ge=1, le=100, description="Last canary weight with stepWeight.")
+    iterations: int | None = Field(
+        default=None, ge=1, le=1000, description="ABTest / BlueGreen: checks before promotion."
+    )
+    match: list[Match] | None = Field(default=None, max_length=8, description="ABTest: who sees the candidate.")
+    prometheus: Prometheus | None = Field(default=None, description="Where metrics are queried.")
+    metrics: list[Metric] | None = Field(default=None, max_length=20, description="Checks at each interval.")
+    webhooks: list[Webhook] | None = Field(default=None, max_length=10, description="Webhooks at rollout phases.")
+    promotion: Literal["Automatic", "Manual"] = Field(default="Automatic", description="How promotion happens.")
+
+
+class TrafficConfigSpec(Model):
+    model_config = Model.model_config | {
+        "json_schema_extra": validations(
+            cel("!has(self.canary) || self.canary.version != self.stable.version",
+                "canary.version must differ from stable.version"),
+            cel("self.strategy != 'Weighted' || (has(self.variants) && size(self.variants) > 0)",
+                "the Weighted strategy needs variants"),
+            cel("self.strategy == 'Weighted' || !has(self.variants)",
+                "variants apply to the Weighted strategy only"),
+            cel("!has(self.variants) || self.variants.map(v, v.weight).sum() == 100",
+                "variant weights must sum to 100"),
+            cel("!has(self.variants) || self.variants.all(a, self.variants.exists_one(b, a.version == b.version))",
+                "variant versions must be unique"),
+            cel("!has(self.variants) || self.variants.exists(v, v.version == self.stable.version)",
+                "the stable version must be one of the variants"),
+            cel("self.strategy != 'ABTest' || (has(self.analysis) && has(self.analysis.match))",
+                "the ABTest strategy needs analysis.match"),
+        )
+    }
+
+    model_name: str | None = Field(
+        default=None, min_length=1, max_length=256, description="Client-facing model name; metadata.name if unset."
+    )
+    gateway_refs: list[GatewayRef] | None = Field(default=None, max_length=16, description="As VirtualModel.")
+    schema_: APISchema = Field(
+        default=APISchema(name="OpenAI"), alias="schema", description="What the served runtime speaks."
+    )
+    inference_service: InferenceServiceSource = Field(description="What each version runs.")
+    strategy: Literal["Canary", "ABTest", "BlueGreen", "Weighted"] = Field(
+        default="Canary", description="How a new version takes traffic."
+    )
+    stable: ModelVersion = Field(description="The version serving production traffic.")
+    canary: ModelVersion | None = Field(default=None, description="The candidate; setting it starts a rollout.")
+    variants: list[Variant] | None = Field(default=None, max_length=10, description="Weighted: explicit weights.")
+    analysis: Analysis | None = Field(default=None, description="Steps, checks and promotion.")
+    paused: bool = Field(default=False, description="Freeze the rollout where it is.")
+
+
+class MetricResult(Model):
+    name: str
+    value: float | None = None
+    stable_value: float | None = None
+    passed: bool
+    message: str = ""
+
+
+class VersionStatus(Model):
+    version: str
+    inference_service: str
+    ready: bool
+    url: str | None = None
+
+
+class TrafficConfigStatus(StatusBase):
+    phase: (
+        Literal["Initializing", "Progressing", "Paused", "WaitingPromotion", "Promoting", "Succeeded", "Failed"]
+        | None
+    ) = Field(default=None, description="Where the rollout is.")
+    stable_version: str | None = Field(default=None, description="The stable version.")
+    candidate_version: str | None = Field(default=None, description="The version being rolled out.")
+    canary_weight: int | None = Field(default=None, description="Percent of traffic on the candidate.")
+    current_step: int | None = Field(default=None, description="Index of the current step.")
+    failed_checks: int | None = Field(default=None, description="Failed checks in this rollout.")
+    iterations: int | None = Field(default=None, description="Checks passed in this rollout.")
+    last_step_time: str | None = Field(default=None, description="When the last step was taken.")
+    last_results: list[MetricResult] = Field(default_factory=list, description="Last analysis results.")
+    versions: list[VersionStatus] = Field(default_factory=list, description="Each live version.")
+
+
+class TrafficConfig(Model):
+    spec: TrafficConfigSpec
+    status: TrafficConfigStatus | None = None

@@ -1,0 +1,202 @@
+"""VirtualModel: the model name clients ask for, mapped to weighted and prioritised backends."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from model_traffic.api.common import (
+    Duration,
+    GatewayRef,
+    HeaderName,
+    Model,
+    ObjectName,
+    StatusBase,
+    cel,
+    validations,
+)
+
+KIND = "VirtualModel"
+PLURAL = "virtualmodels"
+
+BackendKind = Literal["ManagedAIServiceBackend", "AIServiceBackend", "InferencePool"]
+
+
+class BackendReference(Model):
+    """One backend of the model, in this namespace."""
+
+    name: ObjectName = Field(description="Name of the backend.")
+    kind: BackendKind = Field(
+        default="ManagedAIServiceBackend",
+        description="ManagedAIServiceBackend (default), an unmanaged AIServiceBackend, or an InferencePool.",
+    )
+    model_name_override: str | None = Field(
+        default=None, max_length=256, description="Model name sent to this backend instead of the client's."
+    )
+    weight: int = Field(
+        default=1, ge=0, le=1000000, description="Share of the traffic within its priority tier."
+    )
+    priority: int = Field(
+        default=0, ge=0, le=16, description="Fallback tier: 0 first; tier n+1 is used when all of tier n fails."
+    )
+
+
+class RetryOn(Model):
+    status_codes: list[int] | None = Field(
+        default=None, max_length=16, description="HTTP status codes that are retried, e.g. 500, 503."
+    )
+    triggers: (
+        list[
+            Literal[
+                "connect-failure", "retriable-status-codes", "reset", "reset-before-request",
+                "refused-stream", "cancelled", "deadline-exceeded", "internal", "resource-exhausted",
+                "unavailable",
+            ]
+        ]
+        | None
+    ) = Field(default=None, max_length=10, description="Envoy retry triggers.")
+
+
+class Retry(Model):
+    attempts: int = Field(default=2, ge=0, le=10, description="Retries after the first attempt.")
+    per_try_timeout: Duration | None = Field(default=None, description="Timeout of each attempt.")
+    retry_on: RetryOn | None = Field(default=None, description="What is retried.")
+
+
+class Timeouts(Model):
+    request: Duration | None = Field(default=None, description="Timeout of the whole request, retries included.")
+
+
+class LoadBalancer(Model):
+    model_config = Model.model_config | {
+        "json_schema_extra": validations(
+            cel("self.type == 'ConsistentHash' || !has(self.hashHeader)",
+                "hashHeader applies to the ConsistentHash load balancer only"),
+        )
+    }
+
+    type: Literal["RoundRobin", "LeastRequest", "Random", "ConsistentHash"] = Field(
+        description="How a request picks an endpoint within a backend."
+    )
+    hash_header: HeaderName | None = Field(
+        default=None, description="ConsistentHash: the header hashed (source IP when unset)."
+    )
+
+
+class PassiveHealthCheck(Model):
+    consecutive5xx_errors: int | None = Field(
+        default=None, alias="consecutive5XxErrors", ge=1, le=1000, description="5xx responses before ejection."
+    )
+    interval: Duration | None = Field(default=None, description="How often ejection is evaluated.")
+    base_ejection_time: Duration | None = Field(default=None, description="How long an endpoint is ejected.")
+
+
+class HealthCheck(Model):
+    passive: PassiveHealthCheck | None = Field(default=None, description="Outlier detection on live traffic.")
+
+
+RateUnit = Literal["Second", "Minute", "Hour", "Day"]
+
+
+class RateLimitValue(Model):
+    limit: int = Field(ge=1, description="Allowed amount per unit.")
+    unit: RateUnit = Field(description="Second, Minute, Hour or Day.")
+
+
+class RateLimit(Model):
+    """Budgets per tenant, with Envoy Gateway's global rate limit."""
+
+    model_config = Model.model_config | {
+        "json_schema_extra": validations(
+            cel("has(self.tokens) || has(self.requests)", "rateLimit needs tokens or requests"),
+        )
+    }
+
+    tenant_header: HeaderName | None = Field(
+        default=None, description="One budget per distinct value of this header; one shared budget when unset."
+    )
+    tokens: RateLimitValue | None = Field(
+        default=None, description="Token budget, charged from the response's total tokens."
+    )
+    requests: RateLimitValue | None = Field(default=None, description="Request budget.")
+
+
+class LLMRequestCost(Model):
+    model_config = Model.model_config | {
+        "json_schema_extra": validations(
+            cel("(self.type == 'CEL') == has(self.cel)", "cel is set exactly when type is CEL"),
+        )
+    }
+
+    metadata_key: str = Field(min_length=1, max_length=128, description="Dynamic metadata key of the cost.")
+    type: Literal[
+        "OutputToken", "InputToken", "CachedInputToken", "CacheCreationInputToken", "TotalToken",
+        "ReasoningToken", "CEL",
+    ] = Field(description="What is counted.")
+    cel: str | None = Field(default=None, max_length=4096, description="CEL expression, for type CEL.")
+
+
+class VirtualModelSpec(Model):
+    """A client-facing model name and where its traffic goes."""
+
+    model_config = Model.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "self.backends.all(a, self.backends.exists_one(b, a.name == b.name && a.kind == b.kind))",
+                "backend names must be unique (per kind)",
+            ),
+            cel(
+                "self.backends.exists(b, b.priority == 0 && b.weight > 0)",
+                "tier 0 (priority 0) needs at least one backend with a positive weight",
+            ),
+            cel(
+                "self.backends.all(p, p.kind != 'InferencePool'"
+                " || self.backends.all(o, o.priority != p.priority || o == p))",
+                "an InferencePool must be alone in its priority tier",
+            ),
+        )
+    }
+
+    model_name: str | None = Field(
+        default=None, min_length=1, max_length=256,
+        description="Model name clients send (x-ai-eg-model); defaults to metadata.name.",
+    )
+    gateway_refs: list[GatewayRef] | None = Field(
+        default=None, max_length=16, description="Gateways serving the model; defaults from operator settings."
+    )
+    backends: list[BackendReference] = Field(
+        min_length=1, max_length=128, description="Backends, weighted within a tier, tiers by priority."
+    )
+    retry: Retry | None = Field(default=None, description="Retries; a default applies when fallback tiers exist.")
+    timeouts: Timeouts | None = Field(default=None, description="Request timeouts.")
+    load_balancer: LoadBalancer | None = Field(default=None, description="Endpoint selection within a backend.")
+    health_check: HealthCheck | None = Field(default=None, description="Passive health checking.")
+    rate_limit: RateLimit | None = Field(default=None, description="Token and request budgets per tenant.")
+    llm_request_costs: list[LLMRequestCost] | None = Field(
+        default=None, max_length=36, description="Token accounting; total tokens when unset."
+    )
+
+
+class BackendStatus(Model):
+    name: str = Field(description="Backend name.")
+    kind: str = Field(description="Backend kind.")
+    tier: int = Field(description="Priority tier.")
+    share_percent: float = Field(description="Effective share of the tier's traffic, in percent.")
+    ready: bool = Field(description="Whether the backend is resolved and ready.")
+
+
+class VirtualModelStatus(StatusBase):
+    model_name: str | None = Field(default=None, description="The model name served.")
+    route: str | None = Field(default=None, description="Name of the AIGatewayRoute.")
+    backends: list[BackendStatus] = Field(default_factory=list, description="Each backend as routed.")
+    backend_summary: str | None = Field(default=None, description="Ready backends of all, for kubectl get.")
+    address: str | None = Field(default=None, description="Address clients call, from the Gateway's status.")
+
+
+class VirtualModel(Model):
+    spec: VirtualModelSpec
+    status: VirtualModelStatus | None = None
+
+
+__all__ = ["KIND", "PLURAL", "ObjectName", "VirtualModelSpec", "VirtualModelStatus"]

@@ -1,0 +1,40 @@
+"""crds/ is generated from the API models and is structural."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from model_traffic import crdgen
+from model_traffic.api.common import duration_seconds
+
+
+def test_crds_directory_is_up_to_date() -> None:
+    assert crdgen.main(["--check"]) == 0, "crds/ is stale: run `make crds`"
+
+
+def _walk(node: dict[str, Any], path: str = "") -> list[str]:
+    problems = []
+    for forbidden in ("$ref", "anyOf", "allOf", "oneOf", "title"):
+        if forbidden in node:
+            problems.append(f"{path}: {forbidden}")
+    if "type" not in node and not node.get("x-kubernetes-preserve-unknown-fields"):
+        problems.append(f"{path}: no type")
+    for name, prop in (node.get("properties") or {}).items():
+        problems += _walk(prop, f"{path}.{name}")
+    if "items" in node:
+        problems += _walk(node["items"], f"{path}[]")
+    return problems
+
+
+def test_schemas_are_structural_and_described() -> None:
+    for info in crdgen.KINDS:
+        schema = crdgen.openapi_schema(info)
+        assert _walk(schema) == []
+        spec = schema["properties"]["spec"]
+        undocumented = [name for name, prop in spec["properties"].items() if not prop.get("description")]
+        assert undocumented == [], f"{info.kind}: fields without description: {undocumented}"
+
+
+def test_duration_seconds() -> None:
+    assert duration_seconds("1m30s") == 90
+    assert duration_seconds("500ms") == 0.5
