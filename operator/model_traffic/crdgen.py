@@ -122,7 +122,12 @@ def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     for key, value in node.items():
         if key in _DROPPED_KEYS:
             continue
-        if key == "default" and value is None:
+        if key == "default":
+            if value is not None:
+                out[key] = _without_nulls(value)
+            continue
+        if key == "const":
+            out["enum"] = [value]  # structural schemas have no const
             continue
         if key == "description":
             out[key] = " ".join(value.split())
@@ -144,6 +149,14 @@ def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     if out.get("type") == "object" and "properties" not in out and "additionalProperties" not in out:
         out["x-kubernetes-preserve-unknown-fields"] = True
     return out
+
+
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
 
 
 def _fill_defaults_descriptions(schema: dict[str, Any]) -> None:

@@ -1,0 +1,158 @@
+"""The kopf application: thin handlers that turn every trigger into one reconcile.
+
+Triggers are level-based: the object's own watch events (including the initial listing, so a restart
+resumes everything), events of objects it references (found through an index), events of its children
+(drift is restored), and a periodic resync. Only ``on.event`` handlers are used: kopf then keeps no
+state in annotations and adds no finalizer, so deleting an object never waits for the operator.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from model_traffic import apply, kube
+from model_traffic.api import backend
+from model_traffic.api.common import GROUP, VERSION
+from model_traffic.kube import Kube
+from model_traffic.reconcilers import backend as backend_reconciler
+from model_traffic.runtime import Result, Runtime
+from model_traffic.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Kinds we own as children, watched by our managed-by label so hand edits and deletions are undone.
+CHILD_TYPES = (kube.BACKEND, kube.AI_SERVICE_BACKEND, kube.BACKEND_SECURITY_POLICY, kube.QUOTA_POLICY)
+OUR_LABELS = {apply.LABEL_MANAGED_BY: apply.MANAGED_BY}
+
+
+class State:
+    """Process-wide wiring, built once at start-up."""
+
+    runtime: Runtime
+    settings: Settings
+
+
+STATE = State()
+
+
+@kopf.on.startup()
+def start(settings: kopf.OperatorSettings, **_: Any) -> None:
+    config = Settings.from_env()
+    STATE.settings = config
+    kube_ = Kube()
+    rt = Runtime(kube_)
+
+    def reconcile_backend(k: Kube, body: dict[str, Any]) -> Result:
+        return backend_reconciler.reconcile(k, body, config.ai_gateway_version)
+
+    rt.register(kube.ResourceType(GROUP, VERSION, backend.PLURAL, backend.KIND), reconcile_backend)
+    STATE.runtime = rt
+
+    settings.posting.level = logging.WARNING
+    settings.execution.max_workers = 8
+    settings.watching.connect_timeout = 30
+    settings.networking.request_timeout = 60
+    if config.metrics_port:
+        start_http_server(config.metrics_port)
+    threading.Thread(target=_resync_forever, args=(rt, config), name="resync", daemon=True).start()
+
+
+def _resync_forever(rt: Runtime, config: Settings) -> None:
+    """Reconcile every object now and then: heals what no watch event announced."""
+    stop = threading.Event()
+    while not stop.wait(config.resync_seconds):
+        for kind, rtype in rt.kinds.items():
+            namespaces: Iterable[str | None] = config.namespaces or [None]
+            for namespace in namespaces:
+                try:
+                    objects = rt.kube.list_objects(rtype, namespace)
+                except Exception:
+                    log.exception("resync could not list %s", rtype.plural)
+                    continue
+                for obj in objects:
+                    meta = obj["metadata"]
+                    try:
+                        rt.reconcile(kind, meta["namespace"], meta["name"])
+                    except Exception:
+                        continue  # logged and counted by the runtime
+
+
+def _reconcile_quietly(kind: str, namespace: str, name: str) -> None:
+    """From a secondary trigger: errors are logged and counted; the resync will come back to it."""
+    try:
+        STATE.runtime.reconcile(kind, namespace, name)
+    except Exception:
+        log.debug("secondary reconcile of %s %s/%s failed", kind, namespace, name, exc_info=True)
+
+
+# --- ManagedAIServiceBackend ----------------------------------------------------------------------
+
+@kopf.on.event(GROUP, VERSION, backend.PLURAL)
+def backend_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
+    namespace = namespace or ""
+    if type == "DELETED":
+        STATE.runtime.forget(backend.KIND, namespace, name)
+        return
+    STATE.runtime.reconcile(backend.KIND, namespace, name)
+
+
+@kopf.index(GROUP, VERSION, backend.PLURAL)
+def backend_references(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str, str], str]:
+    namespace = namespace or ""
+    """(namespace, kind, name) of every object a backend reads -> the backend's name."""
+    refs: dict[tuple[str, str, str], str] = {}
+    endpoint = spec.get("endpoint") or {}
+    for field, kind in (("inferenceService", "InferenceService"), ("inferencePool", "InferencePool"),
+                        ("backendRef", "Backend")):
+        if endpoint.get(field, {}).get("name"):
+            refs[(namespace, kind, endpoint[field]["name"])] = name
+    secret = (spec.get("credentials") or {}).get("secretRef", {}).get("name")
+    if secret:
+        refs[(namespace, "Secret", secret)] = name
+    return refs
+
+
+def _reconcile_referencing_backends(index: kopf.Index[Any, Any], namespace: str | None, kind: str, name: str) -> None:
+    """A referenced object changed: reconcile every backend that reads it."""
+    if not namespace:
+        return
+    for owner in sorted(set(index.get((namespace, kind, name), []))):
+        _reconcile_quietly(backend.KIND, namespace, owner)
+
+
+@kopf.on.event("", "v1", "secrets")
+def secret_event(namespace: str | None, name: str, **kwargs: Any) -> None:
+    _reconcile_referencing_backends(kwargs["backend_references"], namespace, "Secret", name)
+
+
+@kopf.on.event(kube.INFERENCE_SERVICE.group, kube.INFERENCE_SERVICE.version, kube.INFERENCE_SERVICE.plural)
+def inference_service_event(namespace: str | None, name: str, **kwargs: Any) -> None:
+    _reconcile_referencing_backends(kwargs["backend_references"], namespace, "InferenceService", name)
+
+
+@kopf.on.event(kube.INFERENCE_POOL.group, kube.INFERENCE_POOL.version, kube.INFERENCE_POOL.plural)
+def inference_pool_event(namespace: str | None, name: str, **kwargs: Any) -> None:
+    _reconcile_referencing_backends(kwargs["backend_references"], namespace, "InferencePool", name)
+
+
+@kopf.on.event(kube.BACKEND.group, kube.BACKEND.version, kube.BACKEND.plural)
+def referenced_backend_event(namespace: str | None, name: str, **kwargs: Any) -> None:
+    _reconcile_referencing_backends(kwargs["backend_references"], namespace, "Backend", name)
+
+
+def _on_child_event(labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
+    kind = labels.get(apply.LABEL_OWNER_KIND)
+    owner = labels.get(apply.LABEL_OWNER_NAME)
+    if kind in STATE.runtime.kinds and owner and namespace:
+        _reconcile_quietly(kind, namespace, owner)
+
+
+for _child in CHILD_TYPES:
+    kopf.on.event(_child.group, _child.version, _child.plural, labels=OUR_LABELS,
+                  id=f"child-{_child.plural}")(_on_child_event)
