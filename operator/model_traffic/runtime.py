@@ -24,6 +24,9 @@ from model_traffic.kube import Kube, ResourceType
 
 log = logging.getLogger(__name__)
 
+RETRY_ATTEMPTS = 4
+RETRIED_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
+
 
 @dataclass
 class Result:
@@ -76,8 +79,7 @@ class Runtime:
                 return
             started = time.monotonic()
             try:
-                result = reconciler(self.kube, body)
-                outcome = self._write_status(rtype, body, result)
+                outcome = self._reconcile_with_retries(rtype, reconciler, body)
                 metrics.RECONCILES.labels(kind, outcome).inc()
             except ApiException as error:
                 metrics.RECONCILE_ERRORS.labels(kind, f"http{error.status}").inc()
@@ -90,6 +92,23 @@ class Runtime:
                 raise
             finally:
                 metrics.RECONCILE_SECONDS.labels(kind).observe(time.monotonic() - started)
+
+    def _reconcile_with_retries(self, rtype: ResourceType, reconciler: Reconciler, body: dict[str, Any]) -> str:
+        """Conflicts and transient server errors are retried at once, reading the object again."""
+        for attempt in range(1, RETRY_ATTEMPTS + 1):
+            try:
+                return self._write_status(rtype, body, reconciler(self.kube, body))
+            except ApiException as error:
+                if error.status not in RETRIED_STATUSES or attempt == RETRY_ATTEMPTS:
+                    raise
+                log.info("retrying %s %s after HTTP %s", rtype.kind, body["metadata"]["name"], error.status)
+                time.sleep(0.2 * 2**attempt)
+                meta = body["metadata"]
+                fresh = self.kube.get(rtype, meta["namespace"], meta["name"])
+                if fresh is None:
+                    return "gone"
+                body = fresh
+        raise AssertionError("unreachable")
 
     def _write_status(self, rtype: ResourceType, body: dict[str, Any], result: Result) -> str:
         meta = body["metadata"]

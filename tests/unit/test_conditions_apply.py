@@ -18,7 +18,8 @@ def test_ready_reconciling_stalled_never_contradict() -> None:
 
 def test_transition_time_moves_only_when_status_changes() -> None:
     first = conditions.build([], Verdict("Progressing", "Waiting", "w"), [Detail("X", False, "No", "")], 1, "t0")
-    same = conditions.build(first, Verdict("Progressing", "StillWaiting", "w2"), [Detail("X", False, "No", "")], 2, "t1")
+    same = conditions.build(
+        first, Verdict("Progressing", "StillWaiting", "w2"), [Detail("X", False, "No", "")], 2, "t1")
     assert {c["type"]: c["lastTransitionTime"] for c in same} == {
         "Ready": "t0", "Reconciling": "t0", "Stalled": "t0", "X": "t0"}
     ready = conditions.build(same, Verdict("Ready", "Ready", ""), [Detail("X", True, "Yes", "")], 2, "t2")

@@ -183,12 +183,12 @@ def test_existing_backend_is_referenced_never_written() -> None:
 def test_upstream_acceptance_is_mirrored() -> None:
     accepted = render(spec(), world(ai_service_backend_status={
         "conditions": [{"type": "Accepted", "status": "True", "message": "ok"}]}))
-    assert [d for d in accepted.details if d.type == "Accepted"][0].ok is True
+    assert next(d for d in accepted.details if d.type == "Accepted").ok is True
     refused = render(spec(), world(ai_service_backend_status={
         "conditions": [{"type": "NotAccepted", "status": "True", "message": "bad schema"}]}))
     assert (refused.verdict.state, refused.verdict.reason) == ("Stalled", "NotAccepted")
     silent = render(spec(), world())
-    assert [d for d in silent.details if d.type == "Accepted"][0].ok is None
+    assert next(d for d in silent.details if d.type == "Accepted").ok is None
     assert silent.verdict.state == "Ready"
 
 

@@ -1,0 +1,360 @@
+"""ManagedAIServiceBackend end to end: the operator against a real API server with the upstream CRDs."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import time
+from typing import Any
+
+import pytest
+
+from model_traffic import kube as k
+from model_traffic.kube import Kube
+from tests.conftest import Cluster, Operator, apply_yaml, get_json, wait_for
+
+pytestmark = pytest.mark.cluster
+
+SECRET_VALUE = "sk-test-never-copied-3f9a"
+
+
+def backend_yaml(name: str, spec: str) -> str:
+    return textwrap.dedent(f"""\
+        apiVersion: modeltraffic.io/v1alpha1
+        kind: ManagedAIServiceBackend
+        metadata:
+          name: {name}
+        spec:
+        """) + textwrap.indent(textwrap.dedent(spec), "  ")
+
+
+def secret_yaml(name: str, data: dict[str, str]) -> str:
+    lines = "\n".join(f"  {key}: {value}" for key, value in data.items())
+    return f"apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\nstringData:\n{lines}\n"
+
+
+def condition(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any]:
+    for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if cond["type"] == ctype:
+            return dict(cond)
+    return {}
+
+
+MAISB = k.ResourceType("modeltraffic.io", "v1alpha1", "managedaiservicebackends", "ManagedAIServiceBackend")
+
+
+def wait_ready(kube: Kube, namespace: str, name: str, status: str = "True", reason: str | None = None,
+               timeout: float = 30) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        obj = kube.get(MAISB, namespace, name)
+        cond = condition(obj, "Ready")
+        generation_seen = obj is not None and (obj.get("status") or {}).get("observedGeneration") == obj[
+            "metadata"]["generation"]
+        if generation_seen and cond.get("status") == status and (reason is None or cond.get("reason") == reason):
+            return obj
+        return None
+
+    return wait_for(check, timeout, f"{name} Ready={status} reason={reason}")
+
+
+OPENAI = """\
+    schema: {name: OpenAI, version: v1}
+    endpoint: {fqdn: {hostname: api.openai.com, port: 443}}
+    tls: {sni: api.openai.com, wellKnownCACertificates: System}
+    credentials: {type: APIKey, secretRef: {name: openai-key}}
+"""
+
+
+def test_openai_backend_becomes_ready_with_owned_children(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    apply_yaml(cluster, secret_yaml("openai-key", {"apiKey": SECRET_VALUE}).replace(
+        "metadata:\n", f"metadata:\n  namespace: {namespace}\n"))
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=backend_yaml("openai", OPENAI))
+    obj = wait_ready(kube, namespace, "openai")
+
+    status = obj["status"]
+    assert status["endpointSummary"] == "api.openai.com:443"
+    assert status["aiGatewayApiVersion"] == "v1beta1"
+    assert status["routing"] == "Backend"
+    assert {c["kind"] for c in status["children"]} == {"Backend", "AIServiceBackend", "BackendSecurityPolicy"}
+    assert condition(obj, "CredentialsResolved")["status"] == "True"
+    assert condition(obj, "Reconciling")["status"] == "False"
+    assert condition(obj, "Stalled")["status"] == "False"
+    assert condition(obj, "Accepted")["status"] == "Unknown"
+
+    uid = obj["metadata"]["uid"]
+    for rtype in (k.BACKEND, k.AI_SERVICE_BACKEND, k.BACKEND_SECURITY_POLICY):
+        child = kube.get(rtype, namespace, "openai")
+        assert child is not None, rtype.kind
+        assert child["metadata"]["ownerReferences"][0]["uid"] == uid
+        assert child["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "model-traffic-operator"
+    aisb = kube.get(k.AI_SERVICE_BACKEND, namespace, "openai")
+    assert aisb is not None and aisb["spec"]["backendRef"]["kind"] == "Backend"
+
+    # What a person sees.
+    table = cluster.kubectl("get", "maisb", "-n", namespace).stdout
+    assert table.split("\n")[0].split() == ["NAME", "SCHEMA", "ENDPOINT", "READY", "AGE"]
+    assert table.split("\n")[1].split()[:4] == ["openai", "OpenAI", "api.openai.com:443", "True"]
+    cluster.kubectl("wait", "--for=condition=Ready", "maisb/openai", "-n", namespace, "--timeout=10s")
+    described = cluster.kubectl("describe", "maisb", "openai", "-n", namespace).stdout
+    assert "Ready" in described and "Normal" in described
+
+    # The credential's value is never copied into anything we write or say.
+    for rtype in (k.BACKEND, k.AI_SERVICE_BACKEND, k.BACKEND_SECURITY_POLICY):
+        assert SECRET_VALUE not in json.dumps(kube.get(rtype, namespace, "openai"))
+    assert SECRET_VALUE not in json.dumps(kube.get(MAISB, namespace, "openai"))
+    assert SECRET_VALUE not in cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
+    assert SECRET_VALUE not in operator.log()
+
+
+def test_resync_of_an_unchanged_backend_writes_nothing(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=backend_yaml("plain", """\
+        schema: {name: OpenAI}
+        endpoint: {ip: {address: 10.0.0.7, port: 8000}}
+    """))
+    wait_ready(kube, namespace, "plain")
+    time.sleep(1)  # let the reconcile triggered by our own status write settle
+
+    def versions() -> dict[str, str]:
+        out = {}
+        for rtype in (MAISB, k.BACKEND, k.AI_SERVICE_BACKEND):
+            obj = kube.get(rtype, namespace, "plain")
+            assert obj is not None
+            out[rtype.kind] = obj["metadata"]["resourceVersion"]
+        return out
+
+    before = versions()
+    # A label edit is an update event: the operator reconciles, finds nothing to do, and writes nothing.
+    cluster.kubectl("label", "maisb", "plain", "-n", namespace, "touched=yes")
+    touched = versions()
+    assert touched[k.BACKEND.kind] == before[k.BACKEND.kind]
+    time.sleep(3)
+    assert versions() == touched
+    metrics = operator.metrics()
+    assert 'model_traffic_reconcile_total{kind="ManagedAIServiceBackend",result="unchanged"}' in metrics
+
+
+def test_missing_secret_stalls_then_heals_when_the_secret_appears(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=backend_yaml("openai", OPENAI))
+    obj = wait_ready(kube, namespace, "openai", "False", "SecretNotFound")
+    assert condition(obj, "Stalled")["status"] == "True"
+    assert "Secret openai-key not found" in condition(obj, "Ready")["message"]
+    events = get_json(cluster, "events", "-n", namespace, "--field-selector", "involvedObject.name=openai")
+    assert any(e["reason"] == "SecretNotFound" and e["type"] == "Warning" for e in events["items"])
+
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=secret_yaml("openai-key", {"token": "x"}))
+    wait_ready(kube, namespace, "openai", "False", "SecretKeyMissing")
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=secret_yaml("openai-key", {"apiKey": "x"}))
+    wait_ready(kube, namespace, "openai")
+
+
+@pytest.mark.parametrize(("schema", "credentials", "key"), [
+    ("Anthropic", "{type: AnthropicAPIKey, secretRef: {name: c}}", "apiKey"),
+    ("AzureOpenAI", "{type: AzureAPIKey, secretRef: {name: c}}", "apiKey"),
+    ("AWSBedrock", "{type: AWSCredentials, secretRef: {name: c}, region: us-east-1}", "credentials"),
+    ("AzureOpenAI", "{type: AzureCredentials, secretRef: {name: c}, clientID: app, tenantID: tenant}",
+     "client-secret"),
+    ("GCPVertexAI", "{type: GCPCredentials, secretRef: {name: c}, projectName: p, region: us-central1}",
+     "service_account.json"),
+])
+def test_each_credential_type_is_accepted_by_the_upstream_schema(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str, schema: str, credentials: str, key: str
+) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=secret_yaml("c", {key: "x"}))
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=backend_yaml("b", f"""\
+        schema: {{name: {schema}}}
+        endpoint: {{fqdn: {{hostname: llm.example.com, port: 443}}}}
+        credentials: {credentials}
+    """))
+    wait_ready(kube, namespace, "b")
+    policy = kube.get(k.BACKEND_SECURITY_POLICY, namespace, "b")
+    assert policy is not None and policy["spec"]["type"] in credentials
+
+
+def test_quota_becomes_a_quota_policy_and_is_removed_with_it(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    spec = """\
+        schema: {name: OpenAI}
+        endpoint: {fqdn: {hostname: api.openai.com, port: 443}}
+        quota:
+          service: {limit: 1000000, duration: 1h}
+          perModel: [{modelName: gpt-4o, limit: 200000, duration: 1h}]
+    """
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=backend_yaml("q", spec))
+    wait_ready(kube, namespace, "q")
+    quota = kube.get(k.QUOTA_POLICY, namespace, "q")
+    assert quota is not None and quota["spec"]["serviceQuota"]["quota"]["limit"] == 1000000
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=backend_yaml("q", spec.split("    quota:")[0]))
+    wait_for(lambda: kube.get(k.QUOTA_POLICY, namespace, "q") is None, 20, "QuotaPolicy removed")
+
+
+def test_inference_service_endpoint_waits_for_ready_and_follows_the_address(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=backend_yaml("llama", """\
+        schema: {name: OpenAI}
+        endpoint: {inferenceService: {name: llama}}
+    """))
+    wait_ready(kube, namespace, "llama", "False", "InferenceServiceNotFound")
+
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=textwrap.dedent("""\
+        apiVersion: serving.kserve.io/v1beta1
+        kind: InferenceService
+        metadata: {name: llama}
+        spec: {predictor: {model: {modelFormat: {name: huggingface}}}}
+    """))
+    obj = wait_ready(kube, namespace, "llama", "False", "InferenceServiceNotReady")
+    assert condition(obj, "Reconciling")["status"] == "True"
+    backend = kube.get(k.BACKEND, namespace, "llama")
+    assert backend is not None
+    assert backend["spec"]["endpoints"][0]["fqdn"]["hostname"] == f"llama-predictor.{namespace}.svc.cluster.local"
+
+    # KServe (simulated) reports Ready with its address.
+    url = f"http://llama-predictor-v2.{namespace}.svc.cluster.local"
+    kube.custom.patch_namespaced_custom_object_status(
+        "serving.kserve.io", "v1beta1", namespace, "inferenceservices", "llama",
+        {"status": {"conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+                    "components": {"predictor": {"address": {"url": url}}}}},
+        _content_type="application/merge-patch+json",
+    )
+    obj = wait_ready(kube, namespace, "llama")
+    assert obj["status"]["endpoint"]["url"] == url
+    backend = kube.get(k.BACKEND, namespace, "llama")
+    assert backend is not None
+    assert backend["spec"]["endpoints"][0]["fqdn"] == {
+        "hostname": f"llama-predictor-v2.{namespace}.svc.cluster.local", "port": 80}
+
+
+POOL = """\
+apiVersion: inference.networking.k8s.io/v1
+kind: InferencePool
+metadata: {name: vllm-pool}
+spec:
+  selector: {matchLabels: {app: vllm}}
+  targetPorts: [{number: 8000}]
+  endpointPickerRef: {name: vllm-epp, port: {number: 9002}}
+"""
+
+
+def test_inference_pool_missing_then_routed_at_route_level(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=backend_yaml("pool", """\
+        schema: {name: OpenAI}
+        endpoint: {inferencePool: {name: vllm-pool}}
+    """))
+    wait_ready(kube, namespace, "pool", "False", "InferencePoolNotFound")
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=POOL)
+    obj = wait_ready(kube, namespace, "pool")
+    # AI Gateway v1.1's AIServiceBackend refuses an InferencePool (the dry run says so): route level.
+    assert obj["status"]["routing"] == "InferencePool"
+    assert obj["status"]["inferencePool"] == "vllm-pool"
+    assert kube.get(k.AI_SERVICE_BACKEND, namespace, "pool") is None
+    assert kube.get(k.BACKEND, namespace, "pool") is None
+
+
+def test_existing_backend_is_referenced_and_never_modified(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=backend_yaml("ref", """\
+        schema: {name: OpenAI}
+        endpoint: {backendRef: {name: shared}}
+    """))
+    wait_ready(kube, namespace, "ref", "False", "BackendNotFound")
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=textwrap.dedent("""\
+        apiVersion: gateway.envoyproxy.io/v1alpha1
+        kind: Backend
+        metadata: {name: shared}
+        spec: {endpoints: [{fqdn: {hostname: shared.example.com, port: 443}}]}
+    """))
+    wait_ready(kube, namespace, "ref")
+    shared = kube.get(k.BACKEND, namespace, "shared")
+    assert shared is not None
+    assert "ownerReferences" not in shared["metadata"]
+    assert [m["manager"] for m in shared["metadata"]["managedFields"]] == ["kubectl-client-side-apply"]
+    aisb = kube.get(k.AI_SERVICE_BACKEND, namespace, "ref")
+    assert aisb is not None and aisb["spec"]["backendRef"]["name"] == "shared"
+
+
+def test_drift_is_restored_and_deleted_children_come_back(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=backend_yaml("d", """\
+        schema: {name: OpenAI}
+        endpoint: {fqdn: {hostname: api.openai.com, port: 443}}
+    """))
+    wait_ready(kube, namespace, "d")
+    cluster.kubectl("patch", "backends.gateway.envoyproxy.io", "d", "-n", namespace, "--type=merge",
+                    "-p", '{"spec":{"endpoints":[{"fqdn":{"hostname":"evil.example.com","port":443}}]}}')
+
+    def restored() -> bool:
+        backend = kube.get(k.BACKEND, namespace, "d")
+        return backend is not None and backend["spec"]["endpoints"][0]["fqdn"]["hostname"] == "api.openai.com"
+
+    wait_for(restored, 20, "hand edit of the Backend undone")
+    cluster.kubectl("delete", "aiservicebackends.aigateway.envoyproxy.io", "d", "-n", namespace)
+    wait_for(lambda: kube.get(k.AI_SERVICE_BACKEND, namespace, "d"), 20, "deleted AIServiceBackend recreated")
+
+
+def test_object_of_the_same_name_not_ours_is_left_alone_and_reported(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    foreign = textwrap.dedent("""\
+        apiVersion: gateway.envoyproxy.io/v1alpha1
+        kind: Backend
+        metadata: {name: taken}
+        spec: {endpoints: [{fqdn: {hostname: someone-else.example.com, port: 443}}]}
+    """)
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=foreign)
+    before = kube.get(k.BACKEND, namespace, "taken")
+    assert before is not None
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=backend_yaml("taken", """\
+        schema: {name: OpenAI}
+        endpoint: {fqdn: {hostname: api.openai.com, port: 443}}
+    """))
+    obj = wait_ready(kube, namespace, "taken", "False", "OwnershipConflict")
+    assert "Backend taken exists and is not owned by this object" in condition(obj, "Ready")["message"]
+    after = kube.get(k.BACKEND, namespace, "taken")
+    assert after is not None and after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+
+    # Once the other party removes theirs, ours is created and the backend heals.
+    cluster.kubectl("delete", "backends.gateway.envoyproxy.io", "taken", "-n", namespace)
+    wait_ready(kube, namespace, "taken")
+
+
+def test_changing_endpoint_kind_removes_children_that_no_longer_apply(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=backend_yaml("switch", """\
+        schema: {name: OpenAI}
+        endpoint: {fqdn: {hostname: api.openai.com, port: 443}}
+    """))
+    wait_ready(kube, namespace, "switch")
+    assert kube.get(k.BACKEND, namespace, "switch") is not None
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=POOL)
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=backend_yaml("switch", """\
+        schema: {name: OpenAI}
+        endpoint: {inferencePool: {name: vllm-pool}}
+    """))
+    wait_ready(kube, namespace, "switch")
+    wait_for(lambda: kube.get(k.BACKEND, namespace, "switch") is None, 20, "owned Backend pruned")
+    wait_for(lambda: kube.get(k.AI_SERVICE_BACKEND, namespace, "switch") is None, 20, "AIServiceBackend pruned")
+
+
+def test_deleting_the_backend_garbage_collects_its_children(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=backend_yaml("gone", OPENAI))
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=secret_yaml("openai-key", {"apiKey": "x"}))
+    wait_ready(kube, namespace, "gone")
+    cluster.kubectl("delete", "maisb", "gone", "-n", namespace, "--wait=true", "--timeout=20s")
+    for rtype in (k.BACKEND, k.AI_SERVICE_BACKEND, k.BACKEND_SECURITY_POLICY):
+        wait_for(lambda rtype=rtype: kube.get(rtype, namespace, "gone") is None, 30, f"{rtype.kind} collected")
+    # The user's Secret is not ours: it stays.
+    assert kube.get(k.SECRET, namespace, "openai-key") is not None
