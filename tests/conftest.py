@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +27,7 @@ import kubernetes
 import pytest
 
 from model_traffic.kube import Kube
+from model_traffic.localcluster.process import die_with_parent
 
 ROOT = Path(__file__).resolve().parents[1]
 UPSTREAM_CRDS = Path(os.environ.get("MODEL_TRAFFIC_UPSTREAM_CRDS", ROOT.parent / "shared" / "upstream-crds"))
@@ -88,10 +90,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 def install_crds(cluster: Cluster) -> None:
-    """Our CRDs and the upstream ones, server-side (some upstream CRDs are too big for client-side apply)."""
-    for path in (ROOT / "crds", UPSTREAM_CRDS):
-        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-R", "-f", str(path))
-    cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=120s")
+    """Our CRDs and the upstream ones."""
+    from model_traffic import localcluster
+
+    localcluster.install_manifests(cluster.kubectl_path, cluster.kubeconfig, [ROOT / "crds", UPSTREAM_CRDS])
 
 
 @pytest.fixture(scope="session")
@@ -129,6 +131,7 @@ def start_operator(cluster: Cluster, log_path: Path, **env: str) -> Operator:
     process = subprocess.Popen(
         [sys.executable, "-m", "model_traffic", "run", "--liveness-port", str(liveness_port)],
         stdout=log_file, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT,
+        preexec_fn=die_with_parent(signal.SIGTERM),  # no orphan operator when the test run is killed
     )
     operator = Operator(process, log_path, metrics_port, full_env)
 

@@ -1,0 +1,235 @@
+"""The local control plane: real etcd, kube-apiserver and kube-controller-manager processes, no mocks.
+
+If the binaries are not cached yet, the `binaries` fixture builds them (minutes: the cold CI path).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from model_traffic import localcluster
+from model_traffic.localcluster.build import kubernetes_build_gomod, staging_modules
+from model_traffic.localcluster.controlplane import pid_alive
+
+# A cold build of the binaries exceeds the project-wide 600 s test timeout.
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(2400)]
+
+OPERATOR_DIR = Path(localcluster.__file__).resolve().parents[2]
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def kubectl(binaries: localcluster.Binaries, kubeconfig: Path, *args: str, stdin: str | None = None) -> str:
+    result = subprocess.run(
+        [str(binaries.kubectl), *args], input=stdin, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+    )
+    assert result.returncode == 0, f"kubectl {' '.join(args)} failed:\n{result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def binaries() -> localcluster.Binaries:
+    return localcluster.ensure_binaries()
+
+
+@pytest.fixture(scope="module")
+def plane(
+    binaries: localcluster.Binaries, tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[localcluster.ControlPlane]:
+    with localcluster.ControlPlane(tmp_path_factory.mktemp("plane"), binaries) as running:
+        yield running
+
+
+def test_staging_modules_come_from_kubernetes_gomod() -> None:
+    gomod = textwrap.dedent("""\
+        module k8s.io/kubernetes
+
+        go 1.26.0
+
+        require (
+        \tgithub.com/spf13/cobra v1.10.2
+        \tk8s.io/api v0.0.0
+        \tk8s.io/utils v0.0.0-20260626114624-be93311217bd
+        )
+
+        require k8s.io/client-go v0.0.0 // indirect
+
+        replace k8s.io/api => ./staging/src/k8s.io/api
+        """)
+    assert staging_modules(gomod) == ["k8s.io/api", "k8s.io/client-go"]
+    generated = kubernetes_build_gomod(gomod)
+    assert "\tk8s.io/client-go => k8s.io/client-go v0.37.2" in generated
+    assert "require k8s.io/kubernetes v1.37.2" in generated
+    assert "./staging" not in generated
+
+
+def test_kubectl_and_server_report_the_pinned_version(
+    binaries: localcluster.Binaries, plane: localcluster.ControlPlane,
+) -> None:
+    versions = json.loads(kubectl(binaries, plane.kubeconfig, "version", "-o", "json"))
+    assert versions["clientVersion"]["gitVersion"] == localcluster.KUBERNETES_VERSION
+    assert versions["serverVersion"]["gitVersion"] == localcluster.KUBERNETES_VERSION
+    assert plane.server.startswith("https://127.0.0.1:")
+
+
+def test_rbac_is_enforced_for_service_accounts(
+    binaries: localcluster.Binaries, plane: localcluster.ControlPlane,
+) -> None:
+    # Impersonation is what later tests use: an unbound ServiceAccount must be refused, not waved through.
+    result = subprocess.run(
+        [str(binaries.kubectl), "auth", "can-i", "list", "configmaps", "-n", "default",
+         "--as=system:serviceaccount:default:default"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "KUBECONFIG": str(plane.kubeconfig)},
+    )
+    assert result.stdout.strip() == "no", result.stdout + result.stderr
+
+
+def test_garbage_collector_and_namespace_controller_run(
+    binaries: localcluster.Binaries, plane: localcluster.ControlPlane,
+) -> None:
+    namespace = f"gc-{uuid.uuid4().hex[:8]}"
+    kubectl(binaries, plane.kubeconfig, "create", "namespace", namespace)
+    kubectl(binaries, plane.kubeconfig, "create", "configmap", "owner", "-n", namespace)
+    owner_uid = kubectl(binaries, plane.kubeconfig, "get", "configmap", "owner", "-n", namespace,
+                        "-o", "jsonpath={.metadata.uid}")
+    dependent: dict[str, Any] = {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "dependent", "namespace": namespace, "ownerReferences": [
+            {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner_uid},
+        ]},
+    }
+    kubectl(binaries, plane.kubeconfig, "create", "-f", "-", stdin=json.dumps(dependent))
+
+    kubectl(binaries, plane.kubeconfig, "delete", "configmap", "owner", "-n", namespace, "--cascade=background")
+
+    def dependent_gone() -> bool:
+        names = kubectl(binaries, plane.kubeconfig, "get", "configmaps", "-n", namespace, "-o", "name").split()
+        return "configmap/dependent" not in names
+
+    wait_until(dependent_gone, 30, "the garbage collector to delete the dependent ConfigMap")
+
+    kubectl(binaries, plane.kubeconfig, "delete", "namespace", namespace, "--wait=false")
+
+    def namespace_gone() -> bool:
+        return namespace not in kubectl(binaries, plane.kubeconfig, "get", "namespaces", "-o", "name")
+
+    wait_until(namespace_gone, 60, "the namespace controller to finish deleting the namespace")
+
+
+def test_stop_leaves_no_component_running(plane: localcluster.ControlPlane) -> None:
+    pids = plane.pids
+    assert set(pids) == {"etcd", "kube-apiserver", "kube-controller-manager"}
+    assert all(pid_alive(pid) for pid in pids.values())
+    plane.stop()
+    assert [name for name, pid in pids.items() if pid_alive(pid)] == []
+
+
+def test_components_die_with_a_sigkilled_parent(binaries: localcluster.Binaries, tmp_path: Path) -> None:
+    script = textwrap.dedent(f"""\
+        import json, sys, time
+        from pathlib import Path
+        from model_traffic import localcluster
+        plane = localcluster.ControlPlane(Path({str(tmp_path)!r}), localcluster.ensure_binaries())
+        plane.start()
+        print(json.dumps(plane.pids), flush=True)
+        time.sleep(600)
+        """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(OPERATOR_DIR)})
+    try:
+        assert parent.stdout is not None
+        pids: dict[str, int] = json.loads(parent.stdout.readline())
+        assert len(pids) == 3 and all(pid_alive(pid) for pid in pids.values())
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    wait_until(lambda: not any(pid_alive(pid) for pid in pids.values()), 10,
+               f"the components {pids} to die with their parent")
+
+
+CRD = """\
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.test
+spec:
+  group: example.test
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          properties:
+            spec: {type: object, properties: {size: {type: integer}}}
+"""
+
+WIDGET = """\
+apiVersion: example.test/v1
+kind: Widget
+metadata: {name: first, namespace: default}
+spec: {size: 3}
+"""
+
+
+def test_up_and_down_through_the_cli(binaries: localcluster.Binaries, tmp_path: Path) -> None:
+    manifests = tmp_path / "manifests"
+    (manifests / "nested").mkdir(parents=True)
+    (manifests / "00-crd.yaml").write_text(CRD)
+    # Sorted after the CRD, applied in the same kubectl run: install_manifests must wait and retry.
+    (manifests / "nested" / "widget.yaml").write_text(WIDGET)
+    state = tmp_path / ".local"
+    env = {**os.environ, "PYTHONPATH": str(OPERATOR_DIR)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "model_traffic.localcluster", *args], capture_output=True,
+                              text=True, timeout=300, cwd=tmp_path, env=env)
+
+    up = cli("up", "--dir", str(state), "--crds", str(manifests))
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        assert f"export KUBECONFIG={state / 'kubeconfig'}" in up.stdout
+        assert f"export PATH={state / 'bin'}:$PATH" in up.stdout
+        ready = json.loads((state / "cluster" / "ready.json").read_text())
+        supervisor = int((state / "cluster" / "supervisor.pid").read_text())
+        pids = [supervisor, *ready["pids"].values()]
+        assert all(pid_alive(pid) for pid in pids)
+
+        linked_kubectl = state / "bin" / "kubectl"
+        assert linked_kubectl.resolve() == binaries.kubectl.resolve()
+        size = subprocess.run(
+            [str(linked_kubectl), "get", "widget", "first", "-n", "default", "-o", "jsonpath={.spec.size}"],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "KUBECONFIG": str(state / "kubeconfig")},
+        )
+        assert size.stdout == "3", size.stderr
+
+        again = cli("up", "--dir", str(state))
+        assert again.returncode == 0 and "already running" in again.stdout, again.stdout + again.stderr
+        assert cli("env", "--dir", str(state)).stdout == up.stdout[up.stdout.index("export KUBECONFIG"):]
+    finally:
+        down = cli("down", "--dir", str(state))
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert [pid for pid in pids if pid_alive(pid)] == []
+    assert "not running" in cli("down", "--dir", str(state)).stdout
