@@ -1,0 +1,58 @@
+# model-traffic-operator: every target uses the project virtualenv .venv, created on demand.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+LOCAL := .local
+export KUBECONFIG ?= $(CURDIR)/$(LOCAL)/kubeconfig
+UPSTREAM_CRDS ?= $(or $(MODEL_TRAFFIC_UPSTREAM_CRDS),$(CURDIR)/../shared/upstream-crds)
+export MODEL_TRAFFIC_UPSTREAM_CRDS := $(UPSTREAM_CRDS)
+PYTEST_ARGS ?=
+
+.PHONY: help venv binaries crds lint unit test demo cluster cluster-down run bench clean
+
+help:
+	@echo "make demo          local control plane + operator + examples, ends with kubectl get"
+	@echo "make test          lint, unit and cluster tests (what CI runs)"
+	@echo "make cluster       keep a local control plane running (.local/kubeconfig); make cluster-down stops it"
+	@echo "make run           run the operator in the foreground against \$$KUBECONFIG"
+	@echo "make crds          regenerate crds/ from operator/model_traffic/api"
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+binaries: venv
+	$(PY) -m model_traffic.localcluster build
+
+crds: venv
+	$(PY) -m model_traffic.crdgen
+
+lint: venv
+	$(VENV)/bin/ruff check operator tests
+	$(VENV)/bin/mypy
+
+unit: venv
+	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
+
+test: lint binaries
+	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+demo: binaries
+	$(PY) -m model_traffic.demo
+
+cluster: binaries
+	$(PY) -m model_traffic.localcluster up --dir $(LOCAL) --crds crds --crds $(UPSTREAM_CRDS)
+
+cluster-down: venv
+	$(PY) -m model_traffic.localcluster down --dir $(LOCAL)
+
+run: venv
+	$(PY) -m model_traffic run
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,77 @@
+"""``make demo``: a local control plane, the operator, the examples, and what kubectl shows.
+
+Everything is started here and stopped at the end (``--keep`` leaves it running until Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from model_traffic import localcluster
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--keep", action="store_true", help="keep everything running until Ctrl-C")
+    args = parser.parse_args(argv)
+    upstream = Path(os.environ.get("MODEL_TRAFFIC_UPSTREAM_CRDS", ROOT.parent / "shared" / "upstream-crds"))
+    if not upstream.is_dir():
+        print(f"upstream CRDs not found at {upstream}: set MODEL_TRAFFIC_UPSTREAM_CRDS", file=sys.stderr)
+        return 2
+
+    binaries = localcluster.ensure_binaries()
+    with (
+        tempfile.TemporaryDirectory(prefix="mto-demo-") as tmp,
+        localcluster.ControlPlane(Path(tmp), binaries) as plane,
+    ):
+        env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig), "MTO_METRICS_PORT": "0"}
+
+        def kubectl(*kubectl_args: str, check: bool = True) -> str:
+            result = subprocess.run([str(binaries.kubectl), *kubectl_args], env=env, capture_output=True, text=True)
+            if check and result.returncode != 0:
+                raise SystemExit(f"kubectl {' '.join(kubectl_args)} failed:\n{result.stderr}")
+            return result.stdout
+
+        print("== installing our CRDs and the upstream CRDs", flush=True)
+        localcluster.install_manifests(binaries.kubectl, plane.kubeconfig, [ROOT / "crds", upstream])
+        log_path = Path(tmp) / "operator.log"
+        print(f"== starting the operator (log: {log_path})", flush=True)
+        with log_path.open("wb") as log:
+            operator = subprocess.Popen([sys.executable, "-m", "model_traffic", "run"], env=env,
+                                        stdout=log, stderr=subprocess.STDOUT)
+            try:
+                print("== kubectl apply -f examples/", flush=True)
+                print(kubectl("apply", "-f", str(ROOT / "examples")), flush=True)
+                print("== kubectl wait --for=condition=Ready maisb --all -n llm", flush=True)
+                waited = subprocess.run([str(binaries.kubectl), "wait", "--for=condition=Ready", "maisb", "--all",
+                                         "-n", "llm", "--timeout=90s"], env=env, capture_output=True, text=True)
+                print(waited.stdout or waited.stderr, flush=True)
+                print("== kubectl get modeltraffic -n llm -o wide", flush=True)
+                print(kubectl("get", "modeltraffic", "-n", "llm", "-o", "wide"), flush=True)
+                print("== kubectl get backends,aiservicebackends,backendsecuritypolicies,quotapolicies -n llm",
+                      flush=True)
+                print(kubectl("get", "backends,aiservicebackends,backendsecuritypolicies,quotapolicies", "-n", "llm"),
+                      flush=True)
+                if args.keep:
+                    print(f"== running; export KUBECONFIG={plane.kubeconfig} and PATH={binaries.kubectl.parent}:$PATH"
+                          " in another shell. Ctrl-C stops everything.", flush=True)
+                    while operator.poll() is None:
+                        time.sleep(1)
+                return 0 if waited.returncode == 0 else 1
+            except KeyboardInterrupt:
+                return 0
+            finally:
+                operator.terminate()
+                operator.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
