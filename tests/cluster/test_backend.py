@@ -358,3 +358,48 @@ def test_deleting_the_backend_garbage_collects_its_children(
         wait_for(lambda rtype=rtype: kube.get(rtype, namespace, "gone") is None, 30, f"{rtype.kind} collected")
     # The user's Secret is not ours: it stays.
     assert kube.get(k.SECRET, namespace, "openai-key") is not None
+
+
+def test_kubectl_patch_updates_the_children(cluster: Cluster, kube: Kube, operator: Operator, namespace: str) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=backend_yaml("p", """\
+        schema: {name: OpenAI}
+        endpoint: {fqdn: {hostname: api.openai.com, port: 443}}
+    """))
+    wait_ready(kube, namespace, "p")
+    cluster.kubectl("patch", "maisb", "p", "-n", namespace, "--type=merge",
+                    "-p", '{"spec":{"endpoint":{"fqdn":{"port":8443}},"schema":{"version":"v1"}}}')
+
+    def followed() -> bool:
+        backend = kube.get(k.BACKEND, namespace, "p")
+        aisb = kube.get(k.AI_SERVICE_BACKEND, namespace, "p")
+        return bool(backend and aisb and backend["spec"]["endpoints"][0]["fqdn"]["port"] == 8443
+                    and aisb["spec"]["schema"].get("version") == "v1")
+
+    wait_for(followed, 20, "children following the patched spec")
+    obj = wait_ready(kube, namespace, "p")
+    assert obj["status"]["endpointSummary"] == "api.openai.com:8443"
+    assert obj["status"]["observedGeneration"] == 2
+
+
+def test_upstream_acceptance_is_mirrored(cluster: Cluster, kube: Kube, operator: Operator, namespace: str) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=backend_yaml("acc", """\
+        schema: {name: OpenAI}
+        endpoint: {fqdn: {hostname: api.openai.com, port: 443}}
+    """))
+    wait_ready(kube, namespace, "acc")
+
+    def report(status: str, ctype: str, message: str) -> None:
+        # What the Envoy AI Gateway controller writes (simulated: it does not run here).
+        kube.custom.patch_namespaced_custom_object_status(
+            "aigateway.envoyproxy.io", "v1beta1", namespace, "aiservicebackends", "acc",
+            {"status": {"conditions": [{"type": ctype, "status": status, "reason": ctype, "message": message,
+                                        "lastTransitionTime": "2026-01-01T00:00:00Z"}]}},
+            _content_type="application/merge-patch+json",
+        )
+
+    report("True", "NotAccepted", "schema OpenAI does not match the backend")
+    obj = wait_ready(kube, namespace, "acc", "False", "NotAccepted")
+    assert "schema OpenAI does not match the backend" in condition(obj, "Ready")["message"]
+    report("True", "Accepted", "accepted")
+    obj = wait_ready(kube, namespace, "acc")
+    assert condition(obj, "Accepted")["status"] == "True"
