@@ -17,17 +17,20 @@ import kopf
 from prometheus_client import start_http_server
 
 from model_traffic import apply, kube
-from model_traffic.api import backend
+from model_traffic.api import backend, virtualmodel
 from model_traffic.api.common import GROUP, VERSION
 from model_traffic.kube import Kube
 from model_traffic.reconcilers import backend as backend_reconciler
+from model_traffic.reconcilers import virtualmodel as virtualmodel_reconciler
 from model_traffic.runtime import Result, Runtime
 from model_traffic.settings import Settings
 
 log = logging.getLogger(__name__)
 
 # Kinds we own as children, watched by our managed-by label so hand edits and deletions are undone.
-CHILD_TYPES = (kube.BACKEND, kube.AI_SERVICE_BACKEND, kube.BACKEND_SECURITY_POLICY, kube.QUOTA_POLICY)
+# The HTTPRoute is the AI Gateway's, generated from our AIGatewayRoute with its labels: watched for its status.
+CHILD_TYPES = (kube.BACKEND, kube.AI_SERVICE_BACKEND, kube.BACKEND_SECURITY_POLICY, kube.QUOTA_POLICY,
+               kube.AI_GATEWAY_ROUTE, kube.BACKEND_TRAFFIC_POLICY, virtualmodel_reconciler.HTTP_ROUTE)
 OUR_LABELS = {apply.LABEL_MANAGED_BY: apply.MANAGED_BY}
 
 
@@ -52,6 +55,11 @@ def start(settings: kopf.OperatorSettings, **_: Any) -> None:
         return backend_reconciler.reconcile(k, body, config.ai_gateway_version)
 
     rt.register(kube.ResourceType(GROUP, VERSION, backend.PLURAL, backend.KIND), reconcile_backend)
+
+    def reconcile_virtual_model(k: Kube, body: dict[str, Any]) -> Result:
+        return virtualmodel_reconciler.reconcile(k, body, config.ai_gateway_version, config.default_gateway)
+
+    rt.register(virtualmodel_reconciler.VIRTUAL_MODEL, reconcile_virtual_model)
     STATE.runtime = rt
 
     settings.posting.level = logging.WARNING
@@ -118,32 +126,33 @@ def backend_references(namespace: str | None, name: str, spec: kopf.Spec, **_: A
     return refs
 
 
-def _reconcile_referencing_backends(index: kopf.Index[Any, Any], namespace: str | None, kind: str, name: str) -> None:
-    """A referenced object changed: reconcile every backend that reads it."""
+def _reconcile_referencing(index: kopf.Index[Any, Any], owner_kind: str, namespace: str | None, kind: str,
+                           name: str) -> None:
+    """A referenced object changed: reconcile every object of owner_kind in its namespace that reads it."""
     if not namespace:
         return
     for owner in sorted(set(index.get((namespace, kind, name), []))):
-        _reconcile_quietly(backend.KIND, namespace, owner)
+        _reconcile_quietly(owner_kind, namespace, owner)
 
 
 @kopf.on.event("", "v1", "secrets")
 def secret_event(namespace: str | None, name: str, **kwargs: Any) -> None:
-    _reconcile_referencing_backends(kwargs["backend_references"], namespace, "Secret", name)
+    _reconcile_referencing(kwargs["backend_references"], backend.KIND, namespace, "Secret", name)
 
 
 @kopf.on.event(kube.INFERENCE_SERVICE.group, kube.INFERENCE_SERVICE.version, kube.INFERENCE_SERVICE.plural)
 def inference_service_event(namespace: str | None, name: str, **kwargs: Any) -> None:
-    _reconcile_referencing_backends(kwargs["backend_references"], namespace, "InferenceService", name)
+    _reconcile_referencing(kwargs["backend_references"], backend.KIND, namespace, "InferenceService", name)
 
 
 @kopf.on.event(kube.INFERENCE_POOL.group, kube.INFERENCE_POOL.version, kube.INFERENCE_POOL.plural)
 def inference_pool_event(namespace: str | None, name: str, **kwargs: Any) -> None:
-    _reconcile_referencing_backends(kwargs["backend_references"], namespace, "InferencePool", name)
+    _reconcile_referencing(kwargs["backend_references"], backend.KIND, namespace, "InferencePool", name)
 
 
 @kopf.on.event(kube.BACKEND.group, kube.BACKEND.version, kube.BACKEND.plural)
 def referenced_backend_event(namespace: str | None, name: str, **kwargs: Any) -> None:
-    _reconcile_referencing_backends(kwargs["backend_references"], namespace, "Backend", name)
+    _reconcile_referencing(kwargs["backend_references"], backend.KIND, namespace, "Backend", name)
 
 
 def _on_child_event(labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
@@ -156,3 +165,63 @@ def _on_child_event(labels: kopf.Labels, namespace: str | None, **_: Any) -> Non
 for _child in CHILD_TYPES:
     kopf.on.event(_child.group, _child.version, _child.plural, labels=OUR_LABELS,
                   id=f"child-{_child.plural}")(_on_child_event)
+
+
+# --- VirtualModel ---------------------------------------------------------------------------------
+
+@kopf.index(GROUP, VERSION, virtualmodel.PLURAL)
+def virtual_model_references(namespace: str | None, name: str, spec: kopf.Spec,
+                             **_: Any) -> dict[tuple[str, str, str], str]:
+    """(namespace, kind, name) of each backend a VirtualModel routes to -> the VirtualModel's name."""
+    return virtualmodel_reconciler.references(namespace or "", name, spec)
+
+
+@kopf.index(GROUP, VERSION, virtualmodel.PLURAL)
+def virtual_model_gateways(namespace: str | None, name: str, spec: kopf.Spec,
+                           **_: Any) -> dict[tuple[str, str, str], tuple[str, str]]:
+    """(namespace, "Gateway", name) -> (namespace, name) of each VirtualModel attached to it."""
+    return virtualmodel_reconciler.gateway_references(namespace or "", name, spec, STATE.settings.default_gateway)
+
+
+@kopf.index(GROUP, VERSION, virtualmodel.PLURAL)
+def virtual_model_names(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[str, tuple[str, str]]:
+    """modelName -> (namespace, name) of each VirtualModel claiming it."""
+    return virtualmodel_reconciler.model_names(namespace or "", name, spec)
+
+
+@kopf.on.event(GROUP, VERSION, virtualmodel.PLURAL)
+def virtual_model_event(type: str, body: kopf.Body, namespace: str | None, name: str, **kwargs: Any) -> None:
+    namespace = namespace or ""
+    if type == "DELETED":
+        STATE.runtime.forget(virtualmodel.KIND, namespace, name)
+    else:
+        STATE.runtime.reconcile(virtualmodel.KIND, namespace, name)
+    # The others claiming the same model name: a refused one may now own it (or must now be refused).
+    model = (body.get("spec") or {}).get("modelName") or name
+    for other in sorted(set(kwargs["virtual_model_names"].get(model, []))):
+        if other != (namespace, name):
+            _reconcile_quietly(virtualmodel.KIND, *other)
+
+
+@kopf.on.event(GROUP, VERSION, backend.PLURAL, id="virtual-models-of-managed-backend")
+def managed_backend_event_for_virtual_models(namespace: str | None, name: str, **kwargs: Any) -> None:
+    _reconcile_referencing(kwargs["virtual_model_references"], virtualmodel.KIND, namespace, backend.KIND, name)
+
+
+@kopf.on.event(kube.AI_SERVICE_BACKEND.group, kube.AI_SERVICE_BACKEND.version, kube.AI_SERVICE_BACKEND.plural,
+               id="virtual-models-of-aiservicebackend")
+def ai_service_backend_event_for_virtual_models(namespace: str | None, name: str, **kwargs: Any) -> None:
+    _reconcile_referencing(kwargs["virtual_model_references"], virtualmodel.KIND, namespace, "AIServiceBackend", name)
+
+
+@kopf.on.event(kube.INFERENCE_POOL.group, kube.INFERENCE_POOL.version, kube.INFERENCE_POOL.plural,
+               id="virtual-models-of-inferencepool")
+def inference_pool_event_for_virtual_models(namespace: str | None, name: str, **kwargs: Any) -> None:
+    _reconcile_referencing(kwargs["virtual_model_references"], virtualmodel.KIND, namespace, "InferencePool", name)
+
+
+@kopf.on.event(kube.GATEWAY.group, kube.GATEWAY.version, kube.GATEWAY.plural)
+def gateway_event(namespace: str | None, name: str, **kwargs: Any) -> None:
+    """A Gateway changed (its address): reconcile the VirtualModels attached to it, in any namespace."""
+    for owner in sorted(set(kwargs["virtual_model_gateways"].get((namespace or "", "Gateway", name), []))):
+        _reconcile_quietly(virtualmodel.KIND, *owner)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
+from model_traffic.api.backend import ChildRef
 from model_traffic.api.common import (
     Duration,
     GatewayRef,
@@ -43,15 +44,17 @@ class BackendReference(Model):
 
 
 class RetryOn(Model):
-    status_codes: list[int] | None = Field(
-        default=None, max_length=16, description="HTTP status codes that are retried, e.g. 500, 503."
+    status_codes: list[Annotated[int, Field(ge=100, le=599)]] | None = Field(
+        default=None, max_length=16,
+        description="HTTP status codes that are retried, e.g. 500, 503 (the retriable-status-codes trigger is "
+        "added for them).",
     )
     triggers: (
         list[
             Literal[
-                "connect-failure", "retriable-status-codes", "reset", "reset-before-request",
-                "refused-stream", "cancelled", "deadline-exceeded", "internal", "resource-exhausted",
-                "unavailable",
+                "5xx", "gateway-error", "connect-failure", "retriable-4xx", "retriable-status-codes", "reset",
+                "reset-before-request", "refused-stream", "cancelled", "deadline-exceeded", "internal",
+                "resource-exhausted", "unavailable",
             ]
         ]
         | None
@@ -192,6 +195,7 @@ class VirtualModelStatus(StatusBase):
     backends: list[BackendStatus] = Field(default_factory=list, description="Each backend as routed.")
     backend_summary: str | None = Field(default=None, description="Ready backends of all, for kubectl get.")
     address: str | None = Field(default=None, description="Address clients call, from the Gateway's status.")
+    children: list[ChildRef] = Field(default_factory=list, description="Objects the operator owns for this one.")
 
 
 class VirtualModel(Model):

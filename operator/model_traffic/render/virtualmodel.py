@@ -1,0 +1,505 @@
+"""VirtualModel: spec + observed world -> desired AIGatewayRoute, BackendTrafficPolicy, status and verdict.
+
+Pure: no client, no clock. The reconciler gathers :class:`VirtualModelWorld` and writes what
+:func:`render` returns.
+
+Routing, as Envoy AI Gateway and Envoy Gateway do it:
+
+- Every AIServiceBackend (a ManagedAIServiceBackend routed at backend level, or an unmanaged one) goes
+  into ONE rule matching ``x-ai-eg-model: <modelName>``; weights split traffic within a priority, and
+  priorities are fallback tiers (Envoy priorities on the rule's endpoints).
+- An InferencePool (``kind: InferencePool``, or a ManagedAIServiceBackend whose status says
+  ``routing: InferencePool``) gets a rule of its own with the same match: the upstream CEL rules forbid
+  mixing it with AIServiceBackends in a rule and allow one per rule.
+- The AI Gateway turns each rule into one rule of an HTTPRoute of the same name. Gateway API gives a
+  request whose matches tie to the FIRST such rule, so of several rules with the same match only the
+  first carries traffic. The rules are ordered by tier (tier 0 first) and the status says which
+  backends sit in a rule that cannot be reached (detail condition ``AllBackendsReachable``).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from model_traffic import kube
+from model_traffic.api.common import GatewayRef
+from model_traffic.api.virtualmodel import BackendReference, Retry, VirtualModelSpec
+from model_traffic.conditions import Detail, Verdict
+from model_traffic.kube import ResourceType
+from model_traffic.render.backend import Child
+
+MODEL_HEADER = "x-ai-eg-model"
+# Where the AI Gateway filter stores what llmRequestCosts capture (Envoy dynamic metadata namespace).
+AI_GATEWAY_METADATA_NAMESPACE = "io.envoy.ai_gateway"
+DEFAULT_LLM_REQUEST_COSTS: list[dict[str, str]] = [{"metadataKey": "llm_total_token", "type": "TotalToken"}]
+GATEWAY_API_GROUP = "gateway.networking.k8s.io"
+
+# Upstream limits of AIGatewayRoute (v1alpha1 and v1beta1).
+MAX_RULES = 15
+MAX_BACKEND_REFS_PER_RULE = 128
+
+# Envoy AI Gateway's documented provider-fallback retry (docs: capabilities/traffic/provider-fallback):
+# one attempt per priority, so a failed request moves to the next tier instead of retrying the same one.
+# The documented per-try timeout (30s) is left out: it would cut long completions; the request timeout
+# (spec.timeouts.request, else the AI Gateway's 60s) bounds the attempts.
+DEFAULT_FALLBACK_RETRY: dict[str, Any] = {
+    "numAttemptsPerPriority": 1,
+    "numRetries": 5,
+    "perRetry": {"backOff": {"baseInterval": "100ms", "maxInterval": "10s"}},
+    "retryOn": {"triggers": ["5xx", "connect-failure"]},
+}
+
+Routing = Literal["Backend", "InferencePool"]
+
+
+@dataclass(frozen=True)
+class ObservedBackend:
+    """One referenced backend as observed. Absence is ``None`` in :attr:`VirtualModelWorld.backends`."""
+
+    ready: bool
+    routing: Routing = "Backend"
+    inference_pool: str | None = None  # for routing == InferencePool
+    message: str = ""  # why it is not ready, when it is not
+
+    @classmethod
+    def from_managed_backend(cls, obj: dict[str, Any]) -> ObservedBackend:
+        """A ManagedAIServiceBackend: its status says whether it is Ready and how it is routed."""
+        status = obj.get("status") or {}
+        ready_cond = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+        ready = bool(ready_cond and ready_cond.get("status") == "True")
+        generation = (obj.get("metadata") or {}).get("generation")
+        observed = status.get("observedGeneration")
+        if ready and generation is not None and observed is not None and observed < generation:
+            return cls(ready=False, message="its operator has not yet reconciled its latest spec")
+        routing: Routing = "InferencePool" if status.get("routing") == "InferencePool" else "Backend"
+        pool = status.get("inferencePool")
+        if ready and routing == "InferencePool" and not pool:
+            return cls(ready=False, routing=routing, message="its status names no InferencePool")
+        message = ""
+        if not ready:
+            message = (f"{ready_cond.get('reason')}: {ready_cond.get('message')}" if ready_cond
+                       else "it has no Ready condition yet")
+        return cls(ready=ready, routing=routing, inference_pool=pool, message=message)
+
+
+BackendKey = tuple[str, str]  # (kind, name)
+
+
+@dataclass(frozen=True)
+class VirtualModelWorld:
+    """What the reconciler observed; None means 'not there / not looked at'."""
+
+    namespace: str
+    name: str
+    ai_gateway_version: str | None  # v1beta1 / v1alpha1; None when AI Gateway's CRDs are not installed
+    default_gateway: GatewayRef | None = None
+    backends: dict[BackendKey, ObservedBackend | None] = field(default_factory=dict)
+    claimed_elsewhere: str | None = None  # "namespace/name" of an older VirtualModel serving the same model
+    gateway_address: str | None = None
+    route_status: dict[str, Any] | None = None  # the live AIGatewayRoute's status
+    http_route_status: dict[str, Any] | None = None  # the generated HTTPRoute's status
+
+
+@dataclass
+class VirtualModelPlan:
+    verdict: Verdict
+    details: list[Detail]
+    children: list[Child] = field(default_factory=list)
+    prune: list[ResourceType] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)
+
+
+# --- helpers, public for the reconciler and the tests ------------------------------------------------
+
+def model_name(spec: VirtualModelSpec, name: str) -> str:
+    return spec.model_name or name
+
+
+def parse_gateway(value: str | None) -> GatewayRef | None:
+    """The operator's default gateway setting: ``namespace/name`` or ``name``."""
+    if not value or not value.strip():
+        return None
+    namespace, _, name = value.strip().rpartition("/")
+    try:
+        return GatewayRef(name=name, namespace=namespace or None)
+    except ValidationError:
+        return None
+
+
+def gateway_refs(spec: VirtualModelSpec, default: GatewayRef | None) -> list[GatewayRef]:
+    return list(spec.gateway_refs) if spec.gateway_refs else ([default] if default else [])
+
+
+def gateway_keys(refs: list[GatewayRef], namespace: str) -> set[tuple[str, str]]:
+    """(namespace, name) of each Gateway, the namespace defaulted the way the route's parentRefs are."""
+    return {(ref.namespace or namespace, ref.name) for ref in refs}
+
+
+def gateway_address(gateway: dict[str, Any] | None, section_name: str | None = None) -> str | None:
+    """The address clients call, from a Gateway's status (with the listener's port unless 80 or 443)."""
+    if not gateway:
+        return None
+    addresses = (gateway.get("status") or {}).get("addresses") or []
+    value = next((a.get("value") for a in addresses if a.get("value")), None)
+    if not value:
+        return None
+    listeners = (gateway.get("spec") or {}).get("listeners") or []
+    listener = next((x for x in listeners if section_name and x.get("name") == section_name), None)
+    listener = listener or next(iter(listeners), None)
+    port = listener.get("port") if listener else None
+    host = f"[{value}]" if ":" in value else value
+    if port and port not in (80, 443):
+        return f"{host}:{port}"
+    return str(value)
+
+
+def llm_request_costs(spec: VirtualModelSpec) -> list[dict[str, Any]]:
+    if spec.llm_request_costs:
+        return [cost.wire() for cost in spec.llm_request_costs]
+    return [dict(cost) for cost in DEFAULT_LLM_REQUEST_COSTS]
+
+
+def token_cost_key(spec: VirtualModelSpec) -> str:
+    """The metadata key the token budget is charged from: the TotalToken cost, else the first cost."""
+    costs = llm_request_costs(spec)
+    total = next((c for c in costs if c["type"] == "TotalToken"), None)
+    return str((total or costs[0])["metadataKey"])
+
+
+def _describe(ref: BackendReference) -> str:
+    return f"{ref.kind} {ref.name}"
+
+
+def _percent(part: int, whole: int) -> float:
+    return round(100.0 * part / whole, 2) if whole > 0 else 0.0
+
+
+# --- the pieces of the plan -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Resolved:
+    ref: BackendReference
+    pool: str | None  # route-level InferencePool, or None for an AIServiceBackend
+
+
+def _resolve(spec: VirtualModelSpec, world: VirtualModelWorld) -> tuple[list[_Resolved], list[str], list[str]]:
+    """The backends that can go into the route; and the ones left out: not found, not ready."""
+    resolved: list[_Resolved] = []
+    missing: list[str] = []
+    unready: list[str] = []
+    for ref in spec.backends:
+        seen = world.backends.get((ref.kind, ref.name))
+        if seen is None:
+            missing.append(f"{_describe(ref)} not found")
+        elif not seen.ready:
+            unready.append(f"{_describe(ref)} not Ready" + (f" ({seen.message})" if seen.message else ""))
+        elif ref.kind == "InferencePool":
+            resolved.append(_Resolved(ref, ref.name))
+        elif seen.routing == "InferencePool" and seen.inference_pool:
+            resolved.append(_Resolved(ref, seen.inference_pool))
+        else:
+            resolved.append(_Resolved(ref, None))
+    return resolved, missing, unready
+
+
+def _backend_ref(item: _Resolved) -> dict[str, Any]:
+    ref = item.ref
+    out: dict[str, Any]
+    if item.pool is not None:
+        # Priority is ignored upstream for InferencePool references; the rule carries the pool alone.
+        out = {"group": kube.INFERENCE_POOL.group, "kind": "InferencePool", "name": item.pool}
+    else:
+        out = {"name": ref.name, "weight": ref.weight, "priority": ref.priority}
+    if ref.model_name_override:
+        out["modelNameOverride"] = ref.model_name_override
+    return out
+
+
+@dataclass
+class _Rules:
+    rules: list[list[_Resolved]]  # in route order
+    dropped: list[_Resolved]  # beyond the upstream limits
+
+
+def _group_rules(resolved: list[_Resolved]) -> _Rules:
+    services = [r for r in resolved if r.pool is None]
+    pools = [r for r in resolved if r.pool is not None]
+    groups: list[tuple[int, int, list[_Resolved]]] = []
+    if services:
+        groups.append((min(r.ref.priority for r in services), 0, services[:MAX_BACKEND_REFS_PER_RULE]))
+    groups += [(r.ref.priority, 1, [r]) for r in pools]
+    groups.sort(key=lambda g: (g[0], g[1]))  # tier 0 first; on a tie the AIServiceBackends' rule first
+    dropped = services[MAX_BACKEND_REFS_PER_RULE:] + [r for g in groups[MAX_RULES:] for r in g[2]]
+    return _Rules([g[2] for g in groups[:MAX_RULES]], dropped)
+
+
+def _route(spec: VirtualModelSpec, world: VirtualModelWorld, model: str, parents: list[GatewayRef],
+           rules: list[list[_Resolved]], rtype: ResourceType) -> Child:
+    parent_refs = []
+    for ref in parents:
+        parent: dict[str, Any] = {"group": GATEWAY_API_GROUP, "kind": "Gateway", "name": ref.name}
+        if ref.namespace:
+            parent["namespace"] = ref.namespace
+        if ref.section_name:
+            parent["sectionName"] = ref.section_name
+        parent_refs.append(parent)
+    route_rules = []
+    for members in rules:
+        rule: dict[str, Any] = {
+            "matches": [{"headers": [{"type": "Exact", "name": MODEL_HEADER, "value": model}]}],
+            "backendRefs": [_backend_ref(m) for m in members],
+        }
+        if spec.timeouts and spec.timeouts.request:
+            rule["timeouts"] = {"request": spec.timeouts.request}
+        route_rules.append(rule)
+    return Child(rtype, {
+        "apiVersion": rtype.api_version,
+        "kind": "AIGatewayRoute",
+        "metadata": {"name": world.name},
+        "spec": {"parentRefs": parent_refs, "rules": route_rules, "llmRequestCosts": llm_request_costs(spec)},
+    })
+
+
+def _retry(retry: Retry, fallback: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"numRetries": retry.attempts}
+    if fallback:
+        out["numAttemptsPerPriority"] = 1
+    if retry.per_try_timeout:
+        out["perRetry"] = {"timeout": retry.per_try_timeout}
+    if retry.retry_on:
+        retry_on: dict[str, Any] = {}
+        triggers = list(retry.retry_on.triggers or [])
+        if retry.retry_on.status_codes:
+            retry_on["httpStatusCodes"] = list(retry.retry_on.status_codes)
+            # Envoy retries on httpStatusCodes only with this trigger.
+            if "retriable-status-codes" not in triggers:
+                triggers.append("retriable-status-codes")
+        if triggers:
+            retry_on["triggers"] = triggers
+        if retry_on:
+            out["retryOn"] = retry_on
+    return out
+
+
+def _rate_limit(spec: VirtualModelSpec) -> dict[str, Any] | None:
+    limit = spec.rate_limit
+    if limit is None:
+        return None
+    selectors: list[dict[str, Any]] = []
+    if limit.tenant_header:
+        selectors = [{"headers": [{"name": limit.tenant_header, "type": "Distinct"}]}]
+    rules: list[dict[str, Any]] = []
+    if limit.tokens:
+        rule: dict[str, Any] = {
+            "limit": {"requests": limit.tokens.limit, "unit": limit.tokens.unit},
+            # Checked on the request (cost 0), charged on the response with the tokens the AI Gateway counted.
+            "cost": {
+                "request": {"from": "Number", "number": 0},
+                "response": {"from": "Metadata",
+                             "metadata": {"namespace": AI_GATEWAY_METADATA_NAMESPACE, "key": token_cost_key(spec)}},
+            },
+        }
+        if selectors:
+            rule["clientSelectors"] = selectors
+        rules.append(rule)
+    if limit.requests:
+        rule = {"limit": {"requests": limit.requests.limit, "unit": limit.requests.unit}}
+        if selectors:
+            rule["clientSelectors"] = selectors
+        rules.append(rule)
+    # type: Global is deprecated in favour of the global field alone; Envoy Gateway releases before it
+    # require it, and the AI Gateway docs write both.
+    return {"type": "Global", "global": {"rules": rules}}
+
+
+def _load_balancer(spec: VirtualModelSpec) -> dict[str, Any] | None:
+    lb = spec.load_balancer
+    if lb is None:
+        return None
+    if lb.type != "ConsistentHash":
+        return {"type": lb.type}
+    if lb.hash_header:
+        return {"type": "ConsistentHash", "consistentHash": {"type": "Header", "header": {"name": lb.hash_header}}}
+    return {"type": "ConsistentHash", "consistentHash": {"type": "SourceIP"}}
+
+
+def _health_check(spec: VirtualModelSpec) -> dict[str, Any] | None:
+    if spec.health_check is None or spec.health_check.passive is None:
+        return None
+    return {"passive": spec.health_check.passive.wire()}
+
+
+def _traffic_policy(spec: VirtualModelSpec, name: str, fallback: bool) -> tuple[dict[str, Any] | None, Detail]:
+    """The BackendTrafficPolicy spec (None when nothing calls for one) and the RetryPolicy detail."""
+    policy: dict[str, Any] = {}
+    if spec.retry is not None:
+        policy["retry"] = _retry(spec.retry, fallback)
+        if fallback and spec.retry.attempts == 0:
+            detail = Detail("RetryPolicy", False, "NoRetriesForFallback",
+                            "retry.attempts is 0: a request that fails on tier 0 is never sent to a fallback tier")
+        elif fallback:
+            detail = Detail("RetryPolicy", True, "Configured",
+                            f"spec.retry, with one attempt per priority so failures move to the next tier "
+                            f"(up to {spec.retry.attempts} retries)")
+        else:
+            detail = Detail("RetryPolicy", True, "Configured", f"spec.retry: up to {spec.retry.attempts} retries")
+    elif fallback:
+        policy["retry"] = copy.deepcopy(DEFAULT_FALLBACK_RETRY)
+        detail = Detail("RetryPolicy", True, "FallbackDefault",
+                        "fallback tiers need retries and spec.retry is unset: Envoy AI Gateway's documented "
+                        "default applies (numAttemptsPerPriority 1, numRetries 5, retry on 5xx and connect "
+                        "failures)")
+    else:
+        detail = Detail("RetryPolicy", True, "NotConfigured", "no retry policy; no fallback tier")
+    for key, value in (("loadBalancer", _load_balancer(spec)), ("healthCheck", _health_check(spec)),
+                       ("rateLimit", _rate_limit(spec))):
+        if value is not None:
+            policy[key] = value
+    if not policy:
+        return None, detail
+    target = {"group": GATEWAY_API_GROUP, "kind": "HTTPRoute", "name": name}  # the AI Gateway names it so
+    return {"targetRefs": [target], **policy}, detail
+
+
+def accepted_detail(route_status: dict[str, Any] | None, http_route_status: dict[str, Any] | None) -> Detail:
+    """Mirror what the AI Gateway controller (AIGatewayRoute) and Envoy Gateway (HTTPRoute) report."""
+    for cond in (route_status or {}).get("conditions") or []:
+        refused = (cond.get("type"), cond.get("status")) in (("NotAccepted", "True"), ("Accepted", "False"))
+        if refused:
+            return Detail("Accepted", False, "NotAccepted",
+                          cond.get("message") or "Envoy AI Gateway did not accept the AIGatewayRoute")
+    for parent in (http_route_status or {}).get("parents") or []:
+        gateway = (parent.get("parentRef") or {}).get("name", "?")
+        for cond in parent.get("conditions") or []:
+            if cond.get("type") in ("Accepted", "ResolvedRefs") and cond.get("status") == "False":
+                return Detail("Accepted", False, "NotAccepted",
+                              f"HTTPRoute on Gateway {gateway}: {cond.get('type')}=False "
+                              f"({cond.get('reason')}): {cond.get('message') or ''}".rstrip(": "))
+    for cond in (route_status or {}).get("conditions") or []:
+        if cond.get("type") == "Accepted" and cond.get("status") == "True":
+            return Detail("Accepted", True, "Accepted", cond.get("message") or "accepted by Envoy AI Gateway")
+    return Detail("Accepted", None, "NoControllerReport",
+                  "no Envoy AI Gateway controller has reported on the AIGatewayRoute yet")
+
+
+def _key(ref: BackendReference) -> BackendKey:
+    return (ref.kind, ref.name)
+
+
+def _status_backends(spec: VirtualModelSpec, resolved: list[_Resolved], rules: _Rules) -> list[dict[str, Any]]:
+    """Each backend as routed: its effective share within its tier, counting only the rule that carries
+    traffic (the first; see the module docstring) and the backends that resolved."""
+    live = {_key(m.ref): m for m in rules.rules[0]} if rules.rules else {}
+    ready = {_key(r.ref) for r in resolved}
+    out = []
+    for ref in spec.backends:
+        item = live.get(_key(ref))
+        share = 0.0
+        if item is not None and item.pool is not None:
+            share = 100.0  # alone in its rule
+        elif item is not None:
+            tier = [m.ref.weight for m in live.values() if m.pool is None and m.ref.priority == ref.priority]
+            share = _percent(ref.weight, sum(tier))
+        out.append({"name": ref.name, "kind": ref.kind, "tier": ref.priority, "sharePercent": share,
+                    "ready": _key(ref) in ready})
+    return out
+
+
+def render(spec: VirtualModelSpec, world: VirtualModelWorld) -> VirtualModelPlan:
+    model = model_name(spec, world.name)
+    status: dict[str, Any] = {"modelName": model}
+    details: list[Detail] = []
+
+    if world.ai_gateway_version is None:
+        verdict = Verdict("Stalled", "AIGatewayNotInstalled",
+                          "the cluster serves no aigateway.envoyproxy.io API: install Envoy AI Gateway's CRDs")
+        return VirtualModelPlan(verdict, [Detail("BackendsResolved", None, "NotChecked", "")], status=status)
+    route_type = kube.AI_GATEWAY_ROUTE.at(world.ai_gateway_version)
+    prune_all = [route_type, kube.BACKEND_TRAFFIC_POLICY]
+
+    resolved, missing, unready = _resolve(spec, world)
+    rules = _group_rules(resolved)
+    status["backends"] = _status_backends(spec, resolved, rules)
+    status["backendSummary"] = f"{len(resolved)}/{len(spec.backends)}"
+    if world.gateway_address:
+        status["address"] = world.gateway_address
+
+    left_out = missing + unready
+    if not left_out:
+        details.append(Detail("BackendsResolved", True, "Resolved",
+                               f"all {len(spec.backends)} backends are Ready"))
+    else:
+        reason = "BackendsNotFound" if missing else "BackendsNotReady"
+        routed = "none is routed" if not resolved else "left out of the route"
+        details.append(Detail("BackendsResolved", False, reason, f"{routed}: {'; '.join(left_out)}"))
+
+    # --- refusals: nothing is routed ---------------------------------------------------------------
+    parents = gateway_refs(spec, world.default_gateway)
+    refusal: Verdict | None = None
+    if world.claimed_elsewhere:
+        refusal = Verdict("Stalled", "ModelNameConflict",
+                          f"model name {model!r} is already served on the same Gateway by VirtualModel "
+                          f"{world.claimed_elsewhere}, which is older: rename the model or remove one of them")
+    elif not parents:
+        refusal = Verdict("Stalled", "NoGateway",
+                          "spec.gatewayRefs is empty and the operator has no default Gateway "
+                          "(MTO_DEFAULT_GATEWAY is unset or not namespace/name)")
+    elif not resolved:
+        reason = "BackendsNotFound" if missing else "BackendsNotReady"
+        refusal = Verdict("Stalled", reason, f"no backend of model {model!r} resolves: {'; '.join(left_out)}")
+    if refusal is not None:
+        details.append(Detail("RetryPolicy", None, "NoRoute", "no route is written"))
+        details.append(Detail("AllBackendsReachable", None, "NoRoute", "no route is written"))
+        details.append(Detail("Accepted", None, "NoRoute", "no route is written"))
+        for entry in status["backends"]:
+            entry["sharePercent"] = 0.0
+        return VirtualModelPlan(refusal, details, prune=prune_all, status=status)
+
+    # --- the route --------------------------------------------------------------------------------
+    children = [_route(spec, world, model, parents, rules.rules, route_type)]
+    status["route"] = world.name
+
+    shadowed = [m for rule in rules.rules[1:] for m in rule]
+    if shadowed or rules.dropped:
+        parts = []
+        if shadowed:
+            parts.append(
+                "in a rule of their own with the same match, which Gateway API never reaches while the first "
+                f"rule matches: {', '.join(_describe(m.ref) for m in shadowed)} (an InferencePool cannot share "
+                "a rule with AIServiceBackends, so there is no fallback between them)")
+        if rules.dropped:
+            parts.append(f"beyond the AIGatewayRoute limits ({MAX_RULES} rules, {MAX_BACKEND_REFS_PER_RULE} "
+                         f"backends a rule): {', '.join(_describe(m.ref) for m in rules.dropped)}")
+        details.append(Detail("AllBackendsReachable", False, "ShadowedRules", "; ".join(parts)))
+    else:
+        details.append(Detail("AllBackendsReachable", True, "Reachable",
+                              f"one rule carries every backend of model {model!r}"))
+
+    services = rules.rules[0] if rules.rules and rules.rules[0][0].pool is None else []
+    fallback = len({m.ref.priority for m in services}) > 1
+    policy, retry_detail = _traffic_policy(spec, world.name, fallback)
+    details.append(retry_detail)
+    prune: list[ResourceType] = []
+    if policy is not None:
+        children.append(Child(kube.BACKEND_TRAFFIC_POLICY, {
+            "apiVersion": kube.BACKEND_TRAFFIC_POLICY.api_version, "kind": "BackendTrafficPolicy",
+            "metadata": {"name": world.name}, "spec": policy,
+        }))
+    else:
+        prune.append(kube.BACKEND_TRAFFIC_POLICY)
+
+    accepted = accepted_detail(world.route_status, world.http_route_status)
+    details.append(accepted)
+    if accepted.ok is False:
+        verdict = Verdict("Stalled", "NotAccepted", accepted.message)
+    elif left_out:
+        verdict = Verdict("Ready", "BackendsLeftOut",
+                          f"model {model!r} is routed to {len(resolved)} of {len(spec.backends)} backends; "
+                          f"left out: {'; '.join(left_out)}")
+    else:
+        verdict = Verdict("Ready", "Ready", f"model {model!r} is routed to {len(resolved)} backends")
+    return VirtualModelPlan(verdict, details, children, prune, status)

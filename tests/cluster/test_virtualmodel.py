@@ -1,0 +1,356 @@
+"""VirtualModel end to end: the operator against a real API server with the upstream CRDs.
+
+The first test needs no operator: every object the render function emits, for specs covering every
+feature, is sent to the real API server as a server-side dry run, so the upstream OpenAPI schemas and CEL
+rules have the last word. The others run the operator.
+"""
+
+from __future__ import annotations
+
+import textwrap
+import time
+from typing import Any
+
+import pytest
+
+from model_traffic import apply
+from model_traffic import kube as k
+from model_traffic.api.common import GatewayRef
+from model_traffic.api.virtualmodel import VirtualModelSpec
+from model_traffic.kube import Kube
+from model_traffic.reconcilers.virtualmodel import MANAGED_AI_SERVICE_BACKEND, VIRTUAL_MODEL
+from model_traffic.render.virtualmodel import ObservedBackend, VirtualModelWorld, render
+from tests.conftest import Cluster, Operator, wait_for
+
+pytestmark = pytest.mark.cluster
+
+GATEWAY = "ai-gateway"
+
+
+def vm_yaml(name: str, spec: str) -> str:
+    return textwrap.dedent(f"""\
+        apiVersion: modeltraffic.io/v1alpha1
+        kind: VirtualModel
+        metadata:
+          name: {name}
+        spec:
+        """) + textwrap.indent(textwrap.dedent(spec), "  ")
+
+
+def backend_yaml(name: str, host: str = "api.example.com") -> str:
+    return textwrap.dedent(f"""\
+        apiVersion: modeltraffic.io/v1alpha1
+        kind: ManagedAIServiceBackend
+        metadata:
+          name: {name}
+        spec:
+          schema: {{name: OpenAI}}
+          endpoint: {{fqdn: {{hostname: {host}, port: 443}}}}
+        """)
+
+
+def condition(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any]:
+    for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if cond["type"] == ctype:
+            return dict(cond)
+    return {}
+
+
+def wait_vm(kube: Kube, namespace: str, name: str, status: str = "True", reason: str | None = None,
+            timeout: float = 30) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        obj = kube.get(VIRTUAL_MODEL, namespace, name)
+        cond = condition(obj, "Ready")
+        seen = obj is not None and (obj.get("status") or {}).get("observedGeneration") == obj["metadata"]["generation"]
+        if seen and cond.get("status") == status and (reason is None or cond.get("reason") == reason):
+            return obj
+        return None
+
+    return wait_for(check, timeout, f"VirtualModel {name} Ready={status} reason={reason}")
+
+
+def make_backends(cluster: Cluster, kube: Kube, namespace: str, *names: str) -> None:
+    for name in names:
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=backend_yaml(name))
+    def ready(name: str) -> bool:
+        return condition(kube.get(MANAGED_AI_SERVICE_BACKEND, namespace, name), "Ready").get("status") == "True"
+
+    for name in names:
+        wait_for(lambda: ready(name), 30, f"backend {name} Ready")  # noqa: B023 (called at once)
+
+
+def route(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
+    return kube.get(k.AI_GATEWAY_ROUTE, namespace, name)
+
+
+# --- the upstream schemas have the last word ---------------------------------------------------------------
+
+EVERYTHING = {
+    "modelName": "gpt-4",
+    "gatewayRefs": [{"name": "ai-gateway", "namespace": "envoy-gateway-system", "sectionName": "http"}],
+    "backends": [
+        {"name": "openai", "modelNameOverride": "gpt-4o", "weight": 80},
+        {"name": "azure", "modelNameOverride": "gpt-4o-eu", "weight": 20},
+        {"name": "anthropic", "modelNameOverride": "claude-sonnet-4", "priority": 1},
+        {"name": "raw-backend", "kind": "AIServiceBackend"},
+        {"name": "vllm", "priority": 2},
+        {"name": "pool", "kind": "InferencePool", "priority": 3, "modelNameOverride": "llama"},
+    ],
+    "retry": {"attempts": 3, "perTryTimeout": "30s",
+              "retryOn": {"statusCodes": [500, 502, 503], "triggers": ["connect-failure", "5xx"]}},
+    "timeouts": {"request": "120s"},
+    "loadBalancer": {"type": "ConsistentHash", "hashHeader": "x-session"},
+    "healthCheck": {"passive": {"consecutive5XxErrors": 5, "interval": "10s", "baseEjectionTime": "30s"}},
+    "rateLimit": {"tenantHeader": "x-tenant-id", "tokens": {"limit": 100000, "unit": "Hour"},
+                  "requests": {"limit": 600, "unit": "Minute"}},
+    "llmRequestCosts": [{"metadataKey": "llm_total_token", "type": "TotalToken"},
+                        {"metadataKey": "cost", "type": "CEL", "cel": "input_tokens + output_tokens"}],
+}
+
+SPECS = [
+    EVERYTHING,
+    {"backends": [{"name": "openai"}, {"name": "anthropic", "priority": 1}]},  # the default fallback retry
+    {"backends": [{"name": "pool", "kind": "InferencePool"}], "loadBalancer": {"type": "ConsistentHash"}},
+    {"backends": [{"name": "openai"}], "rateLimit": {"requests": {"limit": 1, "unit": "Second"}},
+     "loadBalancer": {"type": "Random"}, "retry": {"retryOn": {"statusCodes": [429]}}},
+]
+
+
+@pytest.mark.parametrize("version", ["v1beta1", "v1alpha1"])
+@pytest.mark.parametrize("index", range(len(SPECS)))
+def test_every_emitted_object_passes_the_upstream_schemas(kube: Kube, namespace: str, version: str,
+                                                          index: int) -> None:
+    spec = VirtualModelSpec.model_validate(SPECS[index])
+    observed: dict[tuple[str, str], ObservedBackend | None] = {
+        (b.kind, b.name): ObservedBackend(ready=True) for b in spec.backends}
+    observed[("ManagedAIServiceBackend", "vllm")] = ObservedBackend(ready=True, routing="InferencePool",
+                                                                    inference_pool="vllm-pool")
+    world = VirtualModelWorld(namespace=namespace, name="gpt-4", ai_gateway_version=version,
+                              default_gateway=GatewayRef(name=GATEWAY), backends=observed)
+    plan = render(spec, world)
+    assert plan.children
+    owner = apply.Owner("modeltraffic.io/v1alpha1", "VirtualModel", namespace, "gpt-4", "0-0-0")
+    for child in plan.children:
+        body = apply.with_ownership(child.body, owner)
+        kube.apply(body, dry_run=True)  # raises with the server's message when refused
+
+
+# --- the operator -------------------------------------------------------------------------------------------
+
+def test_weighted_tiers_with_default_fallback_retry(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    make_backends(cluster, kube, namespace, "openai", "azure", "anthropic")
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=vm_yaml("gpt-4", f"""\
+        gatewayRefs: [{{name: {GATEWAY}}}]
+        backends:
+        - {{name: openai, modelNameOverride: gpt-4o, weight: 80}}
+        - {{name: azure, modelNameOverride: gpt-4o-eu, weight: 20}}
+        - {{name: anthropic, modelNameOverride: claude-sonnet-4, priority: 1}}
+        rateLimit: {{tenantHeader: x-tenant-id, tokens: {{limit: 100000, unit: Hour}}}}
+    """))
+    obj = wait_vm(kube, namespace, "gpt-4")
+    status = obj["status"]
+    assert status["modelName"] == "gpt-4"
+    assert status["route"] == "gpt-4"
+    assert status["backendSummary"] == "3/3"
+    assert [(b["name"], b["tier"], b["sharePercent"], b["ready"]) for b in status["backends"]] == [
+        ("openai", 0, 80.0, True), ("azure", 0, 20.0, True), ("anthropic", 1, 100.0, True)]
+    assert condition(obj, "BackendsResolved")["status"] == "True"
+    assert condition(obj, "Accepted")["status"] == "Unknown"
+    assert condition(obj, "RetryPolicy")["reason"] == "FallbackDefault"
+
+    live = route(kube, namespace, "gpt-4")
+    assert live is not None and live["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+    refs = live["spec"]["rules"][0]["backendRefs"]
+    assert [(r["name"], r["weight"], r["priority"], r.get("modelNameOverride")) for r in refs] == [
+        ("openai", 80, 0, "gpt-4o"), ("azure", 20, 0, "gpt-4o-eu"), ("anthropic", 1, 1, "claude-sonnet-4")]
+    assert live["spec"]["llmRequestCosts"] == [{"metadataKey": "llm_total_token", "type": "TotalToken"}]
+    policy = kube.get(k.BACKEND_TRAFFIC_POLICY, namespace, "gpt-4")
+    assert policy is not None
+    assert policy["spec"]["retry"]["numAttemptsPerPriority"] == 1
+    assert policy["spec"]["targetRefs"] == [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute",
+                                             "name": "gpt-4"}]
+    assert policy["spec"]["rateLimit"]["global"]["rules"][0]["cost"]["response"]["metadata"] == {
+        "namespace": "io.envoy.ai_gateway", "key": "llm_total_token"}
+
+    # What a person sees.
+    table = cluster.kubectl("get", "vmodel", "-n", namespace).stdout.splitlines()
+    assert table[0].split() == ["NAME", "MODEL", "BACKENDS", "READY", "AGE"]
+    assert table[1].split()[:4] == ["gpt-4", "gpt-4", "3/3", "True"]
+    cluster.kubectl("wait", "--for=condition=Ready", "vmodel/gpt-4", "-n", namespace, "--timeout=10s")
+
+    # The controller accepts the route: mirrored.
+    kube.custom.patch_namespaced_custom_object_status(
+        k.AI_GATEWAY_ROUTE.group, k.AI_GATEWAY_ROUTE.version, namespace, k.AI_GATEWAY_ROUTE.plural, "gpt-4",
+        {"status": {"conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted",
+                                    "message": "route accepted", "lastTransitionTime": "2025-01-01T00:00:00Z"}]}},
+        _content_type="application/merge-patch+json")
+    wait_for(lambda: condition(kube.get(VIRTUAL_MODEL, namespace, "gpt-4"), "Accepted").get("status") == "True",
+             30, "Accepted=True mirrored")
+
+    # Editing the spec (a backend removed, the fallback tier gone, no policy left) prunes the policy.
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=vm_yaml("gpt-4", f"""\
+        gatewayRefs: [{{name: {GATEWAY}}}]
+        backends: [{{name: openai}}]
+    """))
+    wait_for(lambda: kube.get(k.BACKEND_TRAFFIC_POLICY, namespace, "gpt-4") is None, 30, "policy pruned")
+    obj = wait_vm(kube, namespace, "gpt-4")
+    assert obj["status"]["backendSummary"] == "1/1"
+
+
+def test_missing_backend_is_left_out_then_added_when_it_appears(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    make_backends(cluster, kube, namespace, "openai")
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=vm_yaml("chat", f"""\
+        gatewayRefs: [{{name: {GATEWAY}}}]
+        backends: [{{name: openai}}, {{name: azure}}, {{name: raw, kind: AIServiceBackend}}]
+    """))
+    obj = wait_vm(kube, namespace, "chat", reason="BackendsLeftOut")
+    resolved = condition(obj, "BackendsResolved")
+    assert (resolved["status"], resolved["reason"]) == ("False", "BackendsNotFound")
+    assert "ManagedAIServiceBackend azure not found" in resolved["message"]
+    assert "AIServiceBackend raw not found" in resolved["message"]
+    live = route(kube, namespace, "chat")
+    assert live is not None and [r["name"] for r in live["spec"]["rules"][0]["backendRefs"]] == ["openai"]
+
+    # Both appear: the VirtualModel follows within seconds, without any edit of its own.
+    make_backends(cluster, kube, namespace, "azure")
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=textwrap.dedent("""\
+        apiVersion: aigateway.envoyproxy.io/v1beta1
+        kind: AIServiceBackend
+        metadata: {name: raw}
+        spec:
+          schema: {name: OpenAI}
+          backendRef: {group: gateway.envoyproxy.io, kind: Backend, name: raw}
+        """))
+    obj = wait_vm(kube, namespace, "chat", reason="Ready", timeout=15)
+    assert condition(obj, "BackendsResolved")["status"] == "True"
+    live = route(kube, namespace, "chat")
+    assert live is not None
+    assert [r["name"] for r in live["spec"]["rules"][0]["backendRefs"]] == ["openai", "azure", "raw"]
+
+
+def test_no_backend_resolves_no_route_until_one_does(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=vm_yaml("solo", f"""\
+        gatewayRefs: [{{name: {GATEWAY}}}]
+        backends: [{{name: vllm-pool, kind: InferencePool}}]
+    """))
+    obj = wait_vm(kube, namespace, "solo", status="False", reason="BackendsNotFound")
+    assert condition(obj, "Stalled")["status"] == "True"
+    assert route(kube, namespace, "solo") is None
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=textwrap.dedent("""\
+        apiVersion: inference.networking.k8s.io/v1
+        kind: InferencePool
+        metadata: {name: vllm-pool}
+        spec:
+          selector: {matchLabels: {app: vllm}}
+          targetPorts: [{number: 8000}]
+          endpointPickerRef: {name: vllm-epp, port: {number: 9002}}
+        """))
+    wait_vm(kube, namespace, "solo", timeout=15)
+    live = route(kube, namespace, "solo")
+    assert live is not None
+    [ref] = live["spec"]["rules"][0]["backendRefs"]
+    assert (ref["group"], ref["kind"], ref["name"]) == ("inference.networking.k8s.io", "InferencePool", "vllm-pool")
+
+
+def test_duplicate_model_name_is_refused_until_the_owner_goes(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    make_backends(cluster, kube, namespace, "openai")
+    spec = f"""\
+        modelName: shared-model
+        gatewayRefs: [{{name: {GATEWAY}}}]
+        backends: [{{name: openai}}]
+    """
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=vm_yaml("first", spec))
+    wait_vm(kube, namespace, "first")
+    time.sleep(1.1)  # creationTimestamp has second precision
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=vm_yaml("second", spec))
+    obj = wait_vm(kube, namespace, "second", status="False", reason="ModelNameConflict")
+    assert f"VirtualModel {namespace}/first" in condition(obj, "Ready")["message"]
+    assert route(kube, namespace, "second") is None
+    assert condition(kube.get(VIRTUAL_MODEL, namespace, "first"), "Ready")["status"] == "True"
+
+    cluster.kubectl("delete", "vmodel", "first", "-n", namespace)
+    wait_vm(kube, namespace, "second", timeout=15)
+    assert route(kube, namespace, "second") is not None
+
+
+def test_drift_is_restored_and_deletion_collects_children(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    make_backends(cluster, kube, namespace, "openai", "anthropic")
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=vm_yaml("drift", f"""\
+        gatewayRefs: [{{name: {GATEWAY}}}]
+        backends: [{{name: openai}}, {{name: anthropic, priority: 1}}]
+        loadBalancer: {{type: LeastRequest}}
+    """))
+    wait_vm(kube, namespace, "drift")
+    cluster.kubectl("patch", "aigatewayroute", "drift", "-n", namespace, "--type=json", "-p",
+                    '[{"op": "replace", "path": "/spec/rules/0/backendRefs/0/weight", "value": 7}]')
+    wait_for(lambda: (route(kube, namespace, "drift") or {}).get("spec", {}).get("rules", [{}])[0]
+             .get("backendRefs", [{}])[0].get("weight") == 1, 15, "the weight restored")
+    cluster.kubectl("delete", "backendtrafficpolicy", "drift", "-n", namespace)
+    wait_for(lambda: kube.get(k.BACKEND_TRAFFIC_POLICY, namespace, "drift"), 15, "the policy recreated")
+
+    # An unchanged resync writes nothing.
+    time.sleep(1)
+    before = (route(kube, namespace, "drift") or {})["metadata"]["resourceVersion"]
+    cluster.kubectl("label", "vmodel", "drift", "-n", namespace, "touched=yes")
+    time.sleep(2)
+    assert (route(kube, namespace, "drift") or {})["metadata"]["resourceVersion"] == before
+
+    cluster.kubectl("delete", "vmodel", "drift", "-n", namespace)
+    wait_for(lambda: route(kube, namespace, "drift") is None
+             and kube.get(k.BACKEND_TRAFFIC_POLICY, namespace, "drift") is None, 60, "children collected")
+
+
+def test_a_route_of_the_same_name_not_ours_is_left_alone(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    make_backends(cluster, kube, namespace, "openai")
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=textwrap.dedent("""\
+        apiVersion: aigateway.envoyproxy.io/v1beta1
+        kind: AIGatewayRoute
+        metadata: {name: taken}
+        spec:
+          rules: [{backendRefs: [{name: someone-elses}]}]
+        """))
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=vm_yaml("taken", f"""\
+        gatewayRefs: [{{name: {GATEWAY}}}]
+        backends: [{{name: openai}}]
+    """))
+    obj = wait_vm(kube, namespace, "taken", status="False", reason="OwnershipConflict")
+    assert condition(obj, "ChildrenOwned")["status"] == "False"
+    live = route(kube, namespace, "taken")
+    assert live is not None and live["spec"]["rules"][0]["backendRefs"][0]["name"] == "someone-elses"
+
+
+def test_gateway_address_is_reported(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    make_backends(cluster, kube, namespace, "openai")
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=textwrap.dedent("""\
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: Gateway
+        metadata: {name: gw}
+        spec:
+          gatewayClassName: eg
+          listeners: [{name: http, protocol: HTTP, port: 8080}]
+        """))
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=vm_yaml("addr", """\
+        gatewayRefs: [{name: gw}]
+        backends: [{name: openai}]
+    """))
+    wait_vm(kube, namespace, "addr")
+    kube.custom.patch_namespaced_custom_object_status(
+        k.GATEWAY.group, k.GATEWAY.version, namespace, k.GATEWAY.plural, "gw",
+        {"status": {"addresses": [{"type": "IPAddress", "value": "10.0.0.9"}]}},
+        _content_type="application/merge-patch+json")
+    wait_for(lambda: (kube.get(VIRTUAL_MODEL, namespace, "addr") or {}).get("status", {}).get("address")
+             == "10.0.0.9:8080", 15, "the Gateway's address")
