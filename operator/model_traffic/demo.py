@@ -50,16 +50,17 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 print("== kubectl apply -f examples/", flush=True)
                 print(kubectl("apply", "-f", str(ROOT / "examples")), flush=True)
-                print("== kubectl wait --for=condition=Ready maisb --all -n llm", flush=True)
-                waited = subprocess.run([str(binaries.kubectl), "wait", "--for=condition=Ready", "maisb", "--all",
-                                         "-n", "llm", "--timeout=90s"], env=env, capture_output=True, text=True)
+                print("== kubectl wait --for=condition=Ready maisb,vmodel --all -n llm", flush=True)
+                waited = subprocess.run([str(binaries.kubectl), "wait", "--for=condition=Ready", "maisb,vmodel",
+                                         "--all", "-n", "llm", "--timeout=90s"], env=env, capture_output=True,
+                                        text=True)
                 print(waited.stdout or waited.stderr, flush=True)
                 print("== kubectl get modeltraffic -n llm -o wide", flush=True)
                 print(kubectl("get", "modeltraffic", "-n", "llm", "-o", "wide"), flush=True)
-                print("== kubectl get backends,aiservicebackends,backendsecuritypolicies,quotapolicies -n llm",
-                      flush=True)
-                print(kubectl("get", "backends,aiservicebackends,backendsecuritypolicies,quotapolicies", "-n", "llm"),
-                      flush=True)
+                children = "backends,aiservicebackends,backendsecuritypolicies,quotapolicies,aigatewayroutes," \
+                           "backendtrafficpolicies"
+                print(f"== kubectl get {children} -n llm", flush=True)
+                print(kubectl("get", children, "-n", "llm"), flush=True)
                 if args.keep:
                     print(f"== running; export KUBECONFIG={plane.kubeconfig} and PATH={binaries.kubectl.parent}:$PATH"
                           " in another shell. Ctrl-C stops everything.", flush=True)
