@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.request
 import uuid
@@ -179,3 +180,22 @@ def apply_yaml(cluster: Cluster, text: str, *, check: bool = True) -> subprocess
 def get_json(cluster: Cluster, *args: str) -> dict[str, Any]:
     result: dict[str, Any] = json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
     return result
+
+
+def our_yaml(kind: str, name: str, spec: str) -> str:
+    """One of our resources as YAML, spec given as an indented YAML block."""
+    return textwrap.dedent(f"""\
+        apiVersion: modeltraffic.io/v1alpha1
+        kind: {kind}
+        metadata:
+          name: {name}
+        spec:
+        """) + textwrap.indent(textwrap.dedent(spec), "  ")
+
+
+def condition(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any]:
+    """A condition of an object's status, {} when absent."""
+    for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if cond["type"] == ctype:
+            return dict(cond)
+    return {}

@@ -11,7 +11,7 @@ import pytest
 
 from model_traffic import kube as k
 from model_traffic.kube import Kube
-from tests.conftest import Cluster, Operator, apply_yaml, get_json, wait_for
+from tests.conftest import Cluster, Operator, apply_yaml, condition, get_json, our_yaml, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -19,25 +19,13 @@ SECRET_VALUE = "sk-test-never-copied-3f9a"
 
 
 def backend_yaml(name: str, spec: str) -> str:
-    return textwrap.dedent(f"""\
-        apiVersion: modeltraffic.io/v1alpha1
-        kind: ManagedAIServiceBackend
-        metadata:
-          name: {name}
-        spec:
-        """) + textwrap.indent(textwrap.dedent(spec), "  ")
+    return our_yaml("ManagedAIServiceBackend", name, spec)
 
 
 def secret_yaml(name: str, data: dict[str, str]) -> str:
     lines = "\n".join(f"  {key}: {value}" for key, value in data.items())
     return f"apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\nstringData:\n{lines}\n"
 
-
-def condition(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any]:
-    for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
-        if cond["type"] == ctype:
-            return dict(cond)
-    return {}
 
 
 MAISB = k.ResourceType("modeltraffic.io", "v1alpha1", "managedaiservicebackends", "ManagedAIServiceBackend")

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import textwrap
-
 import pytest
 
-from tests.conftest import Cluster
+from tests.conftest import Cluster, our_yaml
 
 pytestmark = pytest.mark.cluster
 
 
 def doc(kind: str, name: str, spec: str) -> str:
-    return textwrap.dedent(f"""\
-        apiVersion: modeltraffic.io/v1alpha1
-        kind: {kind}
-        metadata:
-          name: {name}
-        spec:
-        """) + textwrap.indent(textwrap.dedent(spec), "  ")
+    return our_yaml(kind, name, spec)
 
 
 def dry_run(cluster: Cluster, namespace: str, text: str) -> tuple[bool, str]:

@@ -20,7 +20,7 @@ from model_traffic.api.virtualmodel import VirtualModelSpec
 from model_traffic.kube import Kube
 from model_traffic.reconcilers.virtualmodel import MANAGED_AI_SERVICE_BACKEND, VIRTUAL_MODEL
 from model_traffic.render.virtualmodel import ObservedBackend, VirtualModelWorld, render
-from tests.conftest import Cluster, Operator, wait_for
+from tests.conftest import Cluster, Operator, condition, our_yaml, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -28,13 +28,7 @@ GATEWAY = "ai-gateway"
 
 
 def vm_yaml(name: str, spec: str) -> str:
-    return textwrap.dedent(f"""\
-        apiVersion: modeltraffic.io/v1alpha1
-        kind: VirtualModel
-        metadata:
-          name: {name}
-        spec:
-        """) + textwrap.indent(textwrap.dedent(spec), "  ")
+    return our_yaml("VirtualModel", name, spec)
 
 
 def backend_yaml(name: str, host: str = "api.example.com") -> str:
@@ -48,12 +42,6 @@ def backend_yaml(name: str, host: str = "api.example.com") -> str:
           endpoint: {{fqdn: {{hostname: {host}, port: 443}}}}
         """)
 
-
-def condition(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any]:
-    for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
-        if cond["type"] == ctype:
-            return dict(cond)
-    return {}
 
 
 def wait_vm(kube: Kube, namespace: str, name: str, status: str = "True", reason: str | None = None,

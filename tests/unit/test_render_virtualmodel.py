@@ -19,10 +19,9 @@ import yaml
 from model_traffic.api.common import GatewayRef
 from model_traffic.api.virtualmodel import VirtualModelSpec
 from model_traffic.reconcilers import virtualmodel as reconciler
-from model_traffic.render.backend import Child
+from model_traffic.render.common import Child, Plan
 from model_traffic.render.virtualmodel import (
     ObservedBackend,
-    VirtualModelPlan,
     VirtualModelWorld,
     gateway_address,
     parse_gateway,
@@ -52,26 +51,26 @@ def world(spec_: VirtualModelSpec | None = None, **fields: Any) -> VirtualModelW
     return VirtualModelWorld(**base)
 
 
-def plan_of(spec_: VirtualModelSpec, **fields: Any) -> VirtualModelPlan:
+def plan_of(spec_: VirtualModelSpec, **fields: Any) -> Plan:
     plan = render(spec_, world(spec_, **fields))
     for child in plan.children:
         check_upstream(child)
     return plan
 
 
-def child(plan: VirtualModelPlan, kind: str) -> dict[str, Any]:
+def child(plan: Plan, kind: str) -> dict[str, Any]:
     return next(c.body for c in plan.children if c.rtype.kind == kind)
 
 
-def kinds(plan: VirtualModelPlan) -> list[str]:
+def kinds(plan: Plan) -> list[str]:
     return [c.rtype.kind for c in plan.children]
 
 
-def detail(plan: VirtualModelPlan, ctype: str) -> Any:
+def detail(plan: Plan, ctype: str) -> Any:
     return next(d for d in plan.details if d.type == ctype)
 
 
-def shares(plan: VirtualModelPlan) -> dict[str, float]:
+def shares(plan: Plan) -> dict[str, float]:
     return {b["name"]: b["sharePercent"] for b in plan.status["backends"]}
 
 

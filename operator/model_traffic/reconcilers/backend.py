@@ -12,8 +12,8 @@ from pydantic import ValidationError
 
 from model_traffic import apply, kube
 from model_traffic.api.backend import ManagedAIServiceBackendSpec
-from model_traffic.conditions import Detail, Verdict
 from model_traffic.kube import Kube
+from model_traffic.reconcilers.common import apply_plan, result_of
 from model_traffic.render.backend import BackendWorld, render
 from model_traffic.runtime import Result, invalid_spec
 
@@ -97,30 +97,9 @@ def reconcile(kube_: Kube, body: dict[str, Any], version_override: str | None = 
     owner = apply.Owner.of(body)
     world = observe(kube_, spec, namespace, name, version_override)
     plan = render(spec, world)
-
-    conflicts: list[str] = []
-    aisb_status: dict[str, Any] | None = None
-    for child in plan.children:
-        result = apply.ensure(kube_, child.rtype, owner, child.body)
-        if result.outcome is apply.Outcome.CONFLICT:
-            conflicts.append(result.message)
-        elif child.rtype.kind == "AIServiceBackend" and result.live is not None:
-            aisb_status = result.live.get("status")
-    for rtype in plan.prune:
-        apply.prune(kube_, rtype, owner, name)
-
+    applied = apply_plan(kube_, owner, plan)
+    aisb_status = (applied.live.get("AIServiceBackend") or {}).get("status")
     if aisb_status:
         # Re-render with what the AI Gateway controller reported: same children, final verdict.
         plan = render(spec, dataclasses.replace(world, ai_service_backend_status=aisb_status))
-    children = [
-        {"apiVersion": c.rtype.api_version, "kind": c.rtype.kind, "name": c.name} for c in plan.children
-    ]
-    status = {**plan.status, "children": children}
-    verdict, details = plan.verdict, list(plan.details)
-    if conflicts:
-        message = "; ".join(conflicts)
-        verdict = Verdict("Stalled", "OwnershipConflict", message)
-        details.append(Detail("ChildrenOwned", False, "OwnershipConflict", message))
-    else:
-        details.append(Detail("ChildrenOwned", True, "Owned", "every child is owned by this object"))
-    return Result(verdict, details, status)
+    return result_of(plan, applied.conflicts)

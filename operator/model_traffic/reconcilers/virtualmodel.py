@@ -13,9 +13,9 @@ from model_traffic.api import backend as backend_api
 from model_traffic.api import virtualmodel as vm_api
 from model_traffic.api.common import GROUP, VERSION
 from model_traffic.api.virtualmodel import VirtualModelSpec
-from model_traffic.conditions import Detail, Verdict
 from model_traffic.kube import Kube, ResourceType
 from model_traffic.reconcilers.backend import ai_gateway_version
+from model_traffic.reconcilers.common import apply_plan, result_of
 from model_traffic.render.virtualmodel import (
     BackendKey,
     ObservedBackend,
@@ -167,35 +167,11 @@ def reconcile(kube_: Kube, body: dict[str, Any], ai_gateway_version_override: st
     owner = apply.Owner.of(body)
     world = observe(kube_, spec, body, ai_gateway_version_override, default_gateway)
     plan = render(spec, world)
-
-    conflicts: list[str] = []
-    route_status: dict[str, Any] | None = None
-    route_written = False
-    for child in plan.children:
-        result = apply.ensure(kube_, child.rtype, owner, child.body)
-        if result.outcome is apply.Outcome.CONFLICT:
-            conflicts.append(result.message)
-        elif child.rtype.kind == "AIGatewayRoute":
-            route_written = True
-            route_status = (result.live or {}).get("status")
-    for rtype in plan.prune:
-        apply.prune(kube_, rtype, owner, name)
-
-    if route_written:
+    applied = apply_plan(kube_, owner, plan)
+    if "AIGatewayRoute" in applied.live:
         # Re-render with what the controllers reported: same children, final verdict.
-        http_route = kube_.get(HTTP_ROUTE, namespace, name)
-        http_status = (http_route or {}).get("status")
+        route_status = applied.live["AIGatewayRoute"].get("status")
+        http_status = (kube_.get(HTTP_ROUTE, namespace, name) or {}).get("status")
         if route_status or http_status:
             plan = render(spec, dataclasses.replace(world, route_status=route_status, http_route_status=http_status))
-    children = [
-        {"apiVersion": c.rtype.api_version, "kind": c.rtype.kind, "name": c.name} for c in plan.children
-    ]
-    status = {**plan.status, "children": children}
-    verdict, details = plan.verdict, list(plan.details)
-    if conflicts:
-        message = "; ".join(conflicts)
-        verdict = Verdict("Stalled", "OwnershipConflict", message)
-        details.append(Detail("ChildrenOwned", False, "OwnershipConflict", message))
-    else:
-        details.append(Detail("ChildrenOwned", True, "Owned", "every child is owned by this object"))
-    return Result(verdict, details, status)
+    return result_of(plan, applied.conflicts)

@@ -6,7 +6,7 @@ Pure: no client, no clock. The reconciler gathers :class:`BackendWorld` and writ
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,6 +18,7 @@ from model_traffic.api.backend import (
 )
 from model_traffic.conditions import Detail, Verdict
 from model_traffic.kube import ResourceType
+from model_traffic.render.common import Child, Plan
 
 
 @dataclass(frozen=True)
@@ -34,25 +35,6 @@ class BackendWorld:
     referenced_backend_exists: bool | None = None
     secret_keys: frozenset[str] | None = None  # keys of the credentials Secret; None when it does not exist
     ai_service_backend_status: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class Child:
-    rtype: ResourceType
-    body: dict[str, Any]
-
-    @property
-    def name(self) -> str:
-        return str(self.body["metadata"]["name"])
-
-
-@dataclass
-class BackendPlan:
-    verdict: Verdict
-    details: list[Detail]
-    children: list[Child] = field(default_factory=list)
-    prune: list[ResourceType] = field(default_factory=list)
-    status: dict[str, Any] = field(default_factory=dict)
 
 
 def _meta(name: str) -> dict[str, Any]:
@@ -137,7 +119,7 @@ def _accepted_detail(ai_service_backend_status: dict[str, Any] | None) -> Detail
                   "no Envoy AI Gateway controller has reported on the AIServiceBackend yet")
 
 
-def render(spec: ManagedAIServiceBackendSpec, world: BackendWorld) -> BackendPlan:
+def render(spec: ManagedAIServiceBackendSpec, world: BackendWorld) -> Plan:
     name, namespace = world.name, world.namespace
     details: list[Detail] = []
     status: dict[str, Any] = {}
@@ -146,7 +128,7 @@ def render(spec: ManagedAIServiceBackendSpec, world: BackendWorld) -> BackendPla
     if world.ai_gateway_version is None:
         verdict = Verdict("Stalled", "AIGatewayNotInstalled",
                           "the cluster serves no aigateway.envoyproxy.io API: install Envoy AI Gateway's CRDs")
-        return BackendPlan(verdict, [Detail("EndpointResolved", None, "NotChecked", "")], status=status)
+        return Plan(verdict, [Detail("EndpointResolved", None, "NotChecked", "")], status=status)
     status["aiGatewayApiVersion"] = world.ai_gateway_version
     aisb_type = kube.AI_SERVICE_BACKEND.at(world.ai_gateway_version)
     bsp_type = kube.BACKEND_SECURITY_POLICY.at(world.ai_gateway_version)
@@ -304,4 +286,4 @@ def render(spec: ManagedAIServiceBackendSpec, world: BackendWorld) -> BackendPla
         verdict = Verdict("Stalled", "NotAccepted", accepted.message)
     else:
         verdict = Verdict("Ready", "Ready", f"backend {status.get('endpointSummary', name)} is ready")
-    return BackendPlan(verdict, details, children, prune, status)
+    return Plan(verdict, details, children, prune, status)

@@ -30,7 +30,7 @@ from model_traffic.api.common import GatewayRef
 from model_traffic.api.virtualmodel import BackendReference, Retry, VirtualModelSpec
 from model_traffic.conditions import Detail, Verdict
 from model_traffic.kube import ResourceType
-from model_traffic.render.backend import Child
+from model_traffic.render.common import Child, Plan
 
 MODEL_HEADER = "x-ai-eg-model"
 # Where the AI Gateway filter stores what llmRequestCosts capture (Envoy dynamic metadata namespace).
@@ -102,15 +102,6 @@ class VirtualModelWorld:
     gateway_address: str | None = None
     route_status: dict[str, Any] | None = None  # the live AIGatewayRoute's status
     http_route_status: dict[str, Any] | None = None  # the generated HTTPRoute's status
-
-
-@dataclass
-class VirtualModelPlan:
-    verdict: Verdict
-    details: list[Detail]
-    children: list[Child] = field(default_factory=list)
-    prune: list[ResourceType] = field(default_factory=list)
-    status: dict[str, Any] = field(default_factory=dict)
 
 
 # --- helpers, public for the reconciler and the tests ------------------------------------------------
@@ -409,7 +400,7 @@ def _status_backends(spec: VirtualModelSpec, resolved: list[_Resolved], rules: _
     return out
 
 
-def render(spec: VirtualModelSpec, world: VirtualModelWorld) -> VirtualModelPlan:
+def render(spec: VirtualModelSpec, world: VirtualModelWorld) -> Plan:
     model = model_name(spec, world.name)
     status: dict[str, Any] = {"modelName": model}
     details: list[Detail] = []
@@ -417,7 +408,7 @@ def render(spec: VirtualModelSpec, world: VirtualModelWorld) -> VirtualModelPlan
     if world.ai_gateway_version is None:
         verdict = Verdict("Stalled", "AIGatewayNotInstalled",
                           "the cluster serves no aigateway.envoyproxy.io API: install Envoy AI Gateway's CRDs")
-        return VirtualModelPlan(verdict, [Detail("BackendsResolved", None, "NotChecked", "")], status=status)
+        return Plan(verdict, [Detail("BackendsResolved", None, "NotChecked", "")], status=status)
     route_type = kube.AI_GATEWAY_ROUTE.at(world.ai_gateway_version)
     prune_all = [route_type, kube.BACKEND_TRAFFIC_POLICY]
 
@@ -457,7 +448,7 @@ def render(spec: VirtualModelSpec, world: VirtualModelWorld) -> VirtualModelPlan
         details.append(Detail("Accepted", None, "NoRoute", "no route is written"))
         for entry in status["backends"]:
             entry["sharePercent"] = 0.0
-        return VirtualModelPlan(refusal, details, prune=prune_all, status=status)
+        return Plan(refusal, details, prune=prune_all, status=status)
 
     # --- the route --------------------------------------------------------------------------------
     children = [_route(spec, world, model, parents, rules.rules, route_type)]
@@ -502,4 +493,4 @@ def render(spec: VirtualModelSpec, world: VirtualModelWorld) -> VirtualModelPlan
                           f"left out: {'; '.join(left_out)}")
     else:
         verdict = Verdict("Ready", "Ready", f"model {model!r} is routed to {len(resolved)} backends")
-    return VirtualModelPlan(verdict, details, children, prune, status)
+    return Plan(verdict, details, children, prune, status)

@@ -1,0 +1,46 @@
+"""The part every reconciler shares: write a plan's children, then turn the plan into a Result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from model_traffic import apply
+from model_traffic.conditions import Detail, Verdict
+from model_traffic.kube import Kube
+from model_traffic.render.common import Plan
+from model_traffic.runtime import Result
+
+
+@dataclass
+class Applied:
+    conflicts: list[str] = field(default_factory=list)
+    live: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> the child as the server has it
+
+
+def apply_plan(kube_: Kube, owner: apply.Owner, plan: Plan) -> Applied:
+    """Ensure each child, prune what no longer applies; same-named objects we do not own are reported."""
+    applied = Applied()
+    for child in plan.children:
+        result = apply.ensure(kube_, child.rtype, owner, child.body)
+        if result.outcome is apply.Outcome.CONFLICT:
+            applied.conflicts.append(result.message)
+        elif result.live is not None:
+            applied.live[child.rtype.kind] = result.live
+    for rtype in plan.prune:
+        apply.prune(kube_, rtype, owner, owner.name)
+    return applied
+
+
+def result_of(plan: Plan, conflicts: list[str]) -> Result:
+    """The plan's verdict, unless a child is someone else's: then Stalled, saying which."""
+    children = [{"apiVersion": c.rtype.api_version, "kind": c.rtype.kind, "name": c.name} for c in plan.children]
+    status = {**plan.status, "children": children}
+    verdict, details = plan.verdict, list(plan.details)
+    if conflicts:
+        message = "; ".join(conflicts)
+        verdict = Verdict("Stalled", "OwnershipConflict", message)
+        details.append(Detail("ChildrenOwned", False, "OwnershipConflict", message))
+    else:
+        details.append(Detail("ChildrenOwned", True, "Owned", "every child is owned by this object"))
+    return Result(verdict, details, status)
