@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -73,8 +74,8 @@ def start(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 def _resync_forever(rt: Runtime, config: Settings) -> None:
     """Reconcile every object now and then: heals what no watch event announced."""
-    stop = threading.Event()
-    while not stop.wait(config.resync_seconds):
+    while True:
+        time.sleep(config.resync_seconds)
         for kind, rtype in rt.kinds.items():
             namespaces: Iterable[str | None] = config.namespaces or [None]
             for namespace in namespaces:

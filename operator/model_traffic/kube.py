@@ -153,7 +153,6 @@ _PLURALS.update({
     "ManagedAIServiceBackend": "managedaiservicebackends",
     "VirtualModel": "virtualmodels",
     "TrafficConfig": "trafficconfigs",
-    "ConfigMap": "configmaps",
 })
 
 
