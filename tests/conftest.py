@@ -118,6 +118,15 @@ class Operator:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
             return str(response.read().decode())
 
+    def counter(self, name: str, **labels: str) -> float:
+        """One sample's value (0 when absent); labels in the metric's declared order."""
+        wanted = ",".join(f'{key}="{value}"' for key, value in labels.items())
+        for line in self.metrics().splitlines():
+            sample, _, value = line.rpartition(" ")
+            if sample == f"{name}{{{wanted}}}":
+                return float(value)
+        return 0.0
+
 
 def start_operator(cluster: Cluster, log_path: Path, **env: str) -> Operator:
     metrics_port, liveness_port = free_port(), free_port()
@@ -180,6 +189,18 @@ def apply_yaml(cluster: Cluster, text: str, *, check: bool = True) -> subprocess
 def get_json(cluster: Cluster, *args: str) -> dict[str, Any]:
     result: dict[str, Any] = json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
     return result
+
+
+# A valid InferencePool named vllm-pool (Gateway API Inference Extension v1).
+POOL = """\
+apiVersion: inference.networking.k8s.io/v1
+kind: InferencePool
+metadata: {name: vllm-pool}
+spec:
+  selector: {matchLabels: {app: vllm}}
+  targetPorts: [{number: 8000}]
+  endpointPickerRef: {name: vllm-epp, port: {number: 9002}}
+"""
 
 
 def our_yaml(kind: str, name: str, spec: str) -> str:

@@ -20,7 +20,7 @@ from model_traffic.api.virtualmodel import VirtualModelSpec
 from model_traffic.kube import Kube
 from model_traffic.reconcilers.virtualmodel import MANAGED_AI_SERVICE_BACKEND, VIRTUAL_MODEL
 from model_traffic.render.virtualmodel import ObservedBackend, VirtualModelWorld, render
-from tests.conftest import Cluster, Operator, condition, our_yaml, wait_for
+from tests.conftest import POOL, Cluster, Operator, condition, our_yaml, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -230,15 +230,7 @@ def test_no_backend_resolves_no_route_until_one_does(
     obj = wait_vm(kube, namespace, "solo", status="False", reason="BackendsNotFound")
     assert condition(obj, "Stalled")["status"] == "True"
     assert route(kube, namespace, "solo") is None
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=textwrap.dedent("""\
-        apiVersion: inference.networking.k8s.io/v1
-        kind: InferencePool
-        metadata: {name: vllm-pool}
-        spec:
-          selector: {matchLabels: {app: vllm}}
-          targetPorts: [{number: 8000}]
-          endpointPickerRef: {name: vllm-epp, port: {number: 9002}}
-        """))
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=POOL)
     wait_vm(kube, namespace, "solo", timeout=15)
     live = route(kube, namespace, "solo")
     assert live is not None
