@@ -55,7 +55,7 @@ def start(settings: kopf.OperatorSettings, **_: Any) -> None:
     def reconcile_backend(k: Kube, body: dict[str, Any]) -> Result:
         return backend_reconciler.reconcile(k, body, config.ai_gateway_version)
 
-    rt.register(kube.ResourceType(GROUP, VERSION, backend.PLURAL, backend.KIND), reconcile_backend)
+    rt.register(kube.MANAGED_AI_SERVICE_BACKEND, reconcile_backend)
 
     def reconcile_virtual_model(k: Kube, body: dict[str, Any]) -> Result:
         return virtualmodel_reconciler.reconcile(k, body, config.ai_gateway_version, config.default_gateway)

@@ -28,7 +28,7 @@ def secret_yaml(name: str, data: dict[str, str]) -> str:
 
 
 
-MAISB = k.ResourceType("modeltraffic.io", "v1alpha1", "managedaiservicebackends", "ManagedAIServiceBackend")
+MAISB = k.MANAGED_AI_SERVICE_BACKEND
 
 
 def wait_ready(kube: Kube, namespace: str, name: str, status: str = "True", reason: str | None = None,

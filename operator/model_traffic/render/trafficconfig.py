@@ -1,0 +1,685 @@
+"""TrafficConfig: the rollout as a pure state machine.
+
+``step(spec, status, world, now) -> RolloutPlan``. No client, no clock: the reconciler gathers
+:class:`TrafficWorld`, calls :func:`step`, and when the plan asks for an analysis
+(``plan.analysis``), runs it (metrics through ``analysis.run_metrics``, webhooks by POSTing) and calls
+:func:`step` again with the results in ``world.analysis``. Everything needed to continue lives in the
+status the plan returns, so a restart at any moment resumes from the last written status:
+
+- a step is taken only when an analysis is due (``analysis.interval`` elapsed since ``lastStepTime``)
+  and its results are present; taking it stamps ``lastStepTime = now``, so the same call with the
+  returned status is not due again and never advances twice; the same call with the old status yields
+  the same plan (determinism);
+- weights are read from the status (``canaryWeight``, ``currentStep``), never recomputed from scratch.
+
+What it owns (names): InferenceService ``<name>-<version>`` per live version (or the referenced one
+for the brownfield stable), ManagedAIServiceBackend ``<name>-<version>`` per live version, VirtualModel
+``<name>``. Each version serves under ``<modelName>-<version>`` (``analysis.served_model_name``) and
+the VirtualModel sends that as ``modelNameOverride``, which splits the gateway's ``gen_ai_*`` metrics
+by version (label ``gen_ai_request_model``).
+
+A version that leaves the plan (rolled back, promoted away, variant removed) is first taken out of
+the VirtualModel; its InferenceService and backend are retired once the live VirtualModel
+(``world.live_weights``) no longer sends it traffic.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from model_traffic import kube
+from model_traffic.analysis import Target, served_model_name
+from model_traffic.api import backend as backend_api
+from model_traffic.api import virtualmodel as vm_api
+from model_traffic.api.common import API_VERSION, duration_seconds
+from model_traffic.api.trafficconfig import (
+    Metric,
+    MetricResult,
+    TrafficConfigSpec,
+    TrafficConfigStatus,
+    Webhook,
+)
+from model_traffic.conditions import Detail, Verdict
+from model_traffic.kube import ResourceType
+from model_traffic.render.common import Child
+
+MANAGED_AI_SERVICE_BACKEND = kube.MANAGED_AI_SERVICE_BACKEND
+VIRTUAL_MODEL = kube.VIRTUAL_MODEL
+
+LABEL_TRAFFIC_CONFIG = "modeltraffic.io/traffic-config"
+LABEL_VERSION = "modeltraffic.io/version"
+
+# Canary steps when analysis sets neither stepWeights nor stepWeight (Flagger's customary 10 up to 50).
+DEFAULT_STEP_WEIGHT = 10
+DEFAULT_MAX_WEIGHT = 50
+DEFAULT_INTERVAL = "1m"
+SERVED_NAME_ARGS = ("--model_name=", "--served-model-name=")
+
+Phase = Literal["Initializing", "Progressing", "Paused", "WaitingPromotion", "Promoting", "Succeeded", "Failed"]
+
+
+# --- inputs -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ObservedVersion:
+    """A version's InferenceService as observed. Absence from ``TrafficWorld.versions`` = not found."""
+
+    ready: bool
+    url: str | None = None
+    message: str = ""
+
+    @classmethod
+    def from_inference_service(cls, obj: dict[str, Any]) -> ObservedVersion:
+        status = obj.get("status") or {}
+        ready_cond = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+        ready = bool(ready_cond and ready_cond.get("status") == "True")
+        url = status.get("url") or (status.get("address") or {}).get("url")
+        message = "" if ready else (f"{ready_cond.get('reason')}: {ready_cond.get('message')}" if ready_cond
+                                    else "no Ready condition yet")
+        return cls(ready=ready, url=url, message=message)
+
+
+@dataclass(frozen=True)
+class TrafficWorld:
+    """What the reconciler observed; None means 'not there / not looked at'."""
+
+    namespace: str
+    name: str
+    versions: dict[str, ObservedVersion] = field(default_factory=dict)  # by version label
+    ref_inference_service: dict[str, Any] | None = None  # spec.inferenceService.ref, when set
+    live_weights: dict[str, int] | None = None  # version -> weight in the live VirtualModel; None: none
+    analysis: list[MetricResult] | None = None  # results of the analysis the previous plan asked for
+
+
+def live_weights_from_virtual_model(obj: dict[str, Any] | None, name: str) -> dict[str, int] | None:
+    """``TrafficWorld.live_weights`` from the live VirtualModel ``<name>`` (backends ``<name>-<version>``)."""
+    if obj is None:
+        return None
+    prefix = f"{name}-"
+    out: dict[str, int] = {}
+    for ref in (obj.get("spec") or {}).get("backends") or []:
+        backend = str(ref.get("name", ""))
+        if backend.startswith(prefix):
+            out[backend[len(prefix):]] = int(ref.get("weight", 1))
+    return out
+
+
+# --- outputs ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AnalysisRequest:
+    """What the reconciler must measure before calling :func:`step` again.
+
+    ``metrics``: query each for ``candidate`` (and ``stable`` when relative) over ``interval`` with
+    ``analysis.run_metrics``. ``webhooks``: POST each; report each as a MetricResult named
+    ``webhook/<name>``. Put all results, in any order, into ``TrafficWorld.analysis``.
+    """
+
+    purpose: Literal["PreRollout", "Analysis"]
+    candidate: Target
+    stable: Target
+    interval: str
+    metrics: list[Metric]
+    webhooks: list[Webhook]
+    prometheus: str | None
+
+
+@dataclass(frozen=True)
+class RolloutEvent:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass
+class RolloutPlan:
+    status: dict[str, Any]  # TrafficConfigStatus on the wire, without observedGeneration and conditions
+    verdict: Verdict
+    details: list[Detail] = field(default_factory=list)
+    children: list[Child] = field(default_factory=list)
+    retire: list[str] = field(default_factory=list)  # versions whose children go now
+    delete: list[tuple[ResourceType, str]] = field(default_factory=list)  # the children of those versions
+    analysis: AnalysisRequest | None = None  # run it, then call step again with world.analysis
+    post_rollout: list[Webhook] = field(default_factory=list)  # fire once the status is written
+    events: list[RolloutEvent] = field(default_factory=list)
+    requeue_after: float | None = None  # seconds until the next analysis is due
+
+    @property
+    def analysis_due(self) -> bool:
+        return self.analysis is not None
+
+
+# --- helpers ------------------------------------------------------------------------------------------
+
+def model_name(spec: TrafficConfigSpec, name: str) -> str:
+    return spec.model_name or name
+
+
+def step_weights(spec: TrafficConfigSpec) -> list[int]:
+    """The canary weights, in order: stepWeights, else stepWeight up to maxWeight (maxWeight included)."""
+    analysis = spec.analysis
+    if analysis and analysis.step_weights:
+        return list(analysis.step_weights)
+    step = (analysis.step_weight if analysis else None) or DEFAULT_STEP_WEIGHT
+    top = (analysis.max_weight if analysis else None) or (100 if analysis and analysis.step_weight else
+                                                          DEFAULT_MAX_WEIGHT)
+    weights = list(range(step, top + 1, step))
+    if not weights or weights[-1] != top:
+        weights.append(top)
+    return weights
+
+
+def _interval(spec: TrafficConfigSpec) -> str:
+    return spec.analysis.interval if spec.analysis else DEFAULT_INTERVAL
+
+
+def _stamp(now: datetime.datetime) -> str:
+    return now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_time(value: str | None) -> datetime.datetime | None:
+    if not value:
+        return None
+    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(datetime.UTC)
+
+
+def _utc(now: datetime.datetime) -> datetime.datetime:
+    now = now if now.tzinfo else now.replace(tzinfo=datetime.UTC)
+    return now.astimezone(datetime.UTC).replace(microsecond=0)
+
+
+def _fmt(value: float | None) -> str:
+    return "none" if value is None else f"{value:.6g}"
+
+
+def describe_failures(results: list[MetricResult]) -> str:
+    failed = [r for r in results if not r.passed]
+    return "; ".join(f"{r.name}={_fmt(r.value)} ({r.message})" for r in failed) or "all checks passed"
+
+
+def _served_name_from_args(isvc: dict[str, Any]) -> str | None:
+    predictor: dict[str, Any] = (isvc.get("spec") or {}).get("predictor") or {}
+    model = predictor.get("model")
+    target: dict[str, Any] = model if isinstance(model, dict) else predictor
+    for arg in target.get("args") or []:
+        for prefix in SERVED_NAME_ARGS:
+            if isinstance(arg, str) and arg.startswith(prefix):
+                return arg[len(prefix):]
+    return None
+
+
+def _with_version(isvc_spec: dict[str, Any], storage_uri: str | None, served: str) -> dict[str, Any]:
+    """An InferenceService spec with the version's weights and served model name set."""
+    out = copy.deepcopy(isvc_spec)
+    predictor = out.setdefault("predictor", {})
+    target = predictor["model"] if isinstance(predictor.get("model"), dict) else predictor
+    if storage_uri:
+        target["storageUri"] = storage_uri
+    args = [a for a in target.get("args") or [] if not (isinstance(a, str) and a.startswith(SERVED_NAME_ARGS))]
+    target["args"] = [*args, f"--model_name={served}"]
+    return out
+
+
+# --- the state ------------------------------------------------------------------------------------------
+
+@dataclass
+class _State:
+    phase: Phase | None
+    stable: str | None
+    candidate: str | None
+    weight: int | None
+    step: int | None
+    failed: int
+    iterations: int
+    last_step_time: str | None
+    last_results: list[MetricResult]
+    versions: dict[str, str]  # version -> InferenceService name, as recorded
+
+    @classmethod
+    def read(cls, status: TrafficConfigStatus) -> _State:
+        return cls(status.phase, status.stable_version, status.candidate_version, status.canary_weight,
+                   status.current_step, status.failed_checks or 0, status.iterations or 0, status.last_step_time,
+                   list(status.last_results), {v.version: v.inference_service for v in status.versions})
+
+    def start_rollout(self, candidate: str) -> None:
+        self.phase, self.candidate, self.weight, self.step = "Initializing", candidate, 0, None
+        self.failed, self.iterations, self.last_step_time, self.last_results = 0, 0, None, []
+
+    def end_rollout(self, phase: Phase) -> None:
+        self.phase, self.candidate, self.weight, self.step = phase, None, None, None
+        self.failed, self.iterations, self.last_step_time = 0, 0, None
+
+
+class _Rollout:
+    """One call of :func:`step`."""
+
+    def __init__(self, spec: TrafficConfigSpec, state: _State, world: TrafficWorld, now: datetime.datetime):
+        self.spec, self.s, self.world, self.now = spec, state, world, now
+        self.model = model_name(spec, world.name)
+        self.events: list[RolloutEvent] = []
+        self.details: list[Detail] = []
+        self.post_rollout: list[Webhook] = []
+        self.request: AnalysisRequest | None = None
+        self.message = ""
+        self.holding = False  # a stable switch waits for the new version
+        self.ref_name = spec.inference_service.ref.name if spec.inference_service.ref else None
+        if self.ref_name and not state.versions and state.stable is None:
+            # First reconcile of a brownfield config: the referenced InferenceService is the stable.
+            state.versions[spec.stable.version] = self.ref_name
+
+    # --- names ---------------------------------------------------------------------------------------
+    def isvc_name(self, version: str) -> str:
+        return self.s.versions.get(version) or f"{self.world.name}-{version}"
+
+    def is_ref(self, version: str) -> bool:
+        return self.ref_name is not None and self.isvc_name(version) == self.ref_name
+
+    def served(self, version: str) -> str:
+        if self.is_ref(version):
+            isvc = self.world.ref_inference_service or {}
+            return _served_name_from_args(isvc) or self.isvc_name(version)
+        return served_model_name(self.model, version)
+
+    def target(self, version: str) -> Target:
+        return Target(version, self.served(version))
+
+    def ready(self, version: str) -> bool:
+        seen = self.world.versions.get(version)
+        return bool(seen and seen.ready)
+
+    def why_not_ready(self, version: str) -> str:
+        seen = self.world.versions.get(version)
+        name = self.isvc_name(version)
+        if seen is None:
+            return f"InferenceService {name} not found"
+        return f"InferenceService {name} not Ready ({seen.message})" if seen.message else f"{name} not Ready"
+
+    def event(self, kind: Literal["Normal", "Warning"], reason: str, message: str) -> None:
+        self.events.append(RolloutEvent(kind, reason, message))
+
+    # --- analysis --------------------------------------------------------------------------------------
+    def due(self) -> bool:
+        last = _parse_time(self.s.last_step_time)
+        return last is None or (self.now - last).total_seconds() >= duration_seconds(_interval(self.spec))
+
+    def next_due_in(self) -> float | None:
+        last = _parse_time(self.s.last_step_time)
+        if last is None:
+            return None
+        return max(0.0, duration_seconds(_interval(self.spec)) - (self.now - last).total_seconds())
+
+    def webhooks(self, *types: str) -> list[Webhook]:
+        hooks = self.spec.analysis.webhooks if self.spec.analysis else None
+        return [w for w in hooks or [] if w.type in types]
+
+    def gather(self, purpose: Literal["PreRollout", "Analysis"], metrics: list[Metric],
+               hooks: list[Webhook], stable: str, candidate: str) -> list[MetricResult] | None:
+        """The results for this step when present (or nothing to measure); None: asked for them."""
+        if not metrics and not hooks:
+            return []
+        if self.world.analysis is not None:
+            return list(self.world.analysis)
+        prometheus = self.spec.analysis.prometheus if self.spec.analysis else None
+        self.request = AnalysisRequest(purpose, self.target(candidate), self.target(stable), _interval(self.spec),
+                                       metrics, hooks, prometheus.address if prometheus else None)
+        self.message = f"running the {purpose} analysis of {candidate}"
+        return None
+
+    def record(self, results: list[MetricResult]) -> bool:
+        self.s.last_step_time = _stamp(self.now)
+        self.s.last_results = results
+        return all(r.passed for r in results)
+
+    def count_failure(self, stable: str, candidate: str, results: list[MetricResult]) -> None:
+        self.s.failed += 1
+        threshold = self.spec.analysis.threshold if self.spec.analysis else 3
+        detail = describe_failures(results)
+        if self.s.failed >= threshold:
+            self.event("Warning", "RolledBack",
+                       f"rolled back {candidate} after {self.s.failed} failed checks (threshold {threshold}): "
+                       f"{detail}; all traffic to {stable}")
+            self.s.phase, self.s.weight, self.s.step = "Failed", 0, None
+            self.post_rollout = self.webhooks("PostRollout")
+        else:
+            self.event("Warning", "CheckFailed",
+                       f"check of {candidate} failed ({self.s.failed} of {threshold}): {detail}")
+
+    # --- the rollout of a candidate -------------------------------------------------------------------
+    def advance(self, stable: str, candidate: str) -> None:
+        s, spec = self.s, self.spec
+        if s.phase == "Failed":
+            self.message = f"{candidate} was rolled back; change or remove spec.canary to go on"
+            return
+        if spec.paused:
+            if s.phase != "Paused":
+                self.event("Normal", "Paused", f"rollout of {candidate} paused at weight {s.weight or 0}")
+            s.phase = "Paused"
+            self.message = f"paused at weight {s.weight or 0}"
+            return
+        if s.phase == "Paused":
+            s.phase = self._resumed_phase()
+            self.event("Normal", "Resumed", f"rollout of {candidate} resumed")
+        if s.phase in (None, "Initializing", "Succeeded", "Promoting"):
+            s.phase = "Initializing"
+            missing = [self.why_not_ready(v) for v in (stable, candidate) if not self.ready(v)]
+            if missing:
+                self.message = "waiting: " + "; ".join(missing)
+                return
+            if not self.due():
+                self.message = f"retrying the PreRollout checks of {candidate} after the interval"
+                return
+            results = self.gather("PreRollout", [], self.webhooks("PreRollout"), stable, candidate)
+            if results is None:
+                return
+            if not self.record(results):
+                self.count_failure(stable, candidate, results)
+                return
+            self._start(candidate)
+            return
+        if s.phase == "WaitingPromotion":
+            self.message = (f"{candidate} passed its analysis; promote it by setting spec.stable.version to "
+                            f"{candidate} (model-traffic promote {self.world.name})")
+            return
+        # Progressing
+        if not self.due():
+            self.message = f"{candidate} at weight {s.weight or 0}, next check in {self.next_due_in():.0f}s"
+            return
+        final = self._is_final_check()
+        metrics = list(spec.analysis.metrics or []) if spec.analysis else []
+        hooks = self.webhooks("Rollout", "PrePromotion") if final else self.webhooks("Rollout")
+        results = self.gather("Analysis", metrics, hooks, stable, candidate)
+        if results is None:
+            return
+        if not self.ready(candidate):
+            results = [*results, MetricResult(name="candidate-ready", passed=False,
+                                              message=self.why_not_ready(candidate))]
+        if not self.record(results):
+            self.count_failure(stable, candidate, results)
+            return
+        s.iterations += 1
+        if final:
+            self._complete(stable, candidate)
+        elif spec.strategy == "Canary":
+            weights = step_weights(spec)
+            s.step = (s.step or 0) + 1
+            s.weight = weights[s.step]
+            self.event("Normal", "StepAdvanced", f"{candidate} at weight {s.weight} (step {s.step + 1} of "
+                       f"{len(weights)})")
+            self.message = f"{candidate} at weight {s.weight}"
+        else:
+            self.message = f"{candidate} passed {s.iterations} of {self._iterations()} checks"
+
+    def _iterations(self) -> int:
+        return (self.spec.analysis.iterations if self.spec.analysis else None) or 1
+
+    def _is_final_check(self) -> bool:
+        if self.spec.strategy == "Canary":
+            return (self.s.step or 0) + 1 >= len(step_weights(self.spec))
+        return self.s.iterations + 1 >= self._iterations()
+
+    def _resumed_phase(self) -> Phase:
+        s = self.s
+        if s.last_step_time is None and s.step is None:
+            return "Initializing"
+        if self.spec.strategy == "Canary" and s.step is not None and s.step >= len(step_weights(self.spec)):
+            return "WaitingPromotion"
+        if self.spec.strategy != "Canary" and s.iterations >= self._iterations():
+            return "WaitingPromotion"
+        return "Progressing"
+
+    def _start(self, candidate: str) -> None:
+        s = self.s
+        s.phase = "Progressing"
+        if self.spec.strategy == "Canary":
+            s.step, s.weight = 0, step_weights(self.spec)[0]
+            self.message = f"{candidate} at weight {s.weight}"
+        else:
+            s.step, s.weight = None, 0
+            self.message = f"{candidate} deployed, {self.spec.strategy} checks running"
+        self.event("Normal", "RolloutStarted", f"{self.spec.strategy} rollout of {candidate}: {self.message}")
+
+    def _complete(self, stable: str, candidate: str) -> None:
+        promotion = self.spec.analysis.promotion if self.spec.analysis else "Automatic"
+        if promotion == "Automatic":
+            self.promote(stable, candidate, "passed its analysis")
+        else:
+            s = self.s
+            s.phase = "WaitingPromotion"
+            if self.spec.strategy == "Canary":
+                s.step = len(step_weights(self.spec))  # past the last step: all passed
+            self.event("Normal", "WaitingPromotion", f"{candidate} passed its analysis; waiting for promotion")
+            self.message = f"{candidate} passed its analysis; set spec.stable.version to {candidate} to promote"
+
+    def promote(self, old: str, new: str, why: str) -> None:
+        self.s.end_rollout("Promoting")
+        self.s.stable = new
+        self.event("Normal", "Promoted", f"{new} promoted to stable ({why}); {old} retires once drained")
+        self.post_rollout = self.webhooks("PostRollout")
+        self.message = f"{new} is stable; draining {old}"
+
+    # --- desired traffic --------------------------------------------------------------------------------
+    def weights(self, stable: str, candidate: str | None) -> dict[str, int]:
+        s = self.s
+        if candidate is None or s.phase in ("Failed", "Initializing") or self.spec.strategy != "Canary":
+            return {stable: 100}
+        weight = max(0, min(100, s.weight or 0))
+        out = {stable: 100 - weight}
+        if weight:
+            out[candidate] = weight
+        return out
+
+
+def _status_model(status: dict[str, Any] | TrafficConfigStatus | None) -> TrafficConfigStatus:
+    if isinstance(status, TrafficConfigStatus):
+        return status
+    raw = {k: v for k, v in (status or {}).items() if k not in ("conditions", "observedGeneration")}
+    return TrafficConfigStatus.model_validate(raw)
+
+
+def step(
+    spec: TrafficConfigSpec,
+    status: dict[str, Any] | TrafficConfigStatus | None,
+    world: TrafficWorld,
+    now: datetime.datetime,
+) -> RolloutPlan:
+    """The next status, the desired children and what to do now. Pure and deterministic."""
+    state = _State.read(_status_model(status))
+    r = _Rollout(spec, state, world, _utc(now))
+    if spec.strategy == "Weighted":
+        return _weighted(r)
+
+    target = spec.stable.version
+    stable = state.stable or target
+    canary = spec.canary.version if spec.canary else None
+    candidate: str | None = None  # a version deployed beside the stable
+
+    if target != stable and target == state.candidate and state.phase != "Failed":
+        # Manual promotion (or a GitOps promotion ahead of the analysis): the candidate already runs.
+        if r.ready(target):
+            r.promote(stable, target, "spec.stable.version set to the candidate")
+            stable = target
+        else:
+            candidate, r.holding = target, True
+            r.message = f"promotion of {target} waits for it: {r.why_not_ready(target)}"
+    elif target != stable and canary != stable:
+        # spec.stable changed to a version that is not the candidate: replace the stable once it is Ready.
+        # (After an automatic promotion spec.canary names the new stable until the spec catches up.)
+        if state.candidate:
+            r.event("Normal", "RolloutReset", f"rollout of {state.candidate} reset: spec.stable changed to {target}")
+            state.end_rollout("Promoting")
+        if r.ready(target):
+            r.promote(stable, target, "spec.stable.version changed")
+            stable = target
+        else:
+            state.phase = "Promoting"
+            candidate, r.holding = target, True  # deployed, no traffic until Ready
+            r.message = f"switching the stable to {target} once Ready: {r.why_not_ready(target)}"
+    elif canary is None or canary == stable:
+        # No rollout.
+        if state.candidate is not None:
+            if state.phase != "Failed":
+                r.event("Normal", "Aborted", f"rollout of {state.candidate} aborted: spec.canary removed; "
+                                             f"all traffic to {stable}")
+                r.post_rollout = r.webhooks("PostRollout")
+            state.end_rollout("Succeeded")
+    else:
+        if state.candidate != canary:
+            if state.candidate is not None:
+                r.event("Normal", "RolloutReset", f"candidate changed from {state.candidate} to {canary}")
+            state.start_rollout(canary)
+        r.advance(stable, canary)
+        stable = state.stable or stable
+        if state.candidate is not None and state.phase != "Failed":
+            candidate = canary  # a failed candidate drains; a promoted one is the stable
+
+    state.stable = stable
+    keep = [stable] + ([candidate] if candidate and candidate != stable else [])
+    weights = r.weights(stable, state.candidate if state.candidate and state.candidate == candidate else None)
+    started = state.last_step_time is not None and state.phase in ("Progressing", "WaitingPromotion", "Paused")
+    matched = candidate if (spec.strategy in ("ABTest", "BlueGreen") and started and candidate
+                            and state.candidate == candidate and spec.analysis and spec.analysis.match) else None
+    return _finish(r, keep, weights, matched)
+
+
+def _weighted(r: _Rollout) -> RolloutPlan:
+    spec, s = r.spec, r.s
+    variants = spec.variants or []
+    s.stable = spec.stable.version
+    s.candidate, s.step, s.iterations, s.failed, s.last_step_time = None, None, 0, 0, None
+    weights = {v.version: v.weight for v in variants if v.weight > 0}
+    s.weight = 100 - weights.get(s.stable, 0)
+    waiting = [r.why_not_ready(v.version) for v in variants if not r.ready(v.version)]
+    s.phase = "Progressing" if waiting else "Succeeded"
+    r.message = ("waiting: " + "; ".join(waiting)) if waiting else (
+        "weights " + ", ".join(f"{v.version}={v.weight}" for v in variants))
+    storage = {v.version: v.storage_uri for v in variants}
+    return _finish(r, [v.version for v in variants], weights, None, storage)
+
+
+def _finish(r: _Rollout, keep: list[str], weights: dict[str, int], matched: str | None,
+            storage: dict[str, str | None] | None = None) -> RolloutPlan:
+    spec, s, world = r.spec, r.s, r.world
+    storage = dict(storage or {})
+    storage.setdefault(spec.stable.version, spec.stable.storage_uri)
+    if spec.canary:
+        storage.setdefault(spec.canary.version, spec.canary.storage_uri)
+
+    # Versions no longer wanted keep their children while the live VirtualModel still routes to them.
+    live = world.live_weights or {}
+    known = set(s.versions) | set(world.versions)
+    draining = sorted(v for v in known if v not in keep and live.get(v, 0) > 0)
+    retire = sorted(v for v in known if v not in keep and v not in draining)
+    children: list[Child] = []
+    details: list[Detail] = []
+    for version in keep + draining:
+        isvc = _inference_service(r, version, storage.get(version))
+        if isvc is not None:
+            children.append(isvc)
+        children.append(_backend(r, version))
+    children.append(_virtual_model(r, weights, matched))
+
+    current = s.stable or spec.stable.version
+    if s.phase == "Promoting" and not draining and not r.holding and s.candidate is None:
+        s.phase = "Succeeded"
+        r.message = ""
+    if s.candidate is None and s.phase in (None, "Initializing", "Succeeded") and spec.strategy != "Weighted":
+        s.phase = "Succeeded" if r.ready(current) else "Initializing"
+        if s.phase == "Initializing":
+            r.message = "waiting: " + r.why_not_ready(current)
+    if s.phase == "Succeeded" and not r.message:
+        r.message = f"{current} serves all traffic"
+
+    delete: list[tuple[ResourceType, str]] = []
+    for version in retire:
+        if not r.is_ref(version):
+            delete.append((kube.INFERENCE_SERVICE, r.isvc_name(version)))
+        else:
+            r.event("Normal", "ReferenceUnused", f"the referenced InferenceService {r.isvc_name(version)} receives "
+                                                 "no more traffic; it is not deleted (not owned)")
+        delete.append((MANAGED_AI_SERVICE_BACKEND, f"{world.name}-{version}"))
+
+    versions = []
+    for version in keep + draining:
+        seen = world.versions.get(version)
+        entry: dict[str, Any] = {"version": version, "inferenceService": r.isvc_name(version),
+                                 "ready": bool(seen and seen.ready)}
+        if seen and seen.url:
+            entry["url"] = seen.url
+        versions.append(entry)
+
+    status: dict[str, Any] = {
+        "phase": s.phase, "stableVersion": s.stable, "candidateVersion": s.candidate,
+        "canaryWeight": s.weight, "currentStep": s.step, "failedChecks": s.failed, "iterations": s.iterations,
+        "lastStepTime": s.last_step_time, "lastResults": [m.wire() for m in s.last_results], "versions": versions,
+    }
+    status = {k: v for k, v in status.items() if v is not None}
+    details.append(Detail("AnalysisPassed", None if not s.last_results else all(x.passed for x in s.last_results),
+                          "NoAnalysis" if not s.last_results else
+                          ("Passed" if all(x.passed for x in s.last_results) else "Failed"),
+                          describe_failures(s.last_results) if s.last_results else "no analysis yet"))
+    message = r.message or str(s.phase)
+    verdict = {
+        "Succeeded": Verdict("Ready", "Succeeded", message),
+        "WaitingPromotion": Verdict("Ready", "WaitingPromotion", message),
+        "Paused": Verdict("Ready", "Paused", message),
+        "Failed": Verdict("Stalled", "RolledBack", message),
+    }.get(str(s.phase), Verdict("Progressing", str(s.phase), message))
+    return RolloutPlan(status, verdict, details, children, retire, delete, r.request, r.post_rollout, r.events,
+                       r.next_due_in() if s.phase == "Progressing" else None)
+
+
+def _inference_service(r: _Rollout, version: str, storage_uri: str | None) -> Child | None:
+    if r.is_ref(version):
+        return None  # the referenced InferenceService is read, never written
+    source = r.spec.inference_service
+    if source.template is not None:
+        base = source.template
+    elif r.world.ref_inference_service is not None:
+        base = r.world.ref_inference_service.get("spec") or {}
+    else:
+        r.message = r.message or f"InferenceService {r.ref_name} (spec.inferenceService.ref) not found"
+        return None
+    name = r.isvc_name(version)
+    return Child(kube.INFERENCE_SERVICE, {
+        "apiVersion": kube.INFERENCE_SERVICE.api_version, "kind": "InferenceService",
+        "metadata": {"name": name, "labels": {LABEL_TRAFFIC_CONFIG: r.world.name, LABEL_VERSION: version}},
+        "spec": _with_version(base, storage_uri, r.served(version)),
+    })
+
+
+def _backend(r: _Rollout, version: str) -> Child:
+    return Child(MANAGED_AI_SERVICE_BACKEND, {
+        "apiVersion": API_VERSION, "kind": backend_api.KIND,
+        "metadata": {"name": f"{r.world.name}-{version}",
+                     "labels": {LABEL_TRAFFIC_CONFIG: r.world.name, LABEL_VERSION: version}},
+        "spec": {"schema": r.spec.schema_.wire(),
+                 "endpoint": {"inferenceService": {"name": r.isvc_name(version)}}},
+    })
+
+
+def _virtual_model(r: _Rollout, weights: dict[str, int], matched: str | None) -> Child:
+    """Weights as percentages; versions at 0 are left out. ``matched``: the candidate of an ABTest (or a
+    BlueGreen preview) reached only by requests matching ``analysis.match``.
+
+    NOTE: VirtualModelSpec has no header-matched backend yet; the candidate's entry carries the field
+    it needs (``matches``, a list of ``{headers: [{name, value}]}``, any of which must match), see the
+    report of this change.
+    """
+    backends: list[dict[str, Any]] = [
+        {"name": f"{r.world.name}-{version}", "modelNameOverride": r.served(version), "weight": weight}
+        for version, weight in sorted(weights.items()) if weight > 0
+    ]
+    if matched is not None and r.spec.analysis and r.spec.analysis.match:
+        backends.append({"name": f"{r.world.name}-{matched}", "modelNameOverride": r.served(matched), "weight": 1,
+                         "matches": [m.wire() for m in r.spec.analysis.match]})
+    spec: dict[str, Any] = {"modelName": r.model, "backends": backends}
+    if r.spec.gateway_refs:
+        spec["gatewayRefs"] = [g.wire() for g in r.spec.gateway_refs]
+    return Child(VIRTUAL_MODEL, {
+        "apiVersion": API_VERSION, "kind": vm_api.KIND,
+        "metadata": {"name": r.world.name, "labels": {LABEL_TRAFFIC_CONFIG: r.world.name}},
+        "spec": spec,
+    })

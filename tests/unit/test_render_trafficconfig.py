@@ -1,0 +1,428 @@
+"""The TrafficConfig state machine, with plain data (no API server, no Prometheus, no clock)."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from typing import Any
+
+from model_traffic.analysis import evaluate
+from model_traffic.api.trafficconfig import Metric, MetricResult, TrafficConfigSpec
+from model_traffic.render.trafficconfig import (
+    AnalysisRequest,
+    ObservedVersion,
+    RolloutPlan,
+    TrafficWorld,
+    live_weights_from_virtual_model,
+    step,
+    step_weights,
+)
+
+T0 = datetime.datetime(2025, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)
+TEMPLATE = {"predictor": {"model": {"modelFormat": {"name": "huggingface"}, "args": ["--max_model_len=4096"]}}}
+
+
+def at(minutes: float) -> datetime.datetime:
+    return T0 + datetime.timedelta(minutes=minutes)
+
+
+def spec(**fields: Any) -> TrafficConfigSpec:
+    base: dict[str, Any] = {
+        "modelName": "llama-3",
+        "inferenceService": {"template": TEMPLATE},
+        "stable": {"version": "v1", "storageUri": "hf://org/m@1"},
+        "canary": {"version": "v2", "storageUri": "hf://org/m@2"},
+        "analysis": {"interval": "1m", "threshold": 2, "stepWeights": [10, 50],
+                     "metrics": [{"name": "ttft", "builtin": "TimeToFirstTokenP95", "max": 0.5}]},
+    }
+    base.update(fields)
+    return TrafficConfigSpec.model_validate(base)
+
+
+def world(ready: tuple[str, ...] = ("v1", "v2"), live: dict[str, int] | None = None,
+          analysis: list[MetricResult] | None = None, **fields: Any) -> TrafficWorld:
+    versions = {v: ObservedVersion(ready=True, url=f"http://llama-{v}.llm") for v in ready}
+    return TrafficWorld(namespace="llm", name="llama", versions=versions, live_weights=live, analysis=analysis,
+                        **fields)
+
+
+def passing(request: AnalysisRequest) -> list[MetricResult]:
+    return [evaluate(m, 0.1, 0.1) for m in request.metrics]
+
+
+def failing_ttft(request: AnalysisRequest) -> list[MetricResult]:
+    return [evaluate(m, 2.5, 0.1) for m in request.metrics]
+
+
+def no_data(request: AnalysisRequest) -> list[MetricResult]:
+    return [evaluate(m, None, 0.1) for m in request.metrics]
+
+
+Results = Callable[[AnalysisRequest], list[MetricResult]]
+
+
+def reconcile(s: TrafficConfigSpec, status: dict[str, Any] | None, now: datetime.datetime,
+              results: Results = passing, **world_fields: Any) -> RolloutPlan:
+    """What the reconciler will do: step; when an analysis is asked for, run it and step again."""
+    plan = step(s, status, world(**world_fields), now)
+    if plan.analysis is not None:
+        plan = step(s, status, world(analysis=results(plan.analysis), **world_fields), now)
+    return plan
+
+
+def vm_weights(plan: RolloutPlan) -> dict[str, int]:
+    vm = next(c for c in plan.children if c.rtype.kind == "VirtualModel")
+    return {b["name"]: b["weight"] for b in vm.body["spec"]["backends"] if "matches" not in b}
+
+
+def names(plan: RolloutPlan, kind: str) -> list[str]:
+    return sorted(c.name for c in plan.children if c.rtype.kind == kind)
+
+
+def reasons(plan: RolloutPlan) -> list[str]:
+    return [e.reason for e in plan.events]
+
+
+# --- steady state and children ----------------------------------------------------------------------------
+
+def test_stable_only_waits_for_ready_then_succeeds() -> None:
+    s = spec(canary=None)
+    waiting = step(s, None, world(ready=()), T0)
+    assert waiting.status["phase"] == "Initializing"
+    assert waiting.verdict.state == "Progressing"
+    done = step(s, waiting.status, world(ready=("v1",)), T0)
+    assert done.status["phase"] == "Succeeded"
+    assert done.verdict.state == "Ready"
+    assert vm_weights(done) == {"llama-v1": 100}
+
+
+def test_children_per_version() -> None:
+    plan = step(spec(), None, world(), T0)
+    assert names(plan, "InferenceService") == ["llama-v1", "llama-v2"]
+    assert names(plan, "ManagedAIServiceBackend") == ["llama-v1", "llama-v2"]
+    assert names(plan, "VirtualModel") == ["llama"]
+    isvc = next(c.body for c in plan.children if c.name == "llama-v2" and c.rtype.kind == "InferenceService")
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["storageUri"] == "hf://org/m@2"
+    assert model["args"] == ["--max_model_len=4096", "--model_name=llama-3-v2"]
+    assert isvc["metadata"]["labels"] == {"modeltraffic.io/traffic-config": "llama", "modeltraffic.io/version": "v2"}
+    backend = next(c.body for c in plan.children if c.rtype.kind == "ManagedAIServiceBackend" and c.name == "llama-v2")
+    assert backend["spec"] == {"schema": {"name": "OpenAI"}, "endpoint": {"inferenceService": {"name": "llama-v2"}}}
+    vm = next(c.body for c in plan.children if c.rtype.kind == "VirtualModel")
+    assert vm["spec"]["modelName"] == "llama-3"
+    assert vm["spec"]["backends"][0]["modelNameOverride"] == "llama-3-v1"
+    assert plan.status["versions"][1] == {"version": "v2", "inferenceService": "llama-v2", "ready": True,
+                                          "url": "http://llama-v2.llm"}
+
+
+def test_step_weights_from_step_weight_and_max_weight() -> None:
+    assert step_weights(spec(analysis={"stepWeight": 20, "maxWeight": 50})) == [20, 40, 50]
+    assert step_weights(spec(analysis={"stepWeight": 25})) == [25, 50, 75, 100]
+    assert step_weights(spec(analysis={"stepWeights": [5, 10, 25, 50]})) == [5, 10, 25, 50]
+    assert step_weights(spec(analysis=None)) == [10, 20, 30, 40, 50]
+
+
+# --- canary ---------------------------------------------------------------------------------------------
+
+def test_canary_waits_for_candidate_ready() -> None:
+    plan = step(spec(), None, world(ready=("v1",)), T0)
+    assert plan.status["phase"] == "Initializing"
+    assert vm_weights(plan) == {"llama-v1": 100}
+    assert "llama-v2 not found" in plan.verdict.message
+
+
+def test_healthy_candidate_is_promoted_through_all_steps() -> None:
+    s = spec()
+    plan = reconcile(s, None, T0)
+    assert plan.status["phase"] == "Progressing"
+    assert plan.status["canaryWeight"] == 10
+    assert vm_weights(plan) == {"llama-v1": 90, "llama-v2": 10}
+    assert "RolloutStarted" in reasons(plan)
+
+    early = reconcile(s, plan.status, at(0.5))
+    assert early.analysis is None and early.status == plan.status
+    assert early.requeue_after == 30
+
+    first = step(s, plan.status, world(), at(1))
+    assert first.analysis is not None
+    assert first.analysis.candidate.served_model == "llama-3-v2"
+    assert first.analysis.stable.served_model == "llama-3-v1"
+    assert [m.name for m in first.analysis.metrics] == ["ttft"]
+    assert first.status == plan.status  # nothing moves before the results are in
+
+    plan = reconcile(s, plan.status, at(1))
+    assert plan.status["canaryWeight"] == 50
+    assert plan.status["currentStep"] == 1
+    assert plan.status["iterations"] == 1
+    assert plan.status["lastResults"][0]["passed"] is True
+
+    plan = reconcile(s, plan.status, at(2), live={"v1": 50, "v2": 50})
+    assert plan.status["phase"] == "Promoting"
+    assert plan.status["stableVersion"] == "v2"
+    assert "candidateVersion" not in plan.status
+    assert vm_weights(plan) == {"llama-v2": 100}
+    assert names(plan, "InferenceService") == ["llama-v1", "llama-v2"]  # v1 drains first
+    assert plan.retire == []
+    assert "Promoted" in reasons(plan)
+
+    done = reconcile(s, plan.status, at(2.1), live={"v2": 100})
+    assert done.status["phase"] == "Succeeded"
+    assert done.retire == ["v1"]
+    assert [(t.kind, n) for t, n in done.delete] == [("InferenceService", "llama-v1"),
+                                                      ("ManagedAIServiceBackend", "llama-v1")]
+    assert names(done, "InferenceService") == ["llama-v2"]
+
+    # The spec still says stable v1 / canary v2 until GitOps catches up: nothing changes.
+    again = reconcile(s, done.status, at(10), live={"v2": 100})
+    assert again.status == done.status
+    assert again.events == []
+
+
+def test_bad_ttft_is_rolled_back_after_threshold_failed_checks() -> None:
+    s = spec()
+    plan = reconcile(s, None, T0)
+    plan = reconcile(s, plan.status, at(1), results=failing_ttft)
+    assert plan.status["phase"] == "Progressing"
+    assert plan.status["failedChecks"] == 1
+    assert plan.status["canaryWeight"] == 10  # held, not advanced
+    assert "CheckFailed" in reasons(plan)
+
+    plan = reconcile(s, plan.status, at(2), results=failing_ttft, live={"v1": 90, "v2": 10})
+    assert plan.status["phase"] == "Failed"
+    assert plan.status["failedChecks"] == 2
+    assert plan.status["candidateVersion"] == "v2"
+    assert plan.verdict.state == "Stalled"
+    assert vm_weights(plan) == {"llama-v1": 100}
+    rollback = next(e for e in plan.events if e.reason == "RolledBack")
+    assert rollback.type == "Warning"
+    assert "ttft=2.5" in rollback.message and "> max 0.5" in rollback.message
+    assert plan.retire == []  # still routed by the live VirtualModel
+
+    after = reconcile(s, plan.status, at(3), live={"v1": 100})
+    assert after.status["phase"] == "Failed"
+    assert after.retire == ["v2"]
+    assert after.analysis is None
+    assert names(after, "InferenceService") == ["llama-v1"]
+
+
+def test_no_data_is_a_failed_check() -> None:
+    s = spec()
+    plan = reconcile(s, None, T0)
+    plan = reconcile(s, plan.status, at(1), results=no_data)
+    assert plan.status["failedChecks"] == 1
+    assert plan.status["lastResults"][0] == {"name": "ttft", "stableValue": 0.1, "passed": False,
+                                             "message": "no data"}
+
+
+def test_relative_to_stable_threshold_in_a_rollout() -> None:
+    s = spec(analysis={"interval": "1m", "threshold": 1, "stepWeights": [10, 50],
+                       "metrics": [{"name": "ttft", "builtin": "TimeToFirstTokenP95", "maxRelativeToStable": 1.2}]})
+
+    def slower(request: AnalysisRequest) -> list[MetricResult]:
+        return [evaluate(m, 0.15, 0.1) for m in request.metrics]
+
+    plan = reconcile(s, None, T0)
+    plan = reconcile(s, plan.status, at(1), results=slower)
+    assert plan.status["phase"] == "Failed"
+    assert "maxRelativeToStable" in plan.status["lastResults"][0]["message"]
+
+
+def test_candidate_not_ready_during_analysis_fails_the_check() -> None:
+    s = spec()
+    plan = reconcile(s, None, T0)
+    plan = reconcile(s, plan.status, at(1), ready=("v1",))
+    assert plan.status["failedChecks"] == 1
+    assert any(r["name"] == "candidate-ready" for r in plan.status["lastResults"])
+
+
+# --- promotion, pause, abort ------------------------------------------------------------------------------
+
+def test_manual_promotion_waits_for_the_stable_pointer() -> None:
+    s = spec(analysis={"interval": "1m", "stepWeights": [10, 50], "promotion": "Manual"})
+    plan = reconcile(s, None, T0)
+    plan = reconcile(s, plan.status, at(1))
+    plan = reconcile(s, plan.status, at(2))
+    assert plan.status["phase"] == "WaitingPromotion"
+    assert plan.status["canaryWeight"] == 50
+    assert plan.verdict.reason == "WaitingPromotion"
+    waiting = reconcile(s, plan.status, at(30))
+    assert waiting.status == plan.status and waiting.analysis is None
+
+    promoted_spec = spec(stable={"version": "v2", "storageUri": "hf://org/m@2"}, canary=None,
+                         analysis={"interval": "1m", "stepWeights": [10, 50], "promotion": "Manual"})
+    promoted = reconcile(promoted_spec, plan.status, at(31), live={"v1": 50, "v2": 50})
+    assert promoted.status["phase"] == "Promoting"
+    assert promoted.status["stableVersion"] == "v2"
+    assert vm_weights(promoted) == {"llama-v2": 100}
+    done = reconcile(promoted_spec, promoted.status, at(32), live={"v2": 100})
+    assert done.status["phase"] == "Succeeded"
+    assert done.retire == ["v1"]
+
+
+def test_pause_freezes_and_resume_continues() -> None:
+    s = spec()
+    plan = reconcile(s, None, T0)
+    paused = reconcile(spec(paused=True), plan.status, at(5))
+    assert paused.status["phase"] == "Paused"
+    assert paused.analysis is None
+    assert paused.status["canaryWeight"] == 10
+    assert vm_weights(paused) == {"llama-v1": 90, "llama-v2": 10}
+    assert "Paused" in reasons(paused)
+    still = reconcile(spec(paused=True), paused.status, at(6))
+    assert still.status == paused.status and still.events == []
+
+    resumed = step(s, paused.status, world(), at(7))
+    assert resumed.status["phase"] == "Progressing"
+    assert resumed.analysis is not None
+    resumed = reconcile(s, paused.status, at(7))
+    assert resumed.status["canaryWeight"] == 50
+    assert "Resumed" in reasons(resumed)
+
+
+def test_abort_by_removing_the_canary() -> None:
+    plan = reconcile(spec(), None, T0)
+    aborted = reconcile(spec(canary=None), plan.status, at(0.5), live={"v1": 90, "v2": 10})
+    assert aborted.status["phase"] == "Succeeded"
+    assert "candidateVersion" not in aborted.status
+    assert vm_weights(aborted) == {"llama-v1": 100}
+    assert "Aborted" in reasons(aborted)
+    gone = reconcile(spec(canary=None), aborted.status, at(1), live={"v1": 100})
+    assert gone.retire == ["v2"]
+
+
+def test_webhooks_pre_rollout_then_rollout_and_pre_promotion() -> None:
+    hooks = [{"name": "evals", "type": "PreRollout", "url": "http://evals.llm/run"},
+             {"name": "load", "type": "Rollout", "url": "http://load.llm/"},
+             {"name": "gate", "type": "PrePromotion", "url": "http://gate.llm/"},
+             {"name": "notify", "type": "PostRollout", "url": "http://chat.llm/"}]
+    s = spec(analysis={"interval": "1m", "stepWeights": [10, 50], "webhooks": hooks})
+    first = step(s, None, world(), T0)
+    assert first.analysis is not None
+    assert first.analysis.purpose == "PreRollout"
+    assert [w.name for w in first.analysis.webhooks] == ["evals"]
+    refused = step(s, None, world(analysis=[MetricResult(name="webhook/evals", passed=False, message="500")]), T0)
+    assert refused.status["phase"] == "Initializing"
+    assert refused.status["failedChecks"] == 1
+    plan = reconcile(s, None, T0, results=lambda r: [])
+    assert plan.status["phase"] == "Progressing"
+    mid = step(s, plan.status, world(), at(1))
+    assert mid.analysis is not None and [w.name for w in mid.analysis.webhooks] == ["load"]
+    plan = reconcile(s, plan.status, at(1), results=lambda r: [])
+    last = step(s, plan.status, world(), at(2))
+    assert last.analysis is not None and [w.name for w in last.analysis.webhooks] == ["load", "gate"]
+    done = reconcile(s, plan.status, at(2), results=lambda r: [])
+    assert [w.name for w in done.post_rollout] == ["notify"]
+
+
+# --- the other strategies ---------------------------------------------------------------------------------
+
+def test_weighted_variants_apply_at_once() -> None:
+    s = spec(strategy="Weighted", canary=None, analysis=None,
+             variants=[{"version": "v1", "weight": 70}, {"version": "v2", "weight": 20, "storageUri": "hf://b"},
+                       {"version": "v3", "weight": 10, "storageUri": "hf://c"}])
+    plan = step(s, None, world(ready=("v1", "v2", "v3")), T0)
+    weights = vm_weights(plan)
+    assert weights == {"llama-v1": 70, "llama-v2": 20, "llama-v3": 10}
+    assert sum(weights.values()) == 100
+    assert plan.analysis is None
+    assert plan.status["phase"] == "Succeeded"
+    assert names(plan, "InferenceService") == ["llama-v1", "llama-v2", "llama-v3"]
+
+    reweighted = spec(strategy="Weighted", canary=None, analysis=None,
+                      variants=[{"version": "v1", "weight": 60}, {"version": "v2", "weight": 40}])
+    again = step(reweighted, plan.status, world(ready=("v1", "v2", "v3"), live=weights_by_version(weights)), T0)
+    assert vm_weights(again) == {"llama-v1": 60, "llama-v2": 40}
+    assert again.retire == []  # v3 still routed by the live VirtualModel
+    drained = step(reweighted, again.status, world(ready=("v1", "v2", "v3"), live={"v1": 60, "v2": 40}), T0)
+    assert drained.retire == ["v3"]
+
+
+def weights_by_version(weights: dict[str, int]) -> dict[str, int]:
+    return {k.removeprefix("llama-"): v for k, v in weights.items()}
+
+
+def test_blue_green_switches_atomically_after_iterations() -> None:
+    s = spec(strategy="BlueGreen", analysis={"interval": "1m", "iterations": 2,
+                                             "metrics": [{"name": "errors", "builtin": "ErrorRate", "max": 0.2}]})
+    plan = reconcile(s, None, T0)
+    assert plan.status["phase"] == "Progressing"
+    assert vm_weights(plan) == {"llama-v1": 100}
+    assert names(plan, "InferenceService") == ["llama-v1", "llama-v2"]  # candidate at full scale, no traffic
+    plan = reconcile(s, plan.status, at(1))
+    assert plan.status["iterations"] == 1
+    assert vm_weights(plan) == {"llama-v1": 100}
+    plan = reconcile(s, plan.status, at(2), live={"v1": 100})
+    assert plan.status["stableVersion"] == "v2"
+    assert vm_weights(plan) == {"llama-v2": 100}
+
+
+def test_ab_test_routes_matching_requests_to_the_candidate() -> None:
+    match = [{"headers": [{"name": "x-canary", "value": "true"}]}]
+    s = spec(strategy="ABTest", analysis={"interval": "1m", "iterations": 3, "match": match})
+    plan = reconcile(s, None, T0)
+    vm = next(c.body for c in plan.children if c.rtype.kind == "VirtualModel")
+    assert vm["spec"]["backends"] == [
+        {"name": "llama-v1", "modelNameOverride": "llama-3-v1", "weight": 100},
+        {"name": "llama-v2", "modelNameOverride": "llama-3-v2", "weight": 1, "matches": match},
+    ]
+
+
+def test_brownfield_ref_is_the_stable_and_is_cloned() -> None:
+    existing = {"metadata": {"name": "llama-prod"},
+                "spec": {"predictor": {"model": {"storageUri": "hf://org/m@1",
+                                                 "args": ["--model_name=llama-prod"]}}}}
+    s = spec(inferenceService={"ref": {"name": "llama-prod"}})
+    w = TrafficWorld(namespace="llm", name="llama", ref_inference_service=existing,
+                     versions={"v1": ObservedVersion(ready=True), "v2": ObservedVersion(ready=True)})
+    plan = step(s, None, w, T0)
+    assert names(plan, "InferenceService") == ["llama-v2"]  # the referenced one is never written
+    clone = next(c.body for c in plan.children if c.rtype.kind == "InferenceService")
+    assert clone["spec"]["predictor"]["model"] == {"storageUri": "hf://org/m@2", "args": ["--model_name=llama-3-v2"]}
+    backend = next(c.body for c in plan.children if c.name == "llama-v1" and c.rtype.kind != "InferenceService")
+    assert backend["spec"]["endpoint"] == {"inferenceService": {"name": "llama-prod"}}
+    assert plan.status["versions"][0]["inferenceService"] == "llama-prod"
+    vm = next(c.body for c in plan.children if c.rtype.kind == "VirtualModel")
+    assert vm["spec"]["backends"][0]["modelNameOverride"] == "llama-prod"
+
+
+def test_live_weights_from_virtual_model() -> None:
+    vm = {"spec": {"backends": [{"name": "llama-v1", "weight": 90}, {"name": "llama-v2", "weight": 10},
+                                {"name": "other"}]}}
+    assert live_weights_from_virtual_model(vm, "llama") == {"v1": 90, "v2": 10}
+    assert live_weights_from_virtual_model(None, "llama") is None
+
+
+# --- determinism and restart safety -----------------------------------------------------------------------
+
+def test_step_is_idempotent() -> None:
+    s = spec()
+    plan = reconcile(s, None, T0)
+    results = passing(step(s, plan.status, world(), at(1)).analysis or _missing())
+    w = world(analysis=results)
+    a = step(s, plan.status, w, at(1))
+    b = step(s, plan.status, w, at(1))
+    assert a == b
+    assert a.status["canaryWeight"] == 50
+    # The same call with the status it returned (e.g. after a restart): no second advance.
+    c = step(s, a.status, w, at(1))
+    assert c.status == a.status
+    assert c.analysis is None
+    assert c.events == []
+    # Status round-trips through the model.
+    d = step(s, _as_model(a.status), w, at(1))
+    assert d.status == a.status
+
+
+def _missing() -> AnalysisRequest:
+    raise AssertionError("an analysis was expected")
+
+
+def _as_model(status: dict[str, Any]) -> Any:
+    from model_traffic.api.trafficconfig import TrafficConfigStatus
+    return TrafficConfigStatus.model_validate(status)
+
+
+def test_metric_spec_type_is_shared() -> None:
+    # The request hands the reconciler the spec's own Metric objects.
+    plan = step(spec(), reconcile(spec(), None, T0).status, world(), at(1))
+    assert plan.analysis is not None and isinstance(plan.analysis.metrics[0], Metric)
