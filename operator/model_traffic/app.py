@@ -102,13 +102,27 @@ def _reconcile_quietly(kind: str, namespace: str, name: str) -> None:
 
 # --- ManagedAIServiceBackend ----------------------------------------------------------------------
 
+def is_status_echo(event_type: str | None, body: kopf.Body) -> bool:
+    """A modification that changed no spec: in practice our own status write coming back.
+
+    Reconciling on it would redo every read only to find nothing to do. What else can change without a new
+    generation (labels, annotations) does not affect what we render; referenced objects and children have
+    watches of their own, and the resync covers the rest. The initial listing (type None) always counts.
+    """
+    if event_type != "MODIFIED":
+        return False
+    observed = (body.get("status") or {}).get("observedGeneration")
+    return observed is not None and observed == body.get("metadata", {}).get("generation")
+
+
 @kopf.on.event(GROUP, VERSION, backend.PLURAL)
-def backend_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
+def backend_event(type: str, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
     namespace = namespace or ""
     if type == "DELETED":
         STATE.runtime.forget(backend.KIND, namespace, name)
         return
-    STATE.runtime.reconcile(backend.KIND, namespace, name)
+    if not is_status_echo(type, body):
+        STATE.runtime.reconcile(backend.KIND, namespace, name)
 
 
 @kopf.index(GROUP, VERSION, backend.PLURAL)
@@ -195,6 +209,8 @@ def virtual_model_event(type: str, body: kopf.Body, namespace: str | None, name:
     namespace = namespace or ""
     if type == "DELETED":
         STATE.runtime.forget(virtualmodel.KIND, namespace, name)
+    elif is_status_echo(type, body):
+        return
     else:
         STATE.runtime.reconcile(virtualmodel.KIND, namespace, name)
     # The others claiming the same model name: a refused one may now own it (or must now be refused).

@@ -116,15 +116,18 @@ def test_resync_of_an_unchanged_backend_writes_nothing(
 
     before = versions()
     unchanged_before = operator.counter("model_traffic_reconcile_total", kind=MAISB.kind, result="unchanged")
-    # A label edit is an update event: the operator reconciles, finds nothing to do, and writes nothing.
-    cluster.kubectl("label", "maisb", "plain", "-n", namespace, "touched=yes")
+    # A user labels a child: its event makes the operator reconcile, which finds nothing to do, writes
+    # nothing, and leaves the user's label alone.
+    cluster.kubectl("label", "backends.gateway.envoyproxy.io", "plain", "-n", namespace, "team=ml")
     wait_for(lambda: operator.counter("model_traffic_reconcile_total", kind=MAISB.kind, result="unchanged")
              > unchanged_before, 20, "a reconcile that found nothing to do")
     touched = versions()
-    assert touched[k.BACKEND.kind] == before[k.BACKEND.kind]
+    assert touched[MAISB.kind] == before[MAISB.kind]
     assert touched[k.AI_SERVICE_BACKEND.kind] == before[k.AI_SERVICE_BACKEND.kind]
     time.sleep(2)
     assert versions() == touched
+    labelled = kube.get(k.BACKEND, namespace, "plain")
+    assert labelled is not None and labelled["metadata"]["labels"]["team"] == "ml"
 
 
 def test_missing_secret_stalls_then_heals_when_the_secret_appears(
