@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
@@ -234,10 +235,31 @@ class HTTPPrometheus:
         data = urllib.parse.urlencode({"query": promql}).encode()
         request = urllib.request.Request(f"{self.address}/api/v1/query", data=data, method="POST",
                                          headers={"Content-Type": "application/x-www-form-urlencoded"})
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            return parse_query_response(json.loads(response.read()))
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return parse_query_response(json.loads(response.read()))
+        except urllib.error.HTTPError as error:
+            # Prometheus answers a bad query with 400 (422 for an execution error, 503 on timeout) and
+            # the reason in the JSON body; urllib raises before the body is read, so read it here.
+            raise PrometheusError(_http_error_message(error)) from None
 
     __call__ = query
+
+
+def _http_error_message(error: urllib.error.HTTPError) -> str:
+    """Prometheus' own error text from an HTTP error's JSON body, else the status and the body's start."""
+    try:
+        raw = error.read()
+    except OSError:
+        raw = b""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and body.get("error"):
+        return f"Prometheus answered with an error: {body['error']}"
+    text = raw.decode(errors="replace").strip()[:200]
+    return f"Prometheus answered HTTP {error.code}" + (f": {text}" if text else f" {error.reason}")
 
 
 def parse_query_response(body: object) -> float | None:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import math
+import urllib.error
+import urllib.request
+from email.message import Message
 from typing import Any
 
 import pytest
 
 from model_traffic.analysis import (
     NO_DATA,
+    HTTPPrometheus,
     PrometheusError,
     Target,
     TemplateError,
@@ -144,3 +149,28 @@ def test_parse_query_response() -> None:
     assert parse_query_response({"status": "success", "data": {"resultType": "scalar", "result": [1, "3"]}}) == 3.0
     with pytest.raises(PrometheusError):
         parse_query_response({"status": "error", "error": "bad query"})
+
+
+@pytest.mark.parametrize(("status", "body", "message"), [
+    (400, b'{"status":"error","errorType":"bad_data","error":"1:17: parse error: unclosed left parenthesis"}',
+     "Prometheus answered with an error: 1:17: parse error: unclosed left parenthesis"),
+    (502, b"<html>bad gateway</html>", "Prometheus answered HTTP 502: <html>bad gateway</html>"),
+    (503, b"", "Prometheus answered HTTP 503 Service Unavailable"),
+])
+def test_http_prometheus_reports_the_error_of_a_refused_query(
+    monkeypatch: pytest.MonkeyPatch, status: int, body: bytes, message: str
+) -> None:
+    """Prometheus refuses a bad query with HTTP 400 and its reason in the JSON body (seen against the
+    real server in tests/prometheus); the reason must reach the check's message, not just the status."""
+    def urlopen(request: urllib.request.Request, timeout: float) -> None:
+        reason = {400: "Bad Request", 502: "Bad Gateway", 503: "Service Unavailable"}[status]
+        raise urllib.error.HTTPError(request.full_url, status, reason, Message(), io.BytesIO(body))
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    with pytest.raises(PrometheusError) as raised:
+        HTTPPrometheus("http://prometheus:9090/").query("sum(rate(x[1m]")
+    assert str(raised.value) == message
+    [result] = run_metrics([metric(builtin=None, query="sum(rate(x[1m]")], HTTPPrometheus("http://p:9090"),
+                           candidate=Target("v2", "a"), stable=Target("v1", "b"), model_name="x", namespace="n",
+                           interval="1m")
+    assert result.message == f"query failed: {message}"
