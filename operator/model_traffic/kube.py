@@ -90,11 +90,14 @@ class Kube:
                 return None
             raise
 
-    def list_objects(self, rtype: ResourceType, namespace: str | None = None) -> list[dict[str, Any]]:
+    def list_objects(self, rtype: ResourceType, namespace: str | None = None,
+                     label_selector: str | None = None) -> list[dict[str, Any]]:
         if namespace:
-            result = self.custom.list_namespaced_custom_object(rtype.group, rtype.version, namespace, rtype.plural)
+            result = self.custom.list_namespaced_custom_object(rtype.group, rtype.version, namespace, rtype.plural,
+                                                               label_selector=label_selector)
         else:
-            result = self.custom.list_cluster_custom_object(rtype.group, rtype.version, rtype.plural)
+            result = self.custom.list_cluster_custom_object(rtype.group, rtype.version, rtype.plural,
+                                                            label_selector=label_selector)
         return cast(list[dict[str, Any]], cast(dict[str, Any], result).get("items", []))
 
     # -- writes ------------------------------------------------------------------------------
@@ -124,11 +127,16 @@ class Kube:
                 return False
             raise
 
-    def patch_status(self, rtype: ResourceType, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object_status(
-            rtype.group, rtype.version, namespace, rtype.plural, name, {"status": status},
+    def patch_status(self, rtype: ResourceType, namespace: str, name: str, status: dict[str, Any],
+                     resource_version: str | None = None) -> dict[str, Any]:
+        """Merge-patch the status; with ``resource_version``, only if nobody wrote the object since (else 409)."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        return cast(dict[str, Any], self.custom.patch_namespaced_custom_object_status(
+            rtype.group, rtype.version, namespace, rtype.plural, name, body,
             _content_type="application/merge-patch+json",
-        )
+        ))
 
     # -- discovery ---------------------------------------------------------------------------
     def served_versions(self, group: str) -> list[str]:

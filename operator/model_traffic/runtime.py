@@ -8,10 +8,12 @@ latest world. Reconcilers are plain functions ``(kube, body) -> Result``.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +28,9 @@ log = logging.getLogger(__name__)
 
 RETRY_ATTEMPTS = 4
 RETRIED_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
+# After a reconcile that raised, try again after this many seconds, doubling per failure up to the cap.
+ERROR_BACKOFF_SECONDS = 5.0
+ERROR_BACKOFF_CAP_SECONDS = 300.0
 
 
 @dataclass
@@ -35,6 +40,8 @@ class Result:
     verdict: Verdict
     details: list[Detail] = field(default_factory=list)
     status: dict[str, Any] = field(default_factory=dict)
+    requeue_after: float | None = None  # seconds: reconcile again then (a rollout's next check)
+    announced: bool = False  # the reconciler posted its own Events for this change: no readiness Event
 
 
 Reconciler = Callable[[Kube, dict[str, Any]], Result]
@@ -52,6 +59,8 @@ class Runtime:
         self._locks: dict[tuple[str, str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._reconcilers: dict[str, tuple[ResourceType, Reconciler]] = {}
+        self._failures: dict[tuple[str, str, str], int] = {}  # consecutive failures, for the error backoff
+        self.scheduler = Scheduler(self.reconcile)
 
     def register(self, rtype: ResourceType, reconciler: Reconciler) -> None:
         self._reconcilers[rtype.kind] = (rtype, reconciler)
@@ -67,38 +76,52 @@ class Runtime:
     def forget(self, kind: str, namespace: str, name: str) -> None:
         with self._locks_guard:
             self._locks.pop((kind, namespace, name), None)
+            self._failures.pop((kind, namespace, name), None)
+        self.scheduler.cancel((kind, namespace, name))
         with contextlib.suppress(KeyError):
             metrics.READY.remove(kind, namespace, name)
 
     def reconcile(self, kind: str, namespace: str, name: str) -> None:
         """Reconcile one object now. Safe from any thread; serialised per object."""
         rtype, reconciler = self._reconcilers[kind]
-        with self._lock((kind, namespace, name)):
+        key = (kind, namespace, name)
+        with self._lock(key):
             body = self.kube.get(rtype, namespace, name)
             if body is None or body["metadata"].get("deletionTimestamp"):
                 return
             started = time.monotonic()
             try:
-                outcome = self._reconcile_with_retries(rtype, reconciler, body)
+                outcome, requeue_after = self._reconcile_with_retries(rtype, reconciler, body)
                 metrics.RECONCILES.labels(kind, outcome).inc()
-            except ApiException as error:
-                metrics.RECONCILE_ERRORS.labels(kind, f"http{error.status}").inc()
-                log.warning("reconcile of %s %s/%s failed: %s %s", kind, namespace, name, error.status,
-                            error.reason)
-                raise
+                self._failures.pop(key, None)
+                if requeue_after is not None:
+                    self.scheduler.schedule(key, requeue_after)
             except Exception as error:
-                metrics.RECONCILE_ERRORS.labels(kind, type(error).__name__).inc()
-                log.exception("reconcile of %s %s/%s failed", kind, namespace, name)
+                failures = self._failures[key] = self._failures.get(key, 0) + 1
+                self.scheduler.schedule(key, min(ERROR_BACKOFF_CAP_SECONDS,
+                                                 ERROR_BACKOFF_SECONDS * 2 ** (failures - 1)))
+                if isinstance(error, ApiException):
+                    metrics.RECONCILE_ERRORS.labels(kind, f"http{error.status}").inc()
+                    log.warning("reconcile of %s %s/%s failed: %s %s: %s", kind, namespace, name, error.status,
+                                error.reason, _api_message(error))
+                else:
+                    metrics.RECONCILE_ERRORS.labels(kind, type(error).__name__).inc()
+                    log.exception("reconcile of %s %s/%s failed", kind, namespace, name)
                 raise
             finally:
                 metrics.RECONCILE_SECONDS.labels(kind).observe(time.monotonic() - started)
 
-    def _reconcile_with_retries(self, rtype: ResourceType, reconciler: Reconciler, body: dict[str, Any]) -> str:
+    def _reconcile_with_retries(self, rtype: ResourceType, reconciler: Reconciler,
+                                body: dict[str, Any]) -> tuple[str, float | None]:
         """Conflicts and transient server errors are retried at once, reading the object again."""
         for attempt in range(1, RETRY_ATTEMPTS + 1):
             try:
-                return self._write_status(rtype, body, reconciler(self.kube, body))
+                result = reconciler(self.kube, body)
+                return self._write_status(rtype, body, result), result.requeue_after
             except ApiException as error:
+                if error.status == 404 and self.kube.get(rtype, body["metadata"]["namespace"],
+                                                         body["metadata"]["name"]) is None:
+                    return "gone", None  # deleted while we worked on it (e.g. a retired child): nothing to report
                 if error.status not in RETRIED_STATUSES or attempt == RETRY_ATTEMPTS:
                     raise
                 log.info("retrying %s %s after HTTP %s", rtype.kind, body["metadata"]["name"], error.status)
@@ -106,7 +129,7 @@ class Runtime:
                 meta = body["metadata"]
                 fresh = self.kube.get(rtype, meta["namespace"], meta["name"])
                 if fresh is None:
-                    return "gone"
+                    return "gone", None
                 body = fresh
         raise AssertionError("unreachable")
 
@@ -123,7 +146,8 @@ class Runtime:
         if patch is None:
             return "unchanged"
         self.kube.patch_status(rtype, meta["namespace"], meta["name"], patch)
-        self._announce(body, old_conditions, new_conditions)
+        if not result.announced:
+            self._announce(body, old_conditions, new_conditions)
         return "updated"
 
     def _announce(self, body: dict[str, Any], old: list[dict[str, Any]], new: list[dict[str, Any]]) -> None:
@@ -139,3 +163,63 @@ class Runtime:
         log.info("%s %s/%s: Ready=%s %s: %s", body["kind"], body["metadata"]["namespace"],
                  body["metadata"]["name"], after["status"], after["reason"], after["message"])
 
+
+
+def _api_message(error: ApiException) -> str:
+    """The API server's own explanation (e.g. which permission is missing), from the error's Status body."""
+    try:
+        return str(json.loads(error.body or "{}").get("message", ""))[:500]
+    except (ValueError, AttributeError):
+        return ""
+
+
+class Scheduler:
+    """Delayed reconciles (a rollout's next check, a retry after an error): one pending entry per object, the
+    earliest wins. Timing only: what to do is always decided by the reconcile from the object's status, so
+    losing this queue in a restart loses nothing (the initial listing reconciles everything)."""
+
+    def __init__(self, reconcile: Callable[[str, str, str], None], workers: int = 4) -> None:
+        self._reconcile = reconcile
+        self._due: dict[tuple[str, str, str], float] = {}
+        self._wake = threading.Condition()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scheduled")
+        self._thread: threading.Thread | None = None
+
+    def schedule(self, key: tuple[str, str, str], delay: float) -> None:
+        due = time.monotonic() + max(0.0, delay)
+        with self._wake:
+            if key in self._due and self._due[key] <= due:
+                return
+            self._due[key] = due
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    def cancel(self, key: tuple[str, str, str]) -> None:
+        with self._wake:
+            self._due.pop(key, None)
+
+    def pending(self) -> dict[tuple[str, str, str], float]:
+        """Seconds until each pending reconcile."""
+        now = time.monotonic()
+        with self._wake:
+            return {key: max(0.0, due - now) for key, due in self._due.items()}
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                now = time.monotonic()
+                ready = [key for key, due in self._due.items() if due <= now]
+                for key in ready:
+                    del self._due[key]
+                if not ready:
+                    nearest = min(self._due.values(), default=now + 60.0)
+                    self._wake.wait(timeout=max(0.01, nearest - now))
+                    continue
+            for key in ready:
+                self._pool.submit(self._run, key)
+
+    def _run(self, key: tuple[str, str, str]) -> None:
+        with contextlib.suppress(Exception):  # logged, counted and rescheduled by the runtime
+            self._reconcile(*key)
