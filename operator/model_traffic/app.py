@@ -18,10 +18,11 @@ import kopf
 from prometheus_client import start_http_server
 
 from model_traffic import apply, kube
-from model_traffic.api import backend, virtualmodel
+from model_traffic.api import backend, trafficconfig, virtualmodel
 from model_traffic.api.common import GROUP, VERSION
 from model_traffic.kube import Kube
 from model_traffic.reconcilers import backend as backend_reconciler
+from model_traffic.reconcilers import trafficconfig as trafficconfig_reconciler
 from model_traffic.reconcilers import virtualmodel as virtualmodel_reconciler
 from model_traffic.runtime import Result, Runtime
 from model_traffic.settings import Settings
@@ -30,8 +31,11 @@ log = logging.getLogger(__name__)
 
 # Kinds we own as children, watched by our managed-by label so hand edits and deletions are undone.
 # The HTTPRoute is the AI Gateway's, generated from our AIGatewayRoute with its labels: watched for its status.
+# TrafficConfig's children (InferenceServices, ManagedAIServiceBackends, its VirtualModel) too: their status
+# (readiness, the live weights) moves the rollout on.
 CHILD_TYPES = (kube.BACKEND, kube.AI_SERVICE_BACKEND, kube.BACKEND_SECURITY_POLICY, kube.QUOTA_POLICY,
-               kube.AI_GATEWAY_ROUTE, kube.BACKEND_TRAFFIC_POLICY, virtualmodel_reconciler.HTTP_ROUTE)
+               kube.AI_GATEWAY_ROUTE, kube.BACKEND_TRAFFIC_POLICY, virtualmodel_reconciler.HTTP_ROUTE,
+               kube.INFERENCE_SERVICE, kube.MANAGED_AI_SERVICE_BACKEND, kube.VIRTUAL_MODEL)
 OUR_LABELS = {apply.LABEL_MANAGED_BY: apply.MANAGED_BY}
 
 
@@ -58,9 +62,15 @@ def start(settings: kopf.OperatorSettings, **_: Any) -> None:
     rt.register(kube.MANAGED_AI_SERVICE_BACKEND, reconcile_backend)
 
     def reconcile_virtual_model(k: Kube, body: dict[str, Any]) -> Result:
-        return virtualmodel_reconciler.reconcile(k, body, config.ai_gateway_version, config.default_gateway)
+        return virtualmodel_reconciler.reconcile(k, body, config.ai_gateway_version, config.default_gateway,
+                                                 config.namespaces)
 
     rt.register(virtualmodel_reconciler.VIRTUAL_MODEL, reconcile_virtual_model)
+
+    def reconcile_traffic_config(k: Kube, body: dict[str, Any]) -> Result:
+        return trafficconfig_reconciler.reconcile(k, body, config.prometheus_address)
+
+    rt.register(kube.TRAFFIC_CONFIG, reconcile_traffic_config)
     STATE.runtime = rt
 
     settings.posting.level = logging.WARNING
@@ -158,6 +168,8 @@ def secret_event(namespace: str | None, name: str, **kwargs: Any) -> None:
 @kopf.on.event(kube.INFERENCE_SERVICE.group, kube.INFERENCE_SERVICE.version, kube.INFERENCE_SERVICE.plural)
 def inference_service_event(namespace: str | None, name: str, **kwargs: Any) -> None:
     _reconcile_referencing(kwargs["backend_references"], backend.KIND, namespace, "InferenceService", name)
+    _reconcile_referencing(kwargs["traffic_config_references"], trafficconfig.KIND, namespace, "InferenceService",
+                           name)
 
 
 @kopf.on.event(kube.INFERENCE_POOL.group, kube.INFERENCE_POOL.version, kube.INFERENCE_POOL.plural)
@@ -242,3 +254,22 @@ def gateway_event(namespace: str | None, name: str, **kwargs: Any) -> None:
     """A Gateway changed (its address): reconcile the VirtualModels attached to it, in any namespace."""
     for owner in sorted(set(kwargs["virtual_model_gateways"].get((namespace or "", "Gateway", name), []))):
         _reconcile_quietly(virtualmodel.KIND, *owner)
+
+
+# --- TrafficConfig --------------------------------------------------------------------------------
+
+@kopf.index(GROUP, VERSION, trafficconfig.PLURAL)
+def traffic_config_references(namespace: str | None, name: str, spec: kopf.Spec,
+                              **_: Any) -> dict[tuple[str, str, str], str]:
+    """(namespace, "InferenceService", name) of a brownfield ref -> the TrafficConfig's name."""
+    return trafficconfig_reconciler.references(namespace or "", name, dict(spec))
+
+
+@kopf.on.event(GROUP, VERSION, trafficconfig.PLURAL)
+def traffic_config_event(type: str, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
+    namespace = namespace or ""
+    if type == "DELETED":
+        STATE.runtime.forget(trafficconfig.KIND, namespace, name)
+        trafficconfig_reconciler.forget_metrics(namespace, name)
+    elif not is_status_echo(type, body):
+        STATE.runtime.reconcile(trafficconfig.KIND, namespace, name)

@@ -17,3 +17,18 @@ RECONCILE_SECONDS = Histogram(
 READY = Gauge(
     "model_traffic_object_ready", "1 when the object's Ready condition is True.", ["kind", "namespace", "name"]
 )
+ROLLOUT_PHASE = Gauge(
+    "model_traffic_rollout_phase", "1 for the current phase of each TrafficConfig.", ["namespace", "name", "phase"]
+)
+ROLLOUT_CANARY_WEIGHT = Gauge(
+    "model_traffic_rollout_canary_weight", "Percent of traffic on the candidate, per TrafficConfig.",
+    ["namespace", "name"],
+)
+ANALYSIS_VALUE = Gauge(
+    "model_traffic_analysis_value", "Last measured value of an analysis metric; version is candidate or stable.",
+    ["namespace", "name", "metric", "version"],
+)
+ANALYSIS_PASSED = Gauge(
+    "model_traffic_analysis_passed", "1 when the last check of an analysis metric passed.",
+    ["namespace", "name", "metric"],
+)

@@ -20,6 +20,7 @@ class Settings:
     ai_gateway_version: str | None = None  # override of discovery
     leader_elect: bool = False
     leader_election_namespace: str = "default"
+    prometheus_address: str | None = None  # TrafficConfig analysis when spec.analysis.prometheus is unset
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -34,4 +35,5 @@ class Settings:
             leader_elect=env("MTO_LEADER_ELECT", "false").lower() in ("1", "true", "yes"),
             leader_election_namespace=env("MTO_LEADER_ELECTION_NAMESPACE")
             or env("POD_NAMESPACE", "default"),
+            prometheus_address=env("MTO_PROMETHEUS_ADDRESS") or None,
         )

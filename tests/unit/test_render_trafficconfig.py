@@ -426,3 +426,47 @@ def test_metric_spec_type_is_shared() -> None:
     # The request hands the reconciler the spec's own Metric objects.
     plan = step(spec(), reconcile(spec(), None, T0).status, world(), at(1))
     assert plan.analysis is not None and isinstance(plan.analysis.metrics[0], Metric)
+
+
+# --- a held canary weight (spec.canary.weight) ------------------------------------------------------------
+
+def test_held_canary_weight_goes_to_the_weight_then_waits_for_a_person() -> None:
+    held = spec(canary={"version": "v2", "storageUri": "hf://org/m@2", "weight": 20})
+    assert step_weights(held) == [20]
+    started = reconcile(held, None, at(0))
+    assert started.status["canaryWeight"] == 20
+    assert vm_weights(started) == {"llama-v1": 80, "llama-v2": 20}
+    checked = reconcile(held, started.status, at(1))
+    assert checked.status["phase"] == "WaitingPromotion"  # never promoted automatically
+    assert vm_weights(checked) == {"llama-v1": 80, "llama-v2": 20}
+
+
+def test_changing_the_held_weight_moves_traffic_at_once() -> None:
+    held = spec(canary={"version": "v2", "storageUri": "hf://org/m@2", "weight": 20})
+    waiting = reconcile(held, reconcile(held, None, at(0)).status, at(1))
+    moved = spec(canary={"version": "v2", "storageUri": "hf://org/m@2", "weight": 60})
+    plan = reconcile(moved, waiting.status, at(1.1))
+    assert plan.status["canaryWeight"] == 60
+    assert vm_weights(plan) == {"llama-v1": 40, "llama-v2": 60}
+    assert [e.reason for e in plan.events] == ["WeightChanged"]
+
+
+def test_a_failing_held_canary_still_rolls_back() -> None:
+    held = spec(canary={"version": "v2", "storageUri": "hf://org/m@2", "weight": 20},
+                analysis={"interval": "1m", "threshold": 1,
+                          "metrics": [{"name": "ttft", "builtin": "TimeToFirstTokenP95", "max": 0.5}]})
+    started = reconcile(held, None, at(0))
+    failed = reconcile(held, started.status, at(1), results=failing_ttft)
+    assert failed.status["phase"] == "Failed"
+    assert vm_weights(failed) == {"llama-v1": 100}
+
+
+# --- when to come back ------------------------------------------------------------------------------------
+
+def test_requeue_after_is_the_time_to_the_next_check() -> None:
+    started = reconcile(spec(), None, at(0))
+    assert started.requeue_after == 60
+    later = reconcile(spec(), started.status, at(0.5))
+    assert later.requeue_after == 30
+    waiting_for_readiness = reconcile(spec(), None, at(0), ready=("v1",))
+    assert waiting_for_readiness.requeue_after is None  # the InferenceService's watch brings us back

@@ -34,6 +34,14 @@ class ModelVersion(Model):
     )
 
 
+class CanaryVersion(ModelVersion):
+    weight: int | None = Field(
+        default=None, ge=1, le=100,
+        description="Hold the candidate at this weight (a manual canary): checks still run and roll back on "
+        "failure, promotion is manual. Change it to move the weight at once.",
+    )
+
+
 class Variant(ModelVersion):
     weight: int = Field(ge=0, le=100, description="Percent of traffic (Weighted strategy).")
 
@@ -157,6 +165,10 @@ class TrafficConfigSpec(Model):
                 "the stable version must be one of the variants"),
             cel("self.strategy != 'ABTest' || (has(self.analysis) && has(self.analysis.match))",
                 "the ABTest strategy needs analysis.match"),
+            cel("!has(self.canary) || !has(self.canary.weight) || self.strategy == 'Canary'",
+                "canary.weight applies to the Canary strategy only"),
+            cel("self.strategy != 'Weighted' || !has(self.canary)",
+                "the Weighted strategy takes variants, not a canary"),
         )
     }
 
@@ -172,7 +184,7 @@ class TrafficConfigSpec(Model):
         default="Canary", description="How a new version takes traffic."
     )
     stable: ModelVersion = Field(description="The version serving production traffic.")
-    canary: ModelVersion | None = Field(default=None, description="The candidate; setting it starts a rollout.")
+    canary: CanaryVersion | None = Field(default=None, description="The candidate; setting it starts a rollout.")
     variants: list[Variant] | None = Field(default=None, max_length=10, description="Weighted: explicit weights.")
     analysis: Analysis | None = Field(default=None, description="Steps, checks and promotion.")
     paused: bool = Field(default=False, description="Freeze the rollout where it is.")

@@ -129,7 +129,7 @@ def _observe_backend(kube_: Kube, namespace: str, kind: str, name: str, version:
 
 
 def observe(kube_: Kube, spec: VirtualModelSpec, body: dict[str, Any], version_override: str | None,
-            default_gateway: str | None) -> VirtualModelWorld:
+            default_gateway: str | None, namespaces: list[str] | None = None) -> VirtualModelWorld:
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     version = ai_gateway_version(kube_, version_override)
@@ -141,7 +141,9 @@ def observe(kube_: Kube, spec: VirtualModelSpec, body: dict[str, Any], version_o
         (ref.kind, ref.name): _observe_backend(kube_, namespace, ref.kind, ref.name, version)
         for ref in spec.backends
     }
-    others = kube_.list_objects(VIRTUAL_MODEL)
+    # Rivals for the model name: everywhere, or only where the operator watches (and has permissions).
+    others = [o for ns in namespaces for o in kube_.list_objects(VIRTUAL_MODEL, ns)] if namespaces \
+        else kube_.list_objects(VIRTUAL_MODEL)
     taken = claimant(body, others, default_gateway)
     address = None
     parents = gateway_refs(spec, default)
@@ -153,7 +155,7 @@ def observe(kube_: Kube, spec: VirtualModelSpec, body: dict[str, Any], version_o
 
 
 def reconcile(kube_: Kube, body: dict[str, Any], ai_gateway_version_override: str | None = None,
-              default_gateway: str | None = None) -> Result:
+              default_gateway: str | None = None, namespaces: list[str] | None = None) -> Result:
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     try:
@@ -161,7 +163,7 @@ def reconcile(kube_: Kube, body: dict[str, Any], ai_gateway_version_override: st
     except ValidationError as error:
         return invalid_spec(error)
     owner = apply.Owner.of(body)
-    world = observe(kube_, spec, body, ai_gateway_version_override, default_gateway)
+    world = observe(kube_, spec, body, ai_gateway_version_override, default_gateway, namespaces)
     plan = render(spec, world)
     applied = apply_plan(kube_, owner, plan)
     if "AIGatewayRoute" in applied.live:

@@ -159,7 +159,10 @@ def model_name(spec: TrafficConfigSpec, name: str) -> str:
 
 
 def step_weights(spec: TrafficConfigSpec) -> list[int]:
-    """The canary weights, in order: stepWeights, else stepWeight up to maxWeight (maxWeight included)."""
+    """The canary weights, in order: canary.weight alone (a held canary), else stepWeights, else stepWeight up
+    to maxWeight (maxWeight included)."""
+    if spec.canary is not None and spec.canary.weight is not None:
+        return [spec.canary.weight]
     analysis = spec.analysis
     if analysis and analysis.step_weights:
         return list(analysis.step_weights)
@@ -338,20 +341,21 @@ class _Rollout:
         threshold = self.spec.analysis.threshold if self.spec.analysis else 3
         detail = describe_failures(results)
         if self.s.failed >= threshold:
-            self.event("Warning", "RolledBack",
-                       f"rolled back {candidate} after {self.s.failed} failed checks (threshold {threshold}): "
-                       f"{detail}; all traffic to {stable}")
+            self.message = (f"rolled back {candidate} after {self.s.failed} failed checks (threshold {threshold}): "
+                            f"{detail}; all traffic to {stable}")
+            self.event("Warning", "RolledBack", self.message)
             self.s.phase, self.s.weight, self.s.step = "Failed", 0, None
             self.post_rollout = self.webhooks("PostRollout")
         else:
-            self.event("Warning", "CheckFailed",
-                       f"check of {candidate} failed ({self.s.failed} of {threshold}): {detail}")
+            self.message = f"check of {candidate} failed ({self.s.failed} of {threshold}): {detail}"
+            self.event("Warning", "CheckFailed", self.message)
 
     # --- the rollout of a candidate -------------------------------------------------------------------
     def advance(self, stable: str, candidate: str) -> None:
         s, spec = self.s, self.spec
         if s.phase == "Failed":
-            self.message = f"{candidate} was rolled back; change or remove spec.canary to go on"
+            self.message = (f"{candidate} was rolled back ({describe_failures(s.last_results)}); all traffic to "
+                            f"{stable}; change or remove spec.canary to go on")
             return
         if spec.paused:
             if s.phase != "Paused":
@@ -362,6 +366,10 @@ class _Rollout:
         if s.phase == "Paused":
             s.phase = self._resumed_phase()
             self.event("Normal", "Resumed", f"rollout of {candidate} resumed")
+        held = spec.canary.weight if spec.canary is not None else None
+        if held is not None and s.phase in ("Progressing", "WaitingPromotion") and s.weight != held:
+            self.event("Normal", "WeightChanged", f"{candidate} weight set to {held} (spec.canary.weight)")
+            s.weight = held
         if s.phase in (None, "Initializing", "Succeeded", "Promoting"):
             s.phase = "Initializing"
             missing = [self.why_not_ready(v) for v in (stable, candidate) if not self.ready(v)]
@@ -380,8 +388,7 @@ class _Rollout:
             self._start(candidate)
             return
         if s.phase == "WaitingPromotion":
-            self.message = (f"{candidate} passed its analysis; promote it by setting spec.stable.version to "
-                            f"{candidate} (model-traffic promote {self.world.name})")
+            self.message = self._waiting_message(candidate)
             return
         # Progressing
         if not self.due():
@@ -443,6 +450,8 @@ class _Rollout:
 
     def _complete(self, stable: str, candidate: str) -> None:
         promotion = self.spec.analysis.promotion if self.spec.analysis else "Automatic"
+        if self.spec.canary is not None and self.spec.canary.weight is not None:
+            promotion = "Manual"  # a held weight is promoted by a person
         if promotion == "Automatic":
             self.promote(stable, candidate, "passed its analysis")
         else:
@@ -450,8 +459,12 @@ class _Rollout:
             s.phase = "WaitingPromotion"
             if self.spec.strategy == "Canary":
                 s.step = len(step_weights(self.spec))  # past the last step: all passed
-            self.event("Normal", "WaitingPromotion", f"{candidate} passed its analysis; waiting for promotion")
-            self.message = f"{candidate} passed its analysis; set spec.stable.version to {candidate} to promote"
+            self.message = self._waiting_message(candidate)
+            self.event("Normal", "WaitingPromotion", self.message)
+
+    def _waiting_message(self, candidate: str) -> str:
+        return (f"{candidate} passed its analysis; promote it by setting spec.stable.version to {candidate} "
+                f"(model-traffic promote {self.world.name})")
 
     def promote(self, old: str, new: str, why: str) -> None:
         self.s.end_rollout("Promoting")
@@ -594,11 +607,8 @@ def _finish(r: _Rollout, keep: list[str], weights: dict[str, int], matched: str 
 
     delete: list[tuple[ResourceType, str]] = []
     for version in retire:
-        if not r.is_ref(version):
+        if not r.is_ref(version):  # the referenced InferenceService is not ours: it is left as it is
             delete.append((kube.INFERENCE_SERVICE, r.isvc_name(version)))
-        else:
-            r.event("Normal", "ReferenceUnused", f"the referenced InferenceService {r.isvc_name(version)} receives "
-                                                 "no more traffic; it is not deleted (not owned)")
         delete.append((MANAGED_AI_SERVICE_BACKEND, f"{world.name}-{version}"))
 
     versions = []
@@ -628,7 +638,15 @@ def _finish(r: _Rollout, keep: list[str], weights: dict[str, int], matched: str 
         "Failed": Verdict("Stalled", "RolledBack", message),
     }.get(str(s.phase), Verdict("Progressing", str(s.phase), message))
     return RolloutPlan(status, verdict, details, children, retire, delete, r.request, r.post_rollout, r.events,
-                       r.next_due_in() if s.phase == "Progressing" else None)
+                       _requeue_after(r))
+
+
+def _requeue_after(r: _Rollout) -> float | None:
+    """Seconds until a check is due, when the rollout is waiting on the clock (not on a watched object)."""
+    if r.s.phase not in ("Progressing", "Initializing") or r.spec.paused:
+        return None
+    due_in = r.next_due_in()
+    return due_in if due_in else None
 
 
 def _inference_service(r: _Rollout, version: str, storage_uri: str | None) -> Child | None:

@@ -1,0 +1,264 @@
+"""TrafficConfig reconciler: observe the versions, take one step of the rollout, record it, then act.
+
+Order matters for restart safety. The state machine (``render.trafficconfig.step``) decides from the
+status alone; when it moved the rollout (a new weight, a failed check, a promotion), that progress is
+written to the status first, guarded by the object's resourceVersion, and only then are the children
+(InferenceServices, ManagedAIServiceBackends, the VirtualModel) changed. A crash between the two leaves a
+status ahead of the children, which the next reconcile simply applies; it never re-takes or skips a step.
+Two operators racing (a leader hand-over) cannot both record a step: the second write gets a conflict
+and its reconcile starts again from the status the first one wrote.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from model_traffic import apply, events, kube, metrics
+from model_traffic.analysis import HTTPPrometheus, Target, run_metrics, served_model_name
+from model_traffic.api.common import duration_seconds
+from model_traffic.api.trafficconfig import MetricResult, TrafficConfigSpec, Webhook
+from model_traffic.conditions import status_patch
+from model_traffic.kube import Kube
+from model_traffic.reconcilers.common import apply_plan, result_of
+from model_traffic.render.common import Plan
+from model_traffic.render.trafficconfig import (
+    LABEL_TRAFFIC_CONFIG,
+    LABEL_VERSION,
+    AnalysisRequest,
+    ObservedVersion,
+    RolloutPlan,
+    TrafficWorld,
+    live_weights_from_virtual_model,
+    model_name,
+    step,
+)
+from model_traffic.runtime import Result, invalid_spec
+
+log = logging.getLogger(__name__)
+
+TRAFFIC_CONFIG = kube.TRAFFIC_CONFIG
+
+# The status fields that carry the rollout's progress: written (guarded) before any child changes.
+PROGRESS_FIELDS = ("phase", "stableVersion", "candidateVersion", "canaryWeight", "currentStep", "failedChecks",
+                   "iterations", "lastStepTime", "lastResults")
+
+Clock = Callable[[], datetime.datetime]
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+# --- observe --------------------------------------------------------------------------------------------
+
+def references(namespace: str, name: str, spec: dict[str, Any]) -> dict[tuple[str, str, str], str]:
+    """(namespace, "InferenceService", name) of a brownfield ``ref`` -> the TrafficConfig: for a kopf index.
+    The InferenceServices it creates carry its label and are watched as children."""
+    ref = ((spec.get("inferenceService") or {}).get("ref") or {}).get("name")
+    return {(namespace, "InferenceService", str(ref)): name} if ref else {}
+
+
+def observe(kube_: Kube, spec: TrafficConfigSpec, body: dict[str, Any]) -> TrafficWorld:
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    recorded = {v.get("inferenceService"): v.get("version")
+                for v in (body.get("status") or {}).get("versions") or []}
+    versions: dict[str, ObservedVersion] = {}
+    ref_isvc = None
+    if kube_.served_versions(kube.INFERENCE_SERVICE.group):
+        for isvc in kube_.list_objects(kube.INFERENCE_SERVICE, namespace, f"{LABEL_TRAFFIC_CONFIG}={name}"):
+            version = (isvc["metadata"].get("labels") or {}).get(LABEL_VERSION)
+            if version and not isvc["metadata"].get("deletionTimestamp"):  # retired ones may linger (finalizers)
+                versions[version] = ObservedVersion.from_inference_service(isvc)
+        ref = spec.inference_service.ref
+        if ref is not None:
+            ref_isvc = kube_.get(kube.INFERENCE_SERVICE, namespace, ref.name)
+            # The referenced InferenceService is the version the status recorded for it; before anything is
+            # recorded, the stable one. Once retired, it is no version at all (only the source of clones).
+            version = recorded.get(ref.name) or (spec.stable.version if not recorded else None)
+            if ref_isvc is not None and version:
+                versions[str(version)] = ObservedVersion.from_inference_service(ref_isvc)
+    virtual_model = kube_.get(kube.VIRTUAL_MODEL, namespace, name)
+    if virtual_model is not None and not apply.owned_by(virtual_model, apply.Owner.of(body)):
+        virtual_model = None  # someone else's: reported by the apply, never read as our traffic
+    return TrafficWorld(namespace=namespace, name=name, versions=versions, ref_inference_service=ref_isvc,
+                        live_weights=live_weights_from_virtual_model(virtual_model, name))
+
+
+# --- analysis -------------------------------------------------------------------------------------------
+
+def webhook_payload(request: AnalysisRequest, hook: Webhook, namespace: str, name: str,
+                    model: str) -> dict[str, Any]:
+    """What a webhook receives (Flagger's shape, plus the versions and their served model names)."""
+    return {
+        "name": name, "namespace": namespace, "phase": hook.type, "modelName": model,
+        "candidate": {"version": request.candidate.version, "servedModel": request.candidate.served_model},
+        "stable": {"version": request.stable.version, "servedModel": request.stable.served_model},
+    }
+
+
+def call_webhook(hook: Webhook, payload: dict[str, Any]) -> MetricResult:
+    """POST the payload; any 2xx answer passes, anything else (or no answer in time) fails the check."""
+    name = f"webhook/{hook.name}"
+    request = urllib.request.Request(hook.url, data=json.dumps(payload).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=duration_seconds(hook.timeout)) as response:
+            code = response.status
+    except urllib.error.HTTPError as error:
+        body = error.read(512).decode(errors="replace").strip()
+        return MetricResult(name=name, passed=False, message=f"HTTP {error.code}" + (f": {body}" if body else ""))
+    except (OSError, ValueError) as error:
+        return MetricResult(name=name, passed=False, message=f"webhook failed: {error}")
+    return MetricResult(name=name, passed=200 <= code < 300, message=f"HTTP {code}")
+
+
+def run_analysis(request: AnalysisRequest, namespace: str, name: str, model: str,
+                 default_prometheus: str | None) -> list[MetricResult]:
+    results: list[MetricResult] = []
+    if request.metrics:
+        address = request.prometheus or default_prometheus
+        if address is None:
+            results += [MetricResult(name=m.name, passed=False,
+                                     message="no Prometheus: set spec.analysis.prometheus.address")
+                        for m in request.metrics]
+        else:
+            results += run_metrics(request.metrics, HTTPPrometheus(address), candidate=request.candidate,
+                                   stable=request.stable, model_name=model, namespace=namespace,
+                                   interval=request.interval)
+    for hook in request.webhooks:
+        results.append(call_webhook(hook, webhook_payload(request, hook, namespace, name, model)))
+    return results
+
+
+# --- reconcile ------------------------------------------------------------------------------------------
+
+def _progress(status: dict[str, Any]) -> dict[str, Any]:
+    return {k: status[k] for k in PROGRESS_FIELDS if k in status}
+
+
+def record_progress(kube_: Kube, body: dict[str, Any], plan: RolloutPlan) -> bool:
+    """Write the rollout's progress before acting on it; True when it moved. The plan's other status fields
+    (the versions) go along, so the status is never seen half-updated. A conflict (someone wrote the object
+    since we read it) propagates: the runtime reads it again and starts over."""
+    old = body.get("status") or {}
+    if status_patch(_progress(old), _progress(plan.status)) is None:
+        return False
+    patch = status_patch({k: v for k, v in old.items() if k in PROGRESS_FIELDS or k in plan.status}, plan.status)
+    if patch is None:
+        return False
+    meta = body["metadata"]
+    written = kube_.patch_status(TRAFFIC_CONFIG, meta["namespace"], meta["name"], patch,
+                                 resource_version=meta["resourceVersion"])
+    body["status"] = written.get("status") or {}
+    meta["resourceVersion"] = written["metadata"]["resourceVersion"]
+    return True
+
+
+def _delete_retired(kube_: Kube, owner: apply.Owner, plan: RolloutPlan, body: dict[str, Any],
+                    previous: dict[str, Any]) -> None:
+    """Delete the children of retired versions; an Event names what went, once (when it went). ``previous``:
+    the status before this reconcile, which still lists the retired versions."""
+    deleted: list[str] = []
+    for rtype, child in plan.delete:
+        if rtype == kube.INFERENCE_SERVICE and not kube_.served_versions(rtype.group):
+            continue
+        if apply.prune(kube_, rtype, owner, child):
+            deleted.append(f"{rtype.kind} {child}")
+    if deleted:
+        recorded = previous.get("versions") or []
+        kept = [f"InferenceService {v.get('inferenceService')}" for v in recorded
+                if v.get("version") in plan.retire and not any(v.get("inferenceService") in d for d in deleted)]
+        note = f"; {', '.join(kept)} is not owned by this TrafficConfig and is left as it is" if kept else ""
+        events.emit(kube_, body, "Normal", "Retired",
+                    f"version {', '.join(plan.retire)} receives no traffic: deleted {', '.join(deleted)}{note}")
+
+
+def _children_plan(plan: RolloutPlan, kserve_served: bool) -> Plan:
+    children = [c for c in plan.children if kserve_served or c.rtype != kube.INFERENCE_SERVICE]
+    return Plan(verdict=plan.verdict, details=plan.details, children=children, status=plan.status)
+
+
+def reconcile(kube_: Kube, body: dict[str, Any], default_prometheus: str | None = None,
+              clock: Clock = _utcnow) -> Result:
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    try:
+        spec = TrafficConfigSpec.model_validate(body.get("spec") or {})
+    except ValidationError as error:
+        return invalid_spec(error)
+    owner = apply.Owner.of(body)
+    world = observe(kube_, spec, body)
+    status = body.get("status") or {}
+    now = clock()
+    plan = step(spec, status, world, now)
+    if plan.analysis is not None:
+        results = run_analysis(plan.analysis, namespace, name, model_name(spec, name), default_prometheus)
+        plan = step(spec, status, dataclasses.replace(world, analysis=results), now)
+
+    previous = dict(status)
+    announced = False
+    if record_progress(kube_, body, plan):
+        announced = bool(plan.events)
+        for event in plan.events:
+            events.emit(kube_, body, event.type, event.reason, event.message)
+        for hook in plan.post_rollout:  # at most once: after the progress that triggers them is recorded
+            model = model_name(spec, name)
+            candidate = str(previous.get("candidateVersion") or "")
+            stable = str(plan.status.get("stableVersion") or "")
+            request = AnalysisRequest("Analysis", Target(candidate, served_model_name(model, candidate)),
+                                      Target(stable, served_model_name(model, stable)), interval="", metrics=[],
+                                      webhooks=[], prometheus=None)
+            payload = {**webhook_payload(request, hook, namespace, name, model), "outcome": plan.status.get("phase")}
+            outcome = call_webhook(hook, payload)
+            if not outcome.passed:
+                log.warning("PostRollout webhook %s of %s/%s: %s", hook.name, namespace, name, outcome.message)
+    export_metrics(namespace, name, plan.status)
+
+    kserve_served = bool(kube_.served_versions(kube.INFERENCE_SERVICE.group))
+    children = _children_plan(plan, kserve_served)
+    applied = apply_plan(kube_, owner, children)
+    _delete_retired(kube_, owner, plan, body, previous)
+    result = result_of(children, applied.conflicts)
+    if not kserve_served and not applied.conflicts:
+        result.verdict = dataclasses.replace(result.verdict, state="Stalled", reason="KServeMissing",
+                                             message="the InferenceService API (serving.kserve.io) is not "
+                                                     "installed")
+    result.requeue_after = plan.requeue_after
+    result.announced = announced
+    return result
+
+
+# --- metrics --------------------------------------------------------------------------------------------
+
+PHASES = ("Initializing", "Progressing", "Paused", "WaitingPromotion", "Promoting", "Succeeded", "Failed")
+
+
+def export_metrics(namespace: str, name: str, status: dict[str, Any]) -> None:
+    phase = status.get("phase")
+    for candidate in PHASES:
+        metrics.ROLLOUT_PHASE.labels(namespace, name, candidate).set(1 if candidate == phase else 0)
+    metrics.ROLLOUT_CANARY_WEIGHT.labels(namespace, name).set(status.get("canaryWeight") or 0)
+    for result in status.get("lastResults") or []:
+        metric = str(result.get("name"))
+        metrics.ANALYSIS_PASSED.labels(namespace, name, metric).set(1 if result.get("passed") else 0)
+        for version, key in (("candidate", "value"), ("stable", "stableValue")):
+            if result.get(key) is not None:
+                metrics.ANALYSIS_VALUE.labels(namespace, name, metric, version).set(float(result[key]))
+
+
+def forget_metrics(namespace: str, name: str) -> None:
+    for gauge in (metrics.ROLLOUT_PHASE, metrics.ROLLOUT_CANARY_WEIGHT, metrics.ANALYSIS_PASSED,
+                  metrics.ANALYSIS_VALUE):
+        for labels in list(gauge._metrics):  # prometheus-client has no public listing
+            if labels[:2] == (namespace, name):
+                gauge.remove(*labels)

@@ -1,0 +1,545 @@
+"""TrafficConfig end to end: the local control plane, the operator, KServe simulated by writing the
+InferenceServices' status as KServe would, webhooks on a local HTTP server, and (in
+test_trafficconfig_analysis.py) a real Prometheus."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from model_traffic import kube as k
+from model_traffic.kube import Kube
+from tests.conftest import Cluster, Operator, condition, get_json, our_yaml, start_operator, stop_operator, wait_for
+from tests.support.webhooks import WebhookServer
+
+pytestmark = pytest.mark.cluster
+
+TEMPLATE = """\
+    inferenceService:
+      template:
+        predictor:
+          model:
+            modelFormat: {name: huggingface}
+            args: ["--max_model_len=4096"]
+"""
+
+
+def traffic_config(name: str, *parts: str) -> str:
+    """A TrafficConfig; the spec given in parts, each an indented YAML block (dedented on its own)."""
+    return our_yaml("TrafficConfig", name, "".join(textwrap.dedent(part) for part in parts))
+
+
+def apply(cluster: Cluster, namespace: str, text: str) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=text)
+
+
+def serve(kube: Kube, namespace: str, name: str, ready: bool = True) -> None:
+    """KServe, simulated: the InferenceService reports Ready and its address."""
+    url = f"http://{name}-predictor.{namespace}.svc.cluster.local"
+    kube.custom.patch_namespaced_custom_object_status(
+        "serving.kserve.io", "v1beta1", namespace, "inferenceservices", name,
+        {"status": {"url": url, "address": {"url": url},
+                    "conditions": [{"type": "Ready", "status": "True" if ready else "False",
+                                    "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+                    "components": {"predictor": {"address": {"url": url}}}}},
+        _content_type="application/merge-patch+json",
+    )
+
+
+def serve_when_created(kube: Kube, namespace: str, name: str, timeout: float = 30) -> dict[str, Any]:
+    isvc = wait_for(lambda: kube.get(k.INFERENCE_SERVICE, namespace, name), timeout, f"InferenceService {name}")
+    serve(kube, namespace, name)
+    return isvc
+
+
+def status(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
+    return dict((kube.get(k.TRAFFIC_CONFIG, namespace, name) or {}).get("status") or {})
+
+
+def wait_phase(kube: Kube, namespace: str, name: str, phase: str, timeout: float = 30) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        current = status(kube, namespace, name)
+        return current if current.get("phase") == phase else None
+
+    return wait_for(check, timeout, f"TrafficConfig {name} phase {phase} (now {status(kube, namespace, name)})")
+
+
+def weights(kube: Kube, namespace: str, name: str) -> dict[str, int]:
+    """The VirtualModel's default-path weights, as written by the TrafficConfig."""
+    vm = kube.get(k.VIRTUAL_MODEL, namespace, name) or {}
+    return {b["name"]: b.get("weight", 1) for b in (vm.get("spec") or {}).get("backends") or []
+            if not b.get("matches")}
+
+
+def wait_weights(kube: Kube, namespace: str, name: str, expected: dict[str, int], timeout: float = 30) -> None:
+    wait_for(lambda: weights(kube, namespace, name) == expected, timeout,
+             f"weights {expected} (now {weights(kube, namespace, name)})")
+
+
+def events(cluster: Cluster, namespace: str, name: str) -> list[tuple[str, str]]:
+    listing = get_json(cluster, "events", "-n", namespace, "--field-selector",
+                       f"involvedObject.kind=TrafficConfig,involvedObject.name={name}")
+    items = sorted(listing["items"], key=lambda e: (e.get("firstTimestamp") or "", e["metadata"]["name"]))
+    return [(e["reason"], e["message"]) for e in items]
+
+
+@pytest.fixture
+def hooks() -> Iterator[WebhookServer]:
+    with WebhookServer() as server:
+        yield server
+
+
+# --- stable only, then a canary driven by webhooks ----------------------------------------------------------
+
+def test_stable_version_owns_an_inference_service_a_backend_and_the_virtual_model(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    apply(cluster, namespace, traffic_config("llama", f"""\
+        modelName: llama-3
+        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
+    """, TEMPLATE, """\
+        stable: {version: v1, storageUri: "hf://org/llama@rev1"}
+    """))
+    isvc = serve_when_created(kube, namespace, "llama-v1")
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["storageUri"] == "hf://org/llama@rev1"
+    assert model["args"] == ["--max_model_len=4096", "--model_name=llama-3-v1"]  # the served name splits metrics
+    assert isvc["metadata"]["labels"]["modeltraffic.io/traffic-config"] == "llama"
+
+    done = wait_phase(kube, namespace, "llama", "Succeeded")
+    assert done["stableVersion"] == "v1"
+    assert done["versions"] == [{"version": "v1", "inferenceService": "llama-v1", "ready": True,
+                                 "url": f"http://llama-v1-predictor.{namespace}.svc.cluster.local"}]
+    backend = kube.get(k.MANAGED_AI_SERVICE_BACKEND, namespace, "llama-v1")
+    assert backend is not None
+    assert backend["spec"]["endpoint"]["inferenceService"]["name"] == "llama-v1"
+    vm = kube.get(k.VIRTUAL_MODEL, namespace, "llama")
+    assert vm is not None
+    assert vm["spec"]["modelName"] == "llama-3"
+    [entry] = vm["spec"]["backends"]
+    assert (entry["name"], entry["modelNameOverride"], entry["weight"]) == ("llama-v1", "llama-3-v1", 100)
+    # The whole chain is real: the backend and the VirtualModel are reconciled like hand-written ones.
+    wait_for(lambda: condition(kube.get(k.MANAGED_AI_SERVICE_BACKEND, namespace, "llama-v1"), "Ready")
+             .get("status") == "True", 30, "backend llama-v1 Ready")
+    route = wait_for(lambda: kube.get(k.AI_GATEWAY_ROUTE, namespace, "llama"), 30, "the AIGatewayRoute")
+    assert route["spec"]["rules"][0]["backendRefs"][0]["modelNameOverride"] == "llama-3-v1"
+
+    cluster.kubectl("wait", "--for=condition=Ready", "trafficconfig/llama", "-n", namespace, "--timeout=20s")
+    table = cluster.kubectl("get", "trafficcfg", "llama", "-n", namespace).stdout
+    assert table.split("\n")[0].split() == ["NAME", "STRATEGY", "STABLE", "CANDIDATE", "WEIGHT", "PHASE", "AGE"]
+    row = table.split("\n")[1].split()  # an empty column (no candidate, no weight) prints nothing
+    assert (row[0], row[1], row[2], row[3]) == ("llama", "Canary", "v1", "Succeeded")
+
+
+def test_canary_steps_through_its_weights_runs_webhooks_and_promotes(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str, hooks: WebhookServer
+) -> None:
+    base = f"""\
+        modelName: llama-3
+        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
+    """, TEMPLATE, """\
+        stable: {version: v1, storageUri: "hf://org/llama@rev1"}
+    """
+    analysis = f"""\
+        analysis:
+          interval: 2s
+          stepWeights: [20, 60]
+          webhooks:
+          - {{name: evals, type: PreRollout, url: "{hooks.url('/pre')}"}}
+          - {{name: load, type: Rollout, url: "{hooks.url('/rollout')}"}}
+          - {{name: notify, type: PostRollout, url: "{hooks.url('/post')}"}}
+    """
+    apply(cluster, namespace, traffic_config("llama", *base))
+    serve_when_created(kube, namespace, "llama-v1")
+    wait_phase(kube, namespace, "llama", "Succeeded")
+
+    canary = 'canary: {version: v2, storageUri: "hf://org/llama@rev2"}\n'
+    apply(cluster, namespace, traffic_config("llama", *base, canary, analysis))
+    starting = wait_phase(kube, namespace, "llama", "Initializing")
+    assert starting["candidateVersion"] == "v2"
+    assert weights(kube, namespace, "llama") == {"llama-v1": 100}  # nothing moves before v2 is Ready
+    assert hooks.calls("/pre") == []
+    serve_when_created(kube, namespace, "llama-v2")
+
+    wait_weights(kube, namespace, "llama", {"llama-v1": 80, "llama-v2": 20})
+    pre = hooks.calls("/pre")
+    assert len(pre) == 1
+    assert pre[0].json == {"name": "llama", "namespace": namespace, "phase": "PreRollout", "modelName": "llama-3",
+                           "candidate": {"version": "v2", "servedModel": "llama-3-v2"},
+                           "stable": {"version": "v1", "servedModel": "llama-3-v1"}}
+    wait_weights(kube, namespace, "llama", {"llama-v1": 40, "llama-v2": 60}, timeout=20)
+
+    done = wait_phase(kube, namespace, "llama", "Succeeded", timeout=30)
+    assert done["stableVersion"] == "v2"
+    assert "candidateVersion" not in done
+    wait_weights(kube, namespace, "llama", {"llama-v2": 100})
+    # v1 retires once no traffic points at it: its InferenceService and backend are deleted.
+    wait_for(lambda: kube.get(k.INFERENCE_SERVICE, namespace, "llama-v1") is None, 30, "llama-v1 retired")
+    wait_for(lambda: kube.get(k.MANAGED_AI_SERVICE_BACKEND, namespace, "llama-v1") is None, 30, "backend retired")
+    assert len(hooks.calls("/rollout")) == 2  # one per check
+    post = wait_for(lambda: hooks.calls("/post"), 10, "the PostRollout webhook")
+    assert len(post) == 1 and post[0].json["outcome"] in ("Promoting", "Succeeded")
+
+    reasons = [reason for reason, _ in events(cluster, namespace, "llama")]
+    assert reasons.count("RolloutStarted") == 1
+    assert reasons.count("StepAdvanced") == 1
+    assert reasons.count("Promoted") == 1
+
+
+def test_failing_checks_roll_back_after_the_threshold(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str, hooks: WebhookServer
+) -> None:
+    hooks.respond("/load", 500, body={"error": "p95 too high"})
+    apply(cluster, namespace, traffic_config("llama", f"""\
+        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
+    """, TEMPLATE, f"""\
+        stable: {{version: v1}}
+        canary: {{version: v2}}
+        analysis:
+          interval: 1s
+          threshold: 2
+          stepWeights: [10, 50]
+          webhooks: [{{name: load, type: Rollout, url: "{hooks.url('/load')}"}}]
+    """))
+    serve_when_created(kube, namespace, "llama-v1")
+    serve_when_created(kube, namespace, "llama-v2")
+    failed = wait_phase(kube, namespace, "llama", "Failed", timeout=30)
+    assert failed["failedChecks"] == 2
+    assert failed["canaryWeight"] == 0
+    assert failed["lastResults"] == [
+        {"name": "webhook/load", "passed": False, "message": 'HTTP 500: {"error": "p95 too high"}'}]
+    wait_weights(kube, namespace, "llama", {"llama-v1": 100})
+    wait_for(lambda: kube.get(k.INFERENCE_SERVICE, namespace, "llama-v2") is None, 30, "the candidate scaled away")
+    obj = kube.get(k.TRAFFIC_CONFIG, namespace, "llama")
+    assert condition(obj, "Stalled")["status"] == "True"
+    assert condition(obj, "Stalled")["reason"] == "RolledBack"
+    rolled = [m for r, m in events(cluster, namespace, "llama") if r == "RolledBack" and "rolled back v2" in m]
+    assert len(rolled) == 1 and "webhook/load" in rolled[0] and "HTTP 500" in rolled[0], rolled
+    # Failed stays failed (no retry loop) until the spec changes.
+    calls = len(hooks.calls("/load"))
+    cluster.kubectl("wait", "--for=condition=Stalled", "trafficconfig/llama", "-n", namespace, "--timeout=5s")
+    assert len(hooks.calls("/load")) == calls
+
+
+# --- manual promotion, pause, abort, the CLI ----------------------------------------------------------------
+
+def model_traffic(cluster: Cluster, *args: str) -> str:
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "model_traffic", *args], capture_output=True, text=True,
+                            env={"KUBECONFIG": str(cluster.kubeconfig), "PATH": "/usr/bin:/bin"}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_manual_promotion_waits_for_a_person_then_the_cli_promotes(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    apply(cluster, namespace, traffic_config("llama", f"""\
+        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
+    """, TEMPLATE, """\
+        stable: {version: v1}
+        canary: {version: v2}
+        analysis: {interval: 1s, stepWeights: [30], promotion: Manual}
+    """))
+    serve_when_created(kube, namespace, "llama-v1")
+    serve_when_created(kube, namespace, "llama-v2")
+    waiting = wait_phase(kube, namespace, "llama", "WaitingPromotion")
+    assert waiting["canaryWeight"] == 30
+    assert weights(kube, namespace, "llama") == {"llama-v1": 70, "llama-v2": 30}
+    wait_for(lambda: "model-traffic promote llama" in condition(kube.get(k.TRAFFIC_CONFIG, namespace, "llama"),
+                                                                 "Ready").get("message", ""),
+             10, "the Ready message to say how to promote")
+
+    out = model_traffic(cluster, "promote", "llama", "-n", namespace)
+    assert "spec.stable.version=v2" in out
+    spec = (kube.get(k.TRAFFIC_CONFIG, namespace, "llama") or {})["spec"]
+    assert spec["stable"]["version"] == "v2" and "canary" not in spec  # what a Git commit would say
+    wait_phase(kube, namespace, "llama", "Succeeded")
+    wait_weights(kube, namespace, "llama", {"llama-v2": 100})
+    wait_for(lambda: kube.get(k.INFERENCE_SERVICE, namespace, "llama-v1") is None, 30, "llama-v1 retired")
+
+
+def test_pause_holds_the_weight_resume_continues_abort_returns_all_traffic(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    apply(cluster, namespace, traffic_config("llama", f"""\
+        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
+    """, TEMPLATE, """\
+        stable: {version: v1}
+        canary: {version: v2}
+        analysis: {interval: 2s, stepWeights: [10, 20, 30, 40, 50, 60, 70, 80]}
+    """))
+    serve_when_created(kube, namespace, "llama-v1")
+    serve_when_created(kube, namespace, "llama-v2")
+    wait_weights(kube, namespace, "llama", {"llama-v1": 90, "llama-v2": 10})
+
+    model_traffic(cluster, "pause", "llama", "-n", namespace)
+    paused = wait_phase(kube, namespace, "llama", "Paused")
+    held = paused["canaryWeight"]
+    cluster.kubectl("wait", "--for=condition=Ready", "trafficconfig/llama", "-n", namespace, "--timeout=5s")
+    import time
+    time.sleep(5)  # more than two intervals: a running rollout would have moved on
+    assert status(kube, namespace, "llama")["canaryWeight"] == held
+    assert weights(kube, namespace, "llama")["llama-v2"] == held
+
+    model_traffic(cluster, "resume", "llama", "-n", namespace)
+    wait_for(lambda: (status(kube, namespace, "llama").get("canaryWeight") or 0) > held, 20, "the rollout to go on")
+
+    model_traffic(cluster, "abort", "llama", "-n", namespace)
+    done = wait_phase(kube, namespace, "llama", "Succeeded")
+    assert done["stableVersion"] == "v1"
+    wait_weights(kube, namespace, "llama", {"llama-v1": 100})
+    wait_for(lambda: kube.get(k.INFERENCE_SERVICE, namespace, "llama-v2") is None, 30, "the candidate retired")
+    assert "Aborted" in [reason for reason, _ in events(cluster, namespace, "llama")]
+
+
+def test_a_held_canary_weight_is_set_and_changed_by_the_cli(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    apply(cluster, namespace, traffic_config("llama", f"""\
+        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
+    """, TEMPLATE, """\
+        stable: {version: v1}
+        canary: {version: v2, weight: 5}
+        analysis: {interval: 1s}
+    """))
+    serve_when_created(kube, namespace, "llama-v1")
+    serve_when_created(kube, namespace, "llama-v2")
+    wait_weights(kube, namespace, "llama", {"llama-v1": 95, "llama-v2": 5})
+    wait_phase(kube, namespace, "llama", "WaitingPromotion")
+    model_traffic(cluster, "set-weight", "llama", "40", "-n", namespace)
+    wait_weights(kube, namespace, "llama", {"llama-v1": 60, "llama-v2": 40})
+    assert status(kube, namespace, "llama")["canaryWeight"] == 40
+
+
+# --- the other strategies ---------------------------------------------------------------------------------
+
+def test_weighted_variants_are_added_reweighted_promoted_and_retired(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    head = f"""\
+        strategy: Weighted
+        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
+    """, TEMPLATE, """\
+        stable: {version: v1}
+    """
+    apply(cluster, namespace, traffic_config("mix", *head, "variants: [{version: v1, weight: 100}]\n"))
+    serve_when_created(kube, namespace, "mix-v1")
+    wait_phase(kube, namespace, "mix", "Succeeded")
+
+    apply(cluster, namespace, traffic_config("mix", *head, textwrap.dedent("""\
+        variants:
+        - {version: v1, weight: 70}
+        - {version: v2, storageUri: "hf://org/m@2", weight: 20}
+        - {version: v3, storageUri: "hf://org/m@3", weight: 10}
+    """)))
+    for name in ("mix-v2", "mix-v3"):
+        serve_when_created(kube, namespace, name)
+    wait_weights(kube, namespace, "mix", {"mix-v1": 70, "mix-v2": 20, "mix-v3": 10})
+    done = wait_phase(kube, namespace, "mix", "Succeeded")
+    assert [v["version"] for v in done["versions"]] == ["v1", "v2", "v3"]
+
+    model_traffic(cluster, "set-weights", "mix", "v1=40", "v2=40", "v3=20", "-n", namespace)
+    wait_weights(kube, namespace, "mix", {"mix-v1": 40, "mix-v2": 40, "mix-v3": 20})
+
+    # The stable variant cannot be deleted (refused at apply time) ...
+    refused = cluster.kubectl("apply", "-n", namespace, "-f", "-", check=False, stdin=traffic_config(
+        "mix", *head, "variants: [{version: v2, weight: 100}]\n"))
+    assert refused.returncode != 0
+    assert "the stable version must be one of the variants" in refused.stderr
+    # ... but promoting a variant makes it the stable and retires the others.
+    model_traffic(cluster, "promote", "mix", "--version", "v2", "-n", namespace)
+    wait_weights(kube, namespace, "mix", {"mix-v2": 100})
+    for gone in ("mix-v1", "mix-v3"):
+        wait_for(lambda gone=gone: kube.get(k.INFERENCE_SERVICE, namespace, gone) is None, 30, f"{gone} retired")
+    assert status(kube, namespace, "mix")["stableVersion"] == "v2"
+
+
+def test_blue_green_deploys_the_candidate_without_traffic_then_switches_at_once(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str, hooks: WebhookServer
+) -> None:
+    apply(cluster, namespace, traffic_config("bg", f"""\
+        strategy: BlueGreen
+        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
+    """, TEMPLATE, f"""\
+        stable: {{version: v1}}
+        canary: {{version: v2}}
+        analysis:
+          interval: 2s
+          iterations: 2
+          webhooks: [{{name: smoke, type: Rollout, url: "{hooks.url('/smoke')}"}}]
+    """))
+    serve_when_created(kube, namespace, "bg-v1")
+    serve_when_created(kube, namespace, "bg-v2")
+    progressing = wait_phase(kube, namespace, "bg", "Progressing")
+    assert progressing["canaryWeight"] == 0
+    assert weights(kube, namespace, "bg") == {"bg-v1": 100}  # full scale, no traffic
+    wait_for(lambda: len(hooks.calls("/smoke")) >= 1, 20, "the first check against the candidate")
+    assert weights(kube, namespace, "bg") == {"bg-v1": 100}
+    wait_phase(kube, namespace, "bg", "Succeeded", timeout=30)
+    assert len(hooks.calls("/smoke")) == 2
+    wait_weights(kube, namespace, "bg", {"bg-v2": 100})  # one switch, no intermediate weights
+
+
+def test_ab_test_sends_only_matching_requests_to_the_candidate(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    apply(cluster, namespace, traffic_config("ab", f"""\
+        strategy: ABTest
+        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
+    """, TEMPLATE, """\
+        stable: {version: v1}
+        canary: {version: v2}
+        analysis:
+          interval: 30s
+          iterations: 3
+          match: [{headers: [{name: x-canary, value: "true"}]}]
+    """))
+    serve_when_created(kube, namespace, "ab-v1")
+    serve_when_created(kube, namespace, "ab-v2")
+
+    def matched() -> list[dict[str, Any]]:
+        vm = kube.get(k.VIRTUAL_MODEL, namespace, "ab") or {}
+        return [b for b in vm.get("spec", {}).get("backends", []) if b.get("matches")]
+
+    entries = wait_for(matched, 30, "the candidate on the matched path")
+    [entry] = entries
+    assert (entry["name"], entry["modelNameOverride"]) == ("ab-v2", "ab-v2")
+    assert entry["matches"] == [{"headers": [{"name": "x-canary", "value": "true"}]}]
+    assert weights(kube, namespace, "ab") == {"ab-v1": 100}
+
+    def candidate_rule() -> dict[str, Any] | None:
+        route = kube.get(k.AI_GATEWAY_ROUTE, namespace, "ab") or {}
+        rules = route.get("spec", {}).get("rules", [])
+        return rules[0] if rules and any(r.get("name") == "ab-v2" for r in rules[0].get("backendRefs", [])) else None
+
+    rule = wait_for(candidate_rule, 30, "the AIGatewayRoute rule of the candidate, ahead of the default")
+    headers = {h["name"]: h["value"] for h in rule["matches"][0]["headers"]}
+    assert headers == {"x-ai-eg-model": "ab", "x-canary": "true"}
+
+
+def test_brownfield_ref_is_the_stable_and_is_never_modified(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    apply(cluster, namespace, textwrap.dedent("""\
+        apiVersion: serving.kserve.io/v1beta1
+        kind: InferenceService
+        metadata: {name: llama-prod}
+        spec:
+          predictor:
+            model:
+              modelFormat: {name: huggingface}
+              storageUri: hf://org/llama@prod
+              args: ["--model_name=llama-prod"]
+    """))
+    serve(kube, namespace, "llama-prod")
+    before = kube.get(k.INFERENCE_SERVICE, namespace, "llama-prod")
+    assert before is not None
+    apply(cluster, namespace, traffic_config("llama", f"""\
+        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
+        inferenceService: {{ref: {{name: llama-prod}}}}
+        stable: {{version: v1}}
+        canary: {{version: v2, storageUri: "hf://org/llama@rev2"}}
+        analysis: {{interval: 1s, stepWeights: [50], promotion: Manual}}
+    """))
+    clone = serve_when_created(kube, namespace, "llama-v2")
+    # New versions are cloned from the referenced spec, with their own weights and served name.
+    assert clone["spec"]["predictor"]["model"]["storageUri"] == "hf://org/llama@rev2"
+    assert clone["spec"]["predictor"]["model"]["args"] == ["--model_name=llama-v2"]
+    wait_phase(kube, namespace, "llama", "WaitingPromotion")
+    vm = kube.get(k.VIRTUAL_MODEL, namespace, "llama") or {}
+    assert {b["name"]: b["modelNameOverride"] for b in vm["spec"]["backends"]} == {
+        "llama-v1": "llama-prod", "llama-v2": "llama-v2"}
+    backend = kube.get(k.MANAGED_AI_SERVICE_BACKEND, namespace, "llama-v1") or {}
+    assert backend["spec"]["endpoint"]["inferenceService"]["name"] == "llama-prod"
+
+    model_traffic(cluster, "promote", "llama", "-n", namespace)
+    wait_phase(kube, namespace, "llama", "Succeeded")
+    wait_weights(kube, namespace, "llama", {"llama-v2": 100})
+    wait_for(lambda: any(r == "Retired" and "llama-prod is not owned" in m
+                         for r, m in events(cluster, namespace, "llama")),
+             30, "the note that the referenced InferenceService is left as it is")
+    after = kube.get(k.INFERENCE_SERVICE, namespace, "llama-prod")
+    assert after is not None, "the referenced InferenceService is not ours: never deleted"
+    assert after["spec"] == before["spec"]
+    assert not after["metadata"].get("ownerReferences")
+
+
+def test_invalid_specs_are_refused_at_apply_time(cluster: Cluster, namespace: str) -> None:
+    cases = {
+        "canary.version must differ from stable.version": "stable: {version: v1}\ncanary: {version: v1}\n",
+        "variant weights must sum to 100": "strategy: Weighted\nstable: {version: v1}\n"
+                                           "variants: [{version: v1, weight: 60}, {version: v2, weight: 30}]\n",
+        "canary.weight applies to the Canary strategy only": "strategy: BlueGreen\nstable: {version: v1}\n"
+                                                             "canary: {version: v2, weight: 10}\n",
+    }
+    for message, spec in cases.items():
+        refused = cluster.kubectl("apply", "-n", namespace, "-f", "-", check=False,
+                                  stdin=traffic_config("bad", TEMPLATE, spec))
+        assert refused.returncode != 0 and message in refused.stderr, (message, refused.stderr)
+
+
+# --- restart safety ------------------------------------------------------------------------------------------
+
+def test_killing_the_operator_mid_rollout_neither_repeats_nor_skips_a_step(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    apply(cluster, namespace, traffic_config("llama", f"""\
+        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
+    """, TEMPLATE, """\
+        stable: {version: v1}
+        canary: {version: v2}
+        analysis: {interval: 3s, stepWeights: [10, 30, 60]}
+    """))
+    serve_when_created(kube, namespace, "llama-v1")
+    serve_when_created(kube, namespace, "llama-v2")
+    wait_weights(kube, namespace, "llama", {"llama-v1": 70, "llama-v2": 30}, timeout=30)
+
+    operator.process.kill()  # no goodbye: mid-rollout, between two checks
+    operator.process.wait()
+    try:
+        frozen = status(kube, namespace, "llama")
+        assert frozen["phase"] == "Progressing" and frozen["canaryWeight"] in (30, 60)
+    finally:
+        restarted = start_operator(cluster, operator.log_path, **{"MTO_METRICS_PORT": str(operator.metrics_port)})
+        operator.process = restarted.process
+    done = wait_phase(kube, namespace, "llama", "Succeeded", timeout=40)
+    assert done["stableVersion"] == "v2"
+    advanced = [m for r, m in events(cluster, namespace, "llama") if r == "StepAdvanced"]
+    assert [m.split(" at weight ")[1].split(" ")[0] for m in advanced] == ["30", "60"], advanced
+    assert [r for r, _ in events(cluster, namespace, "llama")].count("RolloutStarted") == 1
+
+
+def test_a_rollback_survives_a_restart(cluster: Cluster, kube: Kube, operator: Operator, namespace: str,
+                                       hooks: WebhookServer) -> None:
+    hooks.respond("/bad", 503)
+    apply(cluster, namespace, traffic_config("llama", f"""\
+        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
+    """, TEMPLATE, f"""\
+        stable: {{version: v1}}
+        canary: {{version: v2}}
+        analysis:
+          interval: 1s
+          threshold: 1
+          webhooks: [{{name: bad, type: Rollout, url: "{hooks.url('/bad')}"}}]
+    """))
+    serve_when_created(kube, namespace, "llama-v1")
+    serve_when_created(kube, namespace, "llama-v2")
+    wait_phase(kube, namespace, "llama", "Failed")
+    stop_operator(operator)
+    try:
+        calls = len(hooks.calls("/bad"))
+    finally:
+        restarted = start_operator(cluster, operator.log_path, **{"MTO_METRICS_PORT": str(operator.metrics_port)})
+        operator.process = restarted.process
+    cluster.kubectl("wait", "--for=condition=Stalled", "trafficconfig/llama", "-n", namespace, "--timeout=10s")
+    wait_weights(kube, namespace, "llama", {"llama-v1": 100})
+    assert status(kube, namespace, "llama")["phase"] == "Failed"
+    assert len(hooks.calls("/bad")) == calls  # the rollback is not forgotten, the checks do not start over
+    assert json.dumps(status(kube, namespace, "llama")).count("v2") >= 1
