@@ -1,9 +1,11 @@
-"""Command line: ``model-traffic-operator run`` starts the operator."""
+"""Command line: ``model-traffic-operator run`` starts the operator; ``model-traffic promote NAME`` and friends
+drive a TrafficConfig (see :mod:`model_traffic.ctl`)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from model_traffic.settings import Settings
@@ -41,8 +43,51 @@ def crds(args: argparse.Namespace) -> int:
     return crdgen.main(["--check"] if args.check else [])
 
 
+def _current_namespace() -> str:
+    import kubernetes
+
+    try:
+        _, context = kubernetes.config.list_kube_config_contexts()  # type: ignore[no-untyped-call]
+        return str((context or {}).get("context", {}).get("namespace") or "default")
+    except Exception:
+        return "default"
+
+
+def rollout(args: argparse.Namespace) -> int:
+    """Edit a TrafficConfig's spec the way a person would."""
+    from model_traffic import ctl, kube
+
+    namespace = args.namespace or _current_namespace()
+    kube_ = kube.Kube()
+    obj = kube_.get(kube.TRAFFIC_CONFIG, namespace, args.name)
+    if obj is None:
+        print(f"error: trafficconfig {namespace}/{args.name} not found", file=sys.stderr)
+        return 1
+    spec = obj.get("spec") or {}
+    try:
+        if args.command == "promote":
+            change, summary = ctl.promote(spec, args.version)
+        elif args.command == "abort":
+            change, summary = ctl.abort(spec)
+        elif args.command in ("pause", "resume"):
+            change, summary = ctl.pause(spec, args.command == "pause")
+        elif args.command == "set-weight":
+            change, summary = ctl.set_weight(spec, args.weight)
+        else:
+            change, summary = ctl.set_weights(spec, ctl.parse_weights(args.weights))
+    except ctl.EditError as error:
+        print(f"error: trafficconfig {namespace}/{args.name}: {error}", file=sys.stderr)
+        return 1
+    ctl.edit(kube_, namespace, args.name,
+             {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}, "spec": change})
+    print(f"trafficconfig.modeltraffic.io/{args.name} {args.command}: {summary}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="model-traffic-operator", description="model-traffic-operator")
+    invoked = os.path.basename(sys.argv[0])
+    prog = invoked if invoked in ("model-traffic", "model-traffic-operator") else "model-traffic-operator"
+    parser = argparse.ArgumentParser(prog=prog, description="model-traffic-operator: LLM traffic on Kubernetes")
     sub = parser.add_subparsers(dest="command", required=True)
     run_parser = sub.add_parser("run", help="run the operator against $KUBECONFIG or in-cluster")
     run_parser.add_argument("-n", "--namespace", action="append", help="watch only this namespace (repeatable)")
@@ -53,6 +98,21 @@ def main(argv: list[str] | None = None) -> int:
     crds_parser = sub.add_parser("crds", help="write crds/ from the API models (or --check them)")
     crds_parser.add_argument("--check", action="store_true")
     crds_parser.set_defaults(func=crds)
+    for command, help_text in (("promote", "make the candidate (Weighted: --version) the stable version"),
+                               ("abort", "roll back: all traffic to the stable version"),
+                               ("pause", "freeze the rollout where it is"), ("resume", "continue a paused rollout"),
+                               ("set-weight", "hold the canary at a weight (Canary)"),
+                               ("set-weights", "re-weight variants at once, e.g. v1=70 v2=30 (Weighted)")):
+        command_parser = sub.add_parser(command, help=help_text)
+        command_parser.add_argument("name", help="the TrafficConfig")
+        command_parser.add_argument("-n", "--namespace", help="default: the kubeconfig context's namespace")
+        if command == "promote":
+            command_parser.add_argument("--version", help="the version to promote (required for Weighted)")
+        elif command == "set-weight":
+            command_parser.add_argument("weight", type=int)
+        elif command == "set-weights":
+            command_parser.add_argument("weights", nargs="+", metavar="VERSION=WEIGHT")
+        command_parser.set_defaults(func=rollout)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     result: int = args.func(args)
