@@ -9,7 +9,9 @@ UPSTREAM_CRDS ?= $(or $(MODEL_TRAFFIC_UPSTREAM_CRDS),$(CURDIR)/../shared/upstrea
 export MODEL_TRAFFIC_UPSTREAM_CRDS := $(UPSTREAM_CRDS)
 PYTEST_ARGS ?=
 
-.PHONY: help venv binaries crds lint unit test demo cluster cluster-down run bench clean
+IMAGE ?= model-traffic-operator:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+
+.PHONY: help venv binaries crds lint unit test demo cluster cluster-down run bench clean image
 
 help:
 	@echo "make demo          local control plane + operator + examples, ends with kubectl get"
@@ -17,6 +19,7 @@ help:
 	@echo "make cluster       keep a local control plane running (.local/kubeconfig); make cluster-down stops it"
 	@echo "make run           run the operator in the foreground against \$$KUBECONFIG"
 	@echo "make crds          regenerate crds/ from operator/model_traffic/api"
+	@echo "make image         build the container image (Docker with BuildKit; IMAGE=name:tag)"
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +56,10 @@ cluster-down: venv
 
 run: venv
 	$(PY) -m model_traffic run
+
+image:
+	docker build --tag $(IMAGE) .
+	docker run --rm --read-only $(IMAGE) --help >/dev/null
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
