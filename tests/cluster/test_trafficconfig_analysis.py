@@ -118,3 +118,48 @@ def test_no_data_for_the_candidate_is_a_failed_check(
     """)
     failed = wait_phase(kube, namespace, "llama", "Failed", timeout=30)
     assert failed["lastResults"] == [{"name": "error-rate", "passed": False, "message": "no data"}]
+
+
+def test_weighted_variants_are_measured_and_compared_in_status(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str, genai_exporter: GenAIExporter,
+    prometheus: PrometheusServer,
+) -> None:
+    model = f"mix-{namespace}"
+    genai_exporter.set_profile(f"{model}-v1", ttft_seconds=0.2, output_tokens_per_request=100)
+    genai_exporter.set_profile(f"{model}-v2", ttft_seconds=0.3, output_tokens_per_request=150)
+    prometheus.wait_for_samples(f'gen_ai_server_time_to_first_token_seconds_count{{gen_ai_request_model="{model}-v2"}}')
+    apply(cluster, namespace, traffic_config("mix", f"""\
+        modelName: {model}
+        strategy: Weighted
+        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
+    """, TEMPLATE, f"""\
+        stable: {{version: v1}}
+        variants: [{{version: v1, weight: 80}}, {{version: v2, weight: 20}}]
+        analysis:
+          interval: 5s
+          prometheus: {{address: "{prometheus.address}"}}
+          metrics:
+          - {{name: ttft-p95, builtin: TimeToFirstTokenP95, maxRelativeToStable: 1.2}}
+          - {{name: tokens, builtin: OutputTokensPerRequest, min: 1}}
+    """))
+    serve_when_created(kube, namespace, "mix-v1")
+    serve_when_created(kube, namespace, "mix-v2")
+
+    def measured() -> dict[str, dict[str, dict[str, object]]] | None:
+        versions = ((kube.get(k.TRAFFIC_CONFIG, namespace, "mix") or {}).get("status") or {}).get("versions") or []
+        found = {v["version"]: {m["name"]: m for m in v.get("metrics") or []} for v in versions}
+        complete = len(found) == 2 and all(len(m) == 2 and all("value" in r for r in m.values())
+                                           for m in found.values())
+        return found if complete else None
+
+    # The first measurement may come before Prometheus has two samples of the new series: no data, then data.
+    by_version = wait_for(measured, 30, "per-variant measurements in status")
+    v2 = by_version["v2"]
+    assert v2["ttft-p95"]["value"] == pytest.approx(0.3, rel=0.05)
+    assert v2["ttft-p95"]["stableValue"] == pytest.approx(0.2, rel=0.05)  # compared with v1, same window
+    assert v2["ttft-p95"]["passed"] is False  # 1.5x the stable: reported ...
+    assert v2["tokens"]["value"] == pytest.approx(150, rel=0.01)
+    assert by_version["v1"]["tokens"]["value"] == pytest.approx(100, rel=0.01)
+    # ... but Weighted never acts on it: the weights are the spec's.
+    assert wait_phase(kube, namespace, "mix", "Succeeded")["canaryWeight"] == 20
+    wait_weights(kube, namespace, "mix", {"mix-v1": 80, "mix-v2": 20})

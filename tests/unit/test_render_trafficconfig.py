@@ -112,7 +112,7 @@ def test_children_per_version() -> None:
     assert vm["spec"]["modelName"] == "llama-3"
     assert vm["spec"]["backends"][0]["modelNameOverride"] == "llama-3-v1"
     assert plan.status["versions"][1] == {"version": "v2", "inferenceService": "llama-v2", "ready": True,
-                                          "url": "http://llama-v2.llm"}
+                                          "url": "http://llama-v2.llm", "weight": 10}
 
 
 def test_step_weights_from_step_weight_and_max_weight() -> None:
@@ -470,3 +470,33 @@ def test_requeue_after_is_the_time_to_the_next_check() -> None:
     assert later.requeue_after == 30
     waiting_for_readiness = reconcile(spec(), None, at(0), ready=("v1",))
     assert waiting_for_readiness.requeue_after is None  # the InferenceService's watch brings us back
+
+
+# --- Weighted: each variant measured at each interval, compared with the stable -----------------------------
+
+def test_weighted_measures_every_variant_at_each_interval_without_gating() -> None:
+    mixed = spec(strategy="Weighted", canary=None, variants=[{"version": "v1", "weight": 70},
+                                                             {"version": "v2", "weight": 30}],
+                 analysis={"interval": "1m", "metrics": [{"name": "ttft", "builtin": "TimeToFirstTokenP95",
+                                                          "maxRelativeToStable": 1.2}]})
+    first = step(mixed, None, world(), at(0))
+    assert first.analysis is not None and first.analysis.purpose == "Observe"
+    assert [t.version for t in first.analysis.variants] == ["v1", "v2"]
+    assert [t.served_model for t in first.analysis.variants] == ["llama-3-v1", "llama-3-v2"]
+    measured = {"v1": [evaluate(first.analysis.metrics[0], 0.2, 0.2)],
+                "v2": [evaluate(first.analysis.metrics[0], 0.5, 0.2)]}  # v2 is slower: reported, not acted on
+    plan = step(mixed, None, world(variant_results=measured), at(0))
+    assert plan.analysis is None
+    assert plan.status["phase"] == "Succeeded"
+    by_version = {v["version"]: v for v in plan.status["versions"]}
+    assert by_version["v2"]["metrics"] == [{"name": "ttft", "value": 0.5, "stableValue": 0.2, "passed": False,
+                                            "message": by_version["v2"]["metrics"][0]["message"]}]
+    assert by_version["v1"]["weight"] == 70 and by_version["v2"]["weight"] == 30
+    assert vm_weights(plan) == {"llama-v1": 70, "llama-v2": 30}
+    assert plan.requeue_after == 60
+    # Not due again until the interval has passed; the measurements stay in status meanwhile.
+    later = step(mixed, plan.status, world(), at(0.5))
+    assert later.analysis is None
+    assert {v["version"]: v.get("metrics") for v in later.status["versions"]} == {
+        v["version"]: v.get("metrics") for v in plan.status["versions"]}
+    assert step(mixed, plan.status, world(), at(1)).analysis is not None

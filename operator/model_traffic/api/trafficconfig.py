@@ -203,6 +203,12 @@ class VersionStatus(Model):
     inference_service: str
     ready: bool
     url: str | None = None
+    weight: int | None = Field(default=None, description="Percent of traffic it gets now.")
+    metrics: list[MetricResult] = Field(
+        default_factory=list,
+        description="Weighted: the analysis metrics measured for this variant at the last interval, with the "
+        "stable version's value of the same window (stableValue) for comparison. Informative: no rollback.",
+    )
 
 
 class TrafficConfigStatus(StatusBase):

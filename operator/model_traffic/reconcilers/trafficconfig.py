@@ -201,7 +201,12 @@ def reconcile(kube_: Kube, body: dict[str, Any], default_prometheus: str | None 
     status = body.get("status") or {}
     now = clock()
     plan = step(spec, status, world, now)
-    if plan.analysis is not None:
+    if plan.analysis is not None and plan.analysis.purpose == "Observe":
+        measured = {target.version: run_analysis(dataclasses.replace(plan.analysis, candidate=target), namespace,
+                                                 name, model_name(spec, name), default_prometheus)
+                    for target in plan.analysis.variants}
+        plan = step(spec, status, dataclasses.replace(world, variant_results=measured), now)
+    elif plan.analysis is not None:
         results = run_analysis(plan.analysis, namespace, name, model_name(spec, name), default_prometheus)
         plan = step(spec, status, dataclasses.replace(world, analysis=results), now)
 

@@ -92,6 +92,7 @@ class TrafficWorld:
     ref_inference_service: dict[str, Any] | None = None  # spec.inferenceService.ref, when set
     live_weights: dict[str, int] | None = None  # version -> weight in the live VirtualModel; None: none
     analysis: list[MetricResult] | None = None  # results of the analysis the previous plan asked for
+    variant_results: dict[str, list[MetricResult]] | None = None  # Weighted: measurements by version
 
 
 def live_weights_from_virtual_model(obj: dict[str, Any] | None, name: str) -> dict[str, int] | None:
@@ -118,13 +119,16 @@ class AnalysisRequest:
     ``webhook/<name>``. Put all results, in any order, into ``TrafficWorld.analysis``.
     """
 
-    purpose: Literal["PreRollout", "Analysis"]
+    purpose: Literal["PreRollout", "Analysis", "Observe"]
     candidate: Target
     stable: Target
     interval: str
     metrics: list[Metric]
     webhooks: list[Webhook]
     prometheus: str | None
+    # Observe (Weighted): measure ``metrics`` for each of these versions (relative to ``stable``) and put the
+    # results into ``TrafficWorld.variant_results`` instead; nothing gates on them.
+    variants: tuple[Target, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -240,12 +244,14 @@ class _State:
     last_step_time: str | None
     last_results: list[MetricResult]
     versions: dict[str, str]  # version -> InferenceService name, as recorded
+    version_metrics: dict[str, list[MetricResult]]  # Weighted: last measurements by version
 
     @classmethod
     def read(cls, status: TrafficConfigStatus) -> _State:
         return cls(status.phase, status.stable_version, status.candidate_version, status.canary_weight,
                    status.current_step, status.failed_checks or 0, status.iterations or 0, status.last_step_time,
-                   list(status.last_results), {v.version: v.inference_service for v in status.versions})
+                   list(status.last_results), {v.version: v.inference_service for v in status.versions},
+                   {v.version: list(v.metrics) for v in status.versions if v.metrics})
 
     def start_rollout(self, candidate: str) -> None:
         self.phase, self.candidate, self.weight, self.step = "Initializing", candidate, 0, None
@@ -561,8 +567,20 @@ def _weighted(r: _Rollout) -> RolloutPlan:
     spec, s = r.spec, r.s
     variants = spec.variants or []
     s.stable = spec.stable.version
-    s.candidate, s.step, s.iterations, s.failed, s.last_step_time = None, None, 0, 0, None
+    s.candidate, s.step, s.iterations, s.failed = None, None, 0, 0
     weights = {v.version: v.weight for v in variants if v.weight > 0}
+    metrics = list(spec.analysis.metrics or []) if spec.analysis else []
+    if not metrics:
+        s.last_step_time = None
+    elif r.due():
+        if r.world.variant_results is None:
+            prometheus = spec.analysis.prometheus if spec.analysis else None
+            r.request = AnalysisRequest("Observe", r.target(s.stable), r.target(s.stable), _interval(spec),
+                                        metrics, [], prometheus.address if prometheus else None,
+                                        tuple(r.target(v.version) for v in variants))
+        else:
+            s.last_step_time = _stamp(r.now)
+            s.version_metrics = dict(r.world.variant_results)
     s.weight = 100 - weights.get(s.stable, 0)
     waiting = [r.why_not_ready(v.version) for v in variants if not r.ready(v.version)]
     s.phase = "Progressing" if waiting else "Succeeded"
@@ -615,9 +633,11 @@ def _finish(r: _Rollout, keep: list[str], weights: dict[str, int], matched: str 
     for version in keep + draining:
         seen = world.versions.get(version)
         entry: dict[str, Any] = {"version": version, "inferenceService": r.isvc_name(version),
-                                 "ready": bool(seen and seen.ready)}
+                                 "ready": bool(seen and seen.ready), "weight": weights.get(version, 0)}
         if seen and seen.url:
             entry["url"] = seen.url
+        if spec.strategy == "Weighted" and s.version_metrics.get(version):
+            entry["metrics"] = [m.wire() for m in s.version_metrics[version]]
         versions.append(entry)
 
     status: dict[str, Any] = {
@@ -642,8 +662,9 @@ def _finish(r: _Rollout, keep: list[str], weights: dict[str, int], matched: str 
 
 
 def _requeue_after(r: _Rollout) -> float | None:
-    """Seconds until a check is due, when the rollout is waiting on the clock (not on a watched object)."""
-    if r.s.phase not in ("Progressing", "Initializing") or r.spec.paused:
+    """Seconds until a check (or a Weighted measurement) is due, when waiting on the clock (not on a watch)."""
+    observing = r.spec.strategy == "Weighted" and bool(r.spec.analysis and r.spec.analysis.metrics)
+    if (r.s.phase not in ("Progressing", "Initializing") and not observing) or r.spec.paused:
         return None
     due_in = r.next_due_in()
     return due_in if due_in else None
