@@ -185,6 +185,10 @@ def openapi_schema(info: KindInfo) -> dict[str, Any]:
 
 
 def crd(info: KindInfo) -> dict[str, Any]:
+    schema = openapi_schema(info)
+    # A new object reads as not yet observed (observedGeneration 0 < generation 1) until the operator writes its
+    # status: without it, Flux's kstatus calls an object without status Current before anyone looked at it.
+    schema["properties"]["status"]["default"] = {"observedGeneration": 0}
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -210,7 +214,7 @@ def crd(info: KindInfo) -> dict[str, Any]:
                     "storage": True,
                     "subresources": {"status": {}},
                     "additionalPrinterColumns": info.printer_columns,
-                    "schema": {"openAPIV3Schema": openapi_schema(info)},
+                    "schema": {"openAPIV3Schema": schema},
                 }
             ],
         },

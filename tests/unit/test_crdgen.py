@@ -38,3 +38,12 @@ def test_schemas_are_structural_and_described() -> None:
 def test_duration_seconds() -> None:
     assert duration_seconds("1m30s") == 90
     assert duration_seconds("500ms") == 0.5
+
+
+def test_a_new_object_reads_as_not_yet_observed() -> None:
+    from model_traffic import crdgen
+
+    for info in crdgen.KINDS:
+        status = crdgen.crd(info)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+        assert status["default"] == {"observedGeneration": 0}, info.kind
+        assert "observedGeneration" in status["properties"]
