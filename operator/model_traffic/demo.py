@@ -6,11 +6,13 @@ Everything is started here and stopped at the end (``--keep`` leaves it running 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from model_traffic import localcluster
@@ -50,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 print("== kubectl apply -f examples/", flush=True)
                 print(kubectl("apply", "-f", str(ROOT / "examples")), flush=True)
+                print("== KServe does not run here: the demo plays its part and reports the InferenceServices"
+                      " of the TrafficConfig Ready", flush=True)
+                for isvc in ("llama-v1", "llama-v2"):
+                    serve(kubectl, isvc)
                 print("== kubectl wait --for=condition=Ready maisb,vmodel --all -n llm", flush=True)
                 waited = subprocess.run([str(binaries.kubectl), "wait", "--for=condition=Ready", "maisb,vmodel",
                                          "--all", "-n", "llm", "--timeout=90s"], env=env, capture_output=True,
@@ -61,6 +67,18 @@ def main(argv: list[str] | None = None) -> int:
                            "backendtrafficpolicies"
                 print(f"== kubectl get {children} -n llm", flush=True)
                 print(kubectl("get", children, "-n", "llm"), flush=True)
+                print("== kubectl get trafficcfg,inferenceservices -n llm   (v2 is the canary at its first step)",
+                      flush=True)
+                print(kubectl("get", "trafficcfg,inferenceservices", "-n", "llm"), flush=True)
+                print("== model-traffic promote llama -n llm", flush=True)
+                promoted = subprocess.run([sys.executable, "-m", "model_traffic", "promote", "llama", "-n", "llm"],
+                                          env=env, capture_output=True, text=True)
+                print(promoted.stdout or promoted.stderr, flush=True)
+                kubectl("wait", "--for=jsonpath={.status.phase}=Succeeded", "trafficcfg/llama", "-n", "llm",
+                        "--timeout=60s")
+                print("== kubectl get trafficcfg -n llm   (v2 is stable; v1 retires once no traffic points at it)",
+                      flush=True)
+                print(kubectl("get", "trafficcfg", "-n", "llm"), flush=True)
                 if args.keep:
                     print(f"== running; export KUBECONFIG={plane.kubeconfig} and PATH={binaries.kubectl.parent}:$PATH"
                           " in another shell. Ctrl-C stops everything.", flush=True)
@@ -72,6 +90,22 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 operator.terminate()
                 operator.wait(timeout=30)
+
+
+def serve(kubectl: Callable[..., str], name: str, timeout: float = 60.0) -> None:
+    """Do what KServe would: once the InferenceService exists, report it Ready with its address."""
+    deadline = time.monotonic() + timeout
+    while not kubectl("get", "inferenceservice", name, "-n", "llm", "--ignore-not-found", "-o", "name").strip():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"InferenceService {name} was not created within {timeout:.0f}s")
+        time.sleep(0.5)
+    url = f"http://{name}-predictor.llm.svc.cluster.local"
+    status = {"status": {"url": url, "address": {"url": url},
+                         "conditions": [{"type": "Ready", "status": "True",
+                                         "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+                         "components": {"predictor": {"address": {"url": url}}}}}
+    kubectl("patch", "inferenceservice", name, "-n", "llm", "--subresource=status", "--type=merge",
+            "-p", json.dumps(status))
 
 
 if __name__ == "__main__":

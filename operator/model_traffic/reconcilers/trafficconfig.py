@@ -52,6 +52,7 @@ PROGRESS_FIELDS = ("phase", "stableVersion", "candidateVersion", "canaryWeight",
                    "iterations", "lastStepTime", "lastResults")
 
 Clock = Callable[[], datetime.datetime]
+KSERVE_RECHECK_SECONDS = 15.0
 
 
 def _utcnow() -> datetime.datetime:
@@ -239,6 +240,9 @@ def reconcile(kube_: Kube, body: dict[str, Any], default_prometheus: str | None 
                                              message="the InferenceService API (serving.kserve.io) is not "
                                                      "installed")
     result.requeue_after = plan.requeue_after
+    if not kserve_served:
+        # Nothing we watch announces KServe's arrival (or the end of a discovery lag): look again.
+        result.requeue_after = min(plan.requeue_after or KSERVE_RECHECK_SECONDS, KSERVE_RECHECK_SECONDS)
     result.announced = announced
     return result
 
