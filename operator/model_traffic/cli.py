@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 def crds(args: argparse.Namespace) -> int:
     from model_traffic import crdgen
 
-    return crdgen.main(["--check"] if args.check else [])
+    return crdgen.main(["--check"] if args.check else ["--stdout"] if args.stdout else [])
 
 
 def _current_namespace() -> str:
@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.set_defaults(func=run)
     crds_parser = sub.add_parser("crds", help="write crds/ from the API models (or --check them)")
     crds_parser.add_argument("--check", action="store_true")
+    crds_parser.add_argument("--stdout", action="store_true", help="print them instead (works from the image)")
     crds_parser.set_defaults(func=crds)
     for command, help_text in (("promote", "make the candidate (Weighted: --version) the stable version"),
                                ("abort", "roll back: all traffic to the stable version"),

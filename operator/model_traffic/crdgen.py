@@ -239,7 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dir", type=Path, default=default_crd_dir())
     parser.add_argument("--check", action="store_true", help="fail when the files are not up to date")
+    parser.add_argument("--stdout", action="store_true",
+                        help="print the CRDs as one YAML stream (e.g. `kubectl apply -f -` from the image)")
     args = parser.parse_args(argv)
+    if args.stdout:
+        sys.stdout.write("".join(f"---\n{text}" for _, text in sorted(render_files().items())))
+        return 0
     stale = []
     for name, text in render_files().items():
         path = args.dir / name

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from model_traffic import crdgen
 from model_traffic.api.common import duration_seconds
 
@@ -47,3 +49,17 @@ def test_a_new_object_reads_as_not_yet_observed() -> None:
         status = crdgen.crd(info)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
         assert status["default"] == {"observedGeneration": 0}, info.kind
         assert "observedGeneration" in status["properties"]
+
+
+def test_crds_print_as_one_stream_that_matches_the_files(capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from model_traffic import cli, crdgen
+
+    assert cli.main(["crds", "--stdout"]) == 0
+    documents = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
+    assert sorted(d["metadata"]["name"] for d in documents) == sorted(
+        info.crd_name for info in crdgen.KINDS)
+    for document in documents:
+        on_disk = yaml.safe_load((crdgen.default_crd_dir() / f"{document['metadata']['name']}.yaml").read_text())
+        assert document == on_disk
