@@ -348,6 +348,16 @@ def test_weighted_variants_are_added_reweighted_promoted_and_retired(
     model_traffic(cluster, "set-weights", "mix", "v1=40", "v2=40", "v3=20", "-n", namespace)
     wait_weights(kube, namespace, "mix", {"mix-v1": 40, "mix-v2": 40, "mix-v3": 20})
 
+    # Deleting a variant from the spec takes its traffic away, then retires it.
+    apply(cluster, namespace, traffic_config("mix", *head, textwrap.dedent("""\
+        variants:
+        - {version: v1, weight: 50}
+        - {version: v2, storageUri: "hf://org/m@2", weight: 50}
+    """)))
+    wait_weights(kube, namespace, "mix", {"mix-v1": 50, "mix-v2": 50})
+    wait_for(lambda: kube.get(k.INFERENCE_SERVICE, namespace, "mix-v3") is None, 30, "mix-v3 retired")
+    assert kube.get(k.MANAGED_AI_SERVICE_BACKEND, namespace, "mix-v3") is None
+
     # The stable variant cannot be deleted (refused at apply time) ...
     refused = cluster.kubectl("apply", "-n", namespace, "-f", "-", check=False, stdin=traffic_config(
         "mix", *head, "variants: [{version: v2, weight: 100}]\n"))
@@ -356,8 +366,7 @@ def test_weighted_variants_are_added_reweighted_promoted_and_retired(
     # ... but promoting a variant makes it the stable and retires the others.
     model_traffic(cluster, "promote", "mix", "--version", "v2", "-n", namespace)
     wait_weights(kube, namespace, "mix", {"mix-v2": 100})
-    for gone in ("mix-v1", "mix-v3"):
-        wait_for(lambda gone=gone: kube.get(k.INFERENCE_SERVICE, namespace, gone) is None, 30, f"{gone} retired")
+    wait_for(lambda: kube.get(k.INFERENCE_SERVICE, namespace, "mix-v1") is None, 30, "mix-v1 retired")
     assert status(kube, namespace, "mix")["stableVersion"] == "v2"
 
 
