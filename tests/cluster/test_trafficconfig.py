@@ -112,7 +112,7 @@ def test_stable_version_owns_an_inference_service_a_backend_and_the_virtual_mode
 
     done = wait_phase(kube, namespace, "llama", "Succeeded")
     assert done["stableVersion"] == "v1"
-    assert done["versions"] == [{"version": "v1", "inferenceService": "llama-v1", "ready": True,
+    assert done["versions"] == [{"version": "v1", "inferenceService": "llama-v1", "ready": True, "weight": 100,
                                  "url": f"http://llama-v1-predictor.{namespace}.svc.cluster.local"}]
     backend = kube.get(k.MANAGED_AI_SERVICE_BACKEND, namespace, "llama-v1")
     assert backend is not None

@@ -189,6 +189,37 @@ def _children_plan(plan: RolloutPlan, kserve_served: bool) -> Plan:
     return Plan(verdict=plan.verdict, details=plan.details, children=children, status=plan.status)
 
 
+def _take_step(spec: TrafficConfigSpec, status: dict[str, Any], world: TrafficWorld, now: datetime.datetime,
+               default_prometheus: str | None) -> RolloutPlan:
+    """One step of the state machine; when it asks for measurements, take them and step again."""
+    plan = step(spec, status, world, now)
+    request, name, namespace = plan.analysis, world.name, world.namespace
+    if request is None:
+        return plan
+    model = model_name(spec, name)
+    if request.purpose == "Observe":
+        measured = {target.version: run_analysis(dataclasses.replace(request, candidate=target), namespace, name,
+                                                 model, default_prometheus)
+                    for target in request.variants}
+        return step(spec, status, dataclasses.replace(world, variant_results=measured), now)
+    results = run_analysis(request, namespace, name, model, default_prometheus)
+    return step(spec, status, dataclasses.replace(world, analysis=results), now)
+
+
+def _post_rollout(plan: RolloutPlan, spec: TrafficConfigSpec, namespace: str, name: str, candidate: str) -> None:
+    """PostRollout webhooks, at most once: called after the progress that triggers them is recorded."""
+    model = model_name(spec, name)
+    stable = str(plan.status.get("stableVersion") or "")
+    request = AnalysisRequest("Analysis", Target(candidate, served_model_name(model, candidate)),
+                              Target(stable, served_model_name(model, stable)), interval="", metrics=[],
+                              webhooks=[], prometheus=None)
+    for hook in plan.post_rollout:
+        payload = {**webhook_payload(request, hook, namespace, name, model), "outcome": plan.status.get("phase")}
+        outcome = call_webhook(hook, payload)
+        if not outcome.passed:  # too late to act on: logged
+            log.warning("PostRollout webhook %s of %s/%s: %s", hook.name, namespace, name, outcome.message)
+
+
 def reconcile(kube_: Kube, body: dict[str, Any], default_prometheus: str | None = None,
               clock: Clock = _utcnow) -> Result:
     meta = body["metadata"]
@@ -199,35 +230,14 @@ def reconcile(kube_: Kube, body: dict[str, Any], default_prometheus: str | None 
         return invalid_spec(error)
     owner = apply.Owner.of(body)
     world = observe(kube_, spec, body)
-    status = body.get("status") or {}
-    now = clock()
-    plan = step(spec, status, world, now)
-    if plan.analysis is not None and plan.analysis.purpose == "Observe":
-        measured = {target.version: run_analysis(dataclasses.replace(plan.analysis, candidate=target), namespace,
-                                                 name, model_name(spec, name), default_prometheus)
-                    for target in plan.analysis.variants}
-        plan = step(spec, status, dataclasses.replace(world, variant_results=measured), now)
-    elif plan.analysis is not None:
-        results = run_analysis(plan.analysis, namespace, name, model_name(spec, name), default_prometheus)
-        plan = step(spec, status, dataclasses.replace(world, analysis=results), now)
-
-    previous = dict(status)
+    previous = dict(body.get("status") or {})
+    plan = _take_step(spec, previous, world, clock(), default_prometheus)
     announced = False
     if record_progress(kube_, body, plan):
         announced = bool(plan.events)
         for event in plan.events:
             events.emit(kube_, body, event.type, event.reason, event.message)
-        for hook in plan.post_rollout:  # at most once: after the progress that triggers them is recorded
-            model = model_name(spec, name)
-            candidate = str(previous.get("candidateVersion") or "")
-            stable = str(plan.status.get("stableVersion") or "")
-            request = AnalysisRequest("Analysis", Target(candidate, served_model_name(model, candidate)),
-                                      Target(stable, served_model_name(model, stable)), interval="", metrics=[],
-                                      webhooks=[], prometheus=None)
-            payload = {**webhook_payload(request, hook, namespace, name, model), "outcome": plan.status.get("phase")}
-            outcome = call_webhook(hook, payload)
-            if not outcome.passed:
-                log.warning("PostRollout webhook %s of %s/%s: %s", hook.name, namespace, name, outcome.message)
+        _post_rollout(plan, spec, namespace, name, str(previous.get("candidateVersion") or ""))
     export_metrics(namespace, name, plan.status)
 
     kserve_served = bool(kube_.served_versions(kube.INFERENCE_SERVICE.group))
