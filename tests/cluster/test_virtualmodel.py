@@ -21,6 +21,7 @@ from model_traffic.kube import Kube
 from model_traffic.reconcilers.virtualmodel import MANAGED_AI_SERVICE_BACKEND, VIRTUAL_MODEL
 from model_traffic.render.virtualmodel import ObservedBackend, VirtualModelWorld, render
 from tests.conftest import POOL, Cluster, Operator, condition, our_yaml, wait_for
+from tests.unit.test_render_virtualmodel import http_route_of
 
 pytestmark = pytest.mark.cluster
 
@@ -95,8 +96,24 @@ EVERYTHING = {
                         {"metadataKey": "cost", "type": "CEL", "cel": "input_tokens + output_tokens"}],
 }
 
+CANARY = [{"headers": [{"name": "x-canary", "value": "true"}]}]
+MATCHED = {  # header-matched backends: several alternatives, tiers, a pool, the upstream header limit
+    "modelName": "gpt-4",
+    "backends": [
+        {"name": "openai", "weight": 80}, {"name": "azure", "weight": 20},
+        {"name": "a", "modelNameOverride": "gpt-4o-canary", "weight": 3, "matches": [*CANARY,
+            {"headers": [{"name": "x-team", "value": "ml"}, {"name": "x-env", "value": "prod with\tspaces"}]}]},
+        {"name": "b", "priority": 1, "matches": [*CANARY,
+            {"headers": [{"name": "x-env", "value": "prod with\tspaces"}, {"name": "x-team", "value": "ml"}]}]},
+        {"name": "pool", "kind": "InferencePool", "matches": [
+            {"headers": [{"name": f"x-h{i}", "value": "v"} for i in range(15)]}]},
+    ],
+    "timeouts": {"request": "120s"},
+}
+
 SPECS = [
     EVERYTHING,
+    MATCHED,
     {"backends": [{"name": "openai"}, {"name": "anthropic", "priority": 1}]},  # the default fallback retry
     {"backends": [{"name": "pool", "kind": "InferencePool"}], "loadBalancer": {"type": "ConsistentHash"}},
     {"backends": [{"name": "openai"}], "rateLimit": {"requests": {"limit": 1, "unit": "Second"}},
@@ -121,6 +138,20 @@ def test_every_emitted_object_passes_the_upstream_schemas(kube: Kube, namespace:
     for child in plan.children:
         body = apply.with_ownership(child.body, owner)
         kube.apply(body, dry_run=True)  # raises with the server's message when refused
+
+
+def test_the_http_route_the_ai_gateway_makes_of_a_matched_route_is_accepted(kube: Kube, namespace: str) -> None:
+    """The AI Gateway copies each rule's header matches into an HTTPRoute, whose schema is stricter (header
+    values, matches per route): that HTTPRoute, as it would write it, passes the real schema too."""
+    spec = VirtualModelSpec.model_validate(MATCHED)
+    world = VirtualModelWorld(namespace=namespace, name="gpt-4", ai_gateway_version="v1beta1",
+                              default_gateway=GatewayRef(name=GATEWAY),
+                              backends={(b.kind, b.name): ObservedBackend(ready=True) for b in spec.backends})
+    route_body = next(c.body for c in render(spec, world).children if c.rtype.kind == "AIGatewayRoute")
+    assert len(route_body["spec"]["rules"]) == 3 and len(route_body["spec"]["rules"][1]["matches"][0]["headers"]) == 16
+    http_route = http_route_of(route_body)
+    http_route["metadata"] = {"name": "gpt-4", "namespace": namespace}
+    kube.apply(http_route, dry_run=True)
 
 
 # --- the operator -------------------------------------------------------------------------------------------
@@ -334,3 +365,102 @@ def test_gateway_address_is_reported(
         _content_type="application/merge-patch+json")
     wait_for(lambda: (kube.get(VIRTUAL_MODEL, namespace, "addr") or {}).get("status", {}).get("address")
              == "10.0.0.9:8080", 15, "the Gateway's address")
+
+
+# --- header-matched backends ----------------------------------------------------------------------------------
+
+def test_header_matched_backend_gets_a_rule_of_its_own_first(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    make_backends(cluster, kube, namespace, "llama-v1", "llama-v2")
+    # The shape the TrafficConfig renderer writes for an ABTest.
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=vm_yaml("llama", f"""\
+        modelName: llama-3
+        gatewayRefs: [{{name: {GATEWAY}}}]
+        backends:
+        - {{name: llama-v1, modelNameOverride: llama-3-v1, weight: 100}}
+        - name: llama-v2
+          modelNameOverride: llama-3-v2
+          weight: 1
+          matches: [{{headers: [{{name: x-canary, value: "true"}}]}}]
+    """))
+    obj = wait_vm(kube, namespace, "llama")
+    live = route(kube, namespace, "llama")
+    assert live is not None
+    model = {"type": "Exact", "name": "x-ai-eg-model", "value": "llama-3"}
+    assert [(r["matches"], [(b["name"], b.get("modelNameOverride")) for b in r["backendRefs"]])
+            for r in live["spec"]["rules"]] == [
+        ([{"headers": [model, {"type": "Exact", "name": "x-canary", "value": "true"}]}], [("llama-v2", "llama-3-v2")]),
+        ([{"headers": [model]}], [("llama-v1", "llama-3-v1")]),
+    ]
+    assert [(b["name"], b["sharePercent"], b.get("onlyMatching")) for b in obj["status"]["backends"]] == [
+        ("llama-v1", 100.0, None), ("llama-v2", 100.0, "x-canary: true")]
+    reach = condition(obj, "AllBackendsReachable")
+    assert (reach["status"], reach["reason"]) == ("True", "Reachable")
+    assert "header-matched requests" in reach["message"]
+
+    # The candidate goes away: its requests fall back to the default rule, which the route keeps.
+    cluster.kubectl("delete", "maisb", "llama-v2", "-n", namespace)
+    obj = wait_vm(kube, namespace, "llama", reason="BackendsLeftOut")
+    wait_for(lambda: len((route(kube, namespace, "llama") or {}).get("spec", {}).get("rules", [])) == 1, 15,
+             "the matched rule removed")
+    assert "requests with x-canary: true go to the backends without matches" in condition(
+        obj, "AllBackendsReachable")["message"]
+
+
+INVALID_MATCHES = [
+    ("""\
+        - {name: a}
+        - {name: b, matches: [{headers: [{name: X-AI-EG-Model, value: other}]}]}
+     """, "x-ai-eg-model cannot be a match header: every rule of the route already matches it"),
+    ("""\
+        - {name: a}
+        - {name: b, matches: [{headers: [{name: x-canary, value: "true"}, {name: x-canary, value: "false"}]}]}
+     """, 'spec.backends[1].matches[0].headers[1]: Duplicate value: {"name":"x-canary"}'),
+    ("""\
+        - {name: a, matches: [{headers: [{name: x-canary, value: "true"}]}]}
+     """, "at least one backend must have no matches: it serves the requests that match none"),
+    ("""\
+        - {name: a, weight: 0}
+        - {name: b, matches: [{headers: [{name: x-canary, value: "true"}]}]}
+     """, "tier 0 (priority 0) needs at least one backend with a positive weight among the backends without matches"),
+    ("- {name: a}\n- {name: b, matches: [{headers: [" + ", ".join(f"{{name: x-h{i}, value: v}}" for i in range(16))
+     + "]}]}\n", "must have at most 15 items"),
+    ("- {name: a}\n- {name: b, matches: ["
+     + ", ".join(f"{{headers: [{{name: x-user, value: u{i}}}]}}" for i in range(9)) + "]}\n",
+     "must have at most 8 items"),
+    ("""\
+        - {name: a}
+        - {name: b, matches: []}
+     """, "should have at least 1 items"),
+    ("""\
+        - {name: a}
+        - {name: b, matches: [{headers: [{name: "bad header", value: "1"}]}]}
+     """, "spec.backends[1].matches[0].headers[0].name: Invalid value"),
+    ("""\
+        - {name: a}
+        - {name: b, matches: [{headers: [{name: x-canary, value: "two  spaces"}]}]}
+     """, "spec.backends[1].matches[0].headers[0].value: Invalid value"),
+]
+
+
+@pytest.mark.parametrize(("backends", "message"), INVALID_MATCHES, ids=[m for _, m in INVALID_MATCHES])
+def test_invalid_matches_are_refused_by_kubectl_apply(
+    cluster: Cluster, kube: Kube, namespace: str, backends: str, message: str
+) -> None:
+    result = cluster.kubectl("apply", "-n", namespace, "-f", "-", check=False,
+                             stdin=vm_yaml("bad", "backends:\n" + textwrap.dedent(backends)))
+    assert result.returncode != 0, "the VirtualModel should have been refused"
+    assert message in result.stderr, result.stderr
+    assert kube.get(VIRTUAL_MODEL, namespace, "bad") is None
+
+
+def test_a_matched_inference_pool_may_share_tier_zero_with_the_default_backends(
+    cluster: Cluster, kube: Kube, namespace: str
+) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=vm_yaml("ok", """\
+        backends:
+        - {name: a}
+        - {name: pool, kind: InferencePool, matches: [{headers: [{name: x-canary, value: "true"}]}]}
+    """))
+    assert kube.get(VIRTUAL_MODEL, namespace, "ok") is not None

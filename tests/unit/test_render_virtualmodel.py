@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
+from model_traffic import crdgen
 from model_traffic.api.common import GatewayRef
 from model_traffic.api.virtualmodel import VirtualModelSpec
 from model_traffic.reconcilers import virtualmodel as reconciler
@@ -23,6 +25,8 @@ from model_traffic.render.common import Child, Plan
 from model_traffic.render.virtualmodel import (
     ObservedBackend,
     VirtualModelWorld,
+    alternatives,
+    describe_alternatives,
     gateway_address,
     parse_gateway,
     render,
@@ -79,6 +83,7 @@ def shares(plan: Plan) -> dict[str, float]:
 CRD_FILES = {
     "AIGatewayRoute": "envoy-ai-gateway/aigateway.envoyproxy.io_aigatewayroutes.yaml",
     "BackendTrafficPolicy": "envoy-gateway/gateway.envoyproxy.io_backendtrafficpolicies.yaml",
+    "HTTPRoute": "gateway-api/gatewayapi-crds.yaml",
 }
 
 
@@ -87,7 +92,7 @@ def upstream_schema(kind: str, version: str) -> dict[str, Any]:
     path = UPSTREAM_CRDS / CRD_FILES[kind]
     if not path.is_file():
         pytest.skip(f"upstream CRDs not found at {UPSTREAM_CRDS}: set MODEL_TRAFFIC_UPSTREAM_CRDS")
-    crd = yaml.safe_load(path.read_text())
+    crd = next(d for d in yaml.safe_load_all(path.read_text()) if d and d["spec"]["names"]["kind"] == kind)
     served = {v["name"]: v for v in crd["spec"]["versions"]}
     schema: dict[str, Any] = served[version]["schema"]["openAPIV3Schema"]
     return schema
@@ -184,15 +189,56 @@ def policy_cel_errors(policy: dict[str, Any]) -> list[str]:
     return errors
 
 
+def http_route_of(route: dict[str, Any]) -> dict[str, Any]:
+    """The HTTPRoute Envoy AI Gateway makes of an AIGatewayRoute (internal/controller/ai_gateway_route.go,
+    newHTTPRoute, v1.1): one rule per rule in order, each match's headers with the root path prefix, the
+    AIServiceBackends replaced by their Envoy Gateway Backends, and a catch-all route-not-found rule last."""
+    prefix = {"type": "PathPrefix", "value": "/"}
+    rules = []
+    for rule in route["spec"]["rules"]:
+        refs = [{"group": r["group"], "kind": r["kind"], "name": r["name"], "weight": r.get("weight", 1)}
+                if "group" in r else
+                {"group": "gateway.envoyproxy.io", "kind": "Backend", "name": r["name"], "weight": r.get("weight", 1)}
+                for r in rule["backendRefs"]]
+        rules.append({"matches": [{"headers": m["headers"], "path": prefix} for m in rule["matches"]],
+                      "backendRefs": refs, "timeouts": rule.get("timeouts", {"request": "60s"})})
+    rules.append({"name": "route-not-found", "matches": [{"path": prefix}]})
+    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "spec": {"parentRefs": route["spec"]["parentRefs"], "rules": rules}}
+
+
+def http_route_cel_errors(http_route: dict[str, Any]) -> list[str]:
+    """The HTTPRoute CEL rules our routes can touch, by hand."""
+    rules = http_route["spec"]["rules"]
+    errors = []
+    if sum(len(r.get("matches", [])) for r in rules) > 128:
+        errors.append("the total number of matches across all rules in a route must be less than 128")
+    for i, rule in enumerate(rules):
+        for match in rule.get("matches", []):
+            names = [h["name"] for h in match.get("headers", [])]
+            if len(names) != len(set(names)):
+                errors.append(f"rule {i}: duplicate header name (list-map key)")
+    return errors
+
+
 def check_upstream(child_: Child) -> None:
     body = child_.body
     group, _, version = body["apiVersion"].rpartition("/")
     assert group == child_.rtype.group
-    schema = upstream_schema(body["kind"], version)
-    errors = schema_errors({k: v for k, v in body.items() if k != "metadata"},
-                           {**schema, "properties": {k: v for k, v in schema["properties"].items() if k != "metadata"}})
-    errors += route_cel_errors(body) if body["kind"] == "AIGatewayRoute" else policy_cel_errors(body)
+    errors = upstream_errors(body, version)
+    if body["kind"] == "AIGatewayRoute":
+        errors += route_cel_errors(body)
+        http_route = http_route_of(body)
+        errors += [f"HTTPRoute: {e}" for e in upstream_errors(http_route, "v1") + http_route_cel_errors(http_route)]
+    else:
+        errors += policy_cel_errors(body)
     assert errors == [], f"{body['kind']} refused by the upstream schema: {errors}"
+
+
+def upstream_errors(body: dict[str, Any], version: str) -> list[str]:
+    schema = upstream_schema(body["kind"], version)
+    return schema_errors({k: v for k, v in body.items() if k != "metadata"},
+                         {**schema, "properties": {k: v for k, v in schema["properties"].items() if k != "metadata"}})
 
 
 def test_the_checker_catches_what_the_api_server_refuses() -> None:
@@ -209,6 +255,15 @@ def test_the_checker_catches_what_the_api_server_refuses() -> None:
     assert any("Prefix" in e for e in errors)
     assert any("unknown field unknown" in e for e in errors)
     assert any("cannot mix" in e for e in route_cel_errors(bad_route))
+    # What the AIGatewayRoute schema lets through but the HTTPRoute the AI Gateway makes of it does not.
+    loose = {"apiVersion": "aigateway.envoyproxy.io/v1beta1", "kind": "AIGatewayRoute", "metadata": {"name": "x"},
+             "spec": {"parentRefs": [], "rules": [{"backendRefs": [{"name": "a"}], "matches": [
+                 {"headers": [{"type": "Exact", "name": "x-ai-eg-model", "value": "m"},
+                              {"type": "Exact", "name": "x-team", "value": "two  spaces"}]}] * 10}] * 13}}
+    assert upstream_errors(loose, "v1beta1") == []
+    http_route = http_route_of(loose)
+    assert any("two  spaces" in e and "does not match" in e for e in upstream_errors(http_route, "v1"))
+    assert any("less than 128" in e for e in http_route_cel_errors(http_route))
 
 
 # --- the route ---------------------------------------------------------------------------------------
@@ -636,3 +691,237 @@ def test_references_index_every_backend_and_the_gateway() -> None:
     assert reconciler.gateway_references("llm", "gpt-4", s, None) == {}
     assert reconciler.model_names("llm", "gpt-4", {"modelName": "chat"}) == {"chat": ("llm", "gpt-4")}
     assert reconciler.model_names("llm", "gpt-4", {}) == {"gpt-4": ("llm", "gpt-4")}
+
+
+# --- header-matched backends --------------------------------------------------------------------------
+
+CANARY_MATCH = [{"headers": [{"name": "x-canary", "value": "true"}]}]
+AB_TEST: dict[str, Any] = {  # what the TrafficConfig renderer writes for an ABTest (_virtual_model)
+    "modelName": "llama-3",
+    "backends": [
+        {"name": "llama-v1", "modelNameOverride": "llama-3-v1", "weight": 100},
+        {"name": "llama-v2", "modelNameOverride": "llama-3-v2", "weight": 1, "matches": CANARY_MATCH},
+    ],
+}
+
+
+def model_match(model: str, *headers: tuple[str, str]) -> dict[str, Any]:
+    return {"headers": [{"type": "Exact", "name": "x-ai-eg-model", "value": model},
+                        *({"type": "Exact", "name": n, "value": v} for n, v in headers)]}
+
+
+def test_a_header_matched_backend_gets_a_more_specific_rule_ahead_of_the_default_one() -> None:
+    plan = plan_of(VirtualModelSpec.model_validate(AB_TEST))
+    rules = child(plan, "AIGatewayRoute")["spec"]["rules"]
+    assert rules == [
+        {"matches": [model_match("llama-3", ("x-canary", "true"))],
+         "backendRefs": [{"name": "llama-v2", "weight": 1, "priority": 0, "modelNameOverride": "llama-3-v2"}]},
+        {"matches": [model_match("llama-3")],
+         "backendRefs": [{"name": "llama-v1", "weight": 100, "priority": 0, "modelNameOverride": "llama-3-v1"}]},
+    ]
+    # Gateway API precedence: more header matches wins, whatever the order; the order wins on a tie.
+    assert len(rules[0]["matches"][0]["headers"]) > len(rules[1]["matches"][0]["headers"])
+    assert plan.status["backends"] == [
+        {"name": "llama-v1", "kind": "ManagedAIServiceBackend", "tier": 0, "sharePercent": 100.0, "ready": True},
+        {"name": "llama-v2", "kind": "ManagedAIServiceBackend", "tier": 0, "sharePercent": 100.0, "ready": True,
+         "onlyMatching": "x-canary: true"},
+    ]
+    reach = detail(plan, "AllBackendsReachable")
+    assert (reach.ok, reach.reason) == (True, "Reachable")
+    assert "1 rule for header-matched requests, ahead of the rule for all others" in reach.message
+    assert (plan.verdict.state, plan.verdict.reason) == ("Ready", "Ready")
+    assert plan.status["backendSummary"] == "2/2"
+
+
+def test_backends_with_the_same_matches_share_by_weight_and_tier() -> None:
+    team_ml = {"headers": [{"name": "x-team", "value": "ml"}, {"name": "x-env", "value": "prod"}]}
+    beta = {"headers": [{"name": "x-beta", "value": "1"}]}
+    s = spec(backends=[
+        {"name": "stable", "weight": 3}, {"name": "spare", "priority": 1},
+        {"name": "a", "weight": 1, "matches": [team_ml, beta]},
+        # the same matches in another order and another case: the same requests
+        {"name": "b", "weight": 3, "matches": [beta, {"headers": [{"name": "X-Env", "value": "prod"},
+                                                                  {"name": "X-Team", "value": "ml"}]}]},
+        {"name": "c", "priority": 1, "matches": [team_ml, beta]},
+        {"name": "other", "matches": CANARY_MATCH},
+    ], timeouts={"request": "30s"})
+    plan = plan_of(s)
+    rules = child(plan, "AIGatewayRoute")["spec"]["rules"]
+    assert [r["matches"] for r in rules] == [
+        [model_match("gpt-4", ("x-team", "ml"), ("x-env", "prod")), model_match("gpt-4", ("x-beta", "1"))],
+        [model_match("gpt-4", ("x-canary", "true"))],
+        [model_match("gpt-4")],
+    ]
+    assert [[(r["name"], r["weight"], r["priority"]) for r in rule["backendRefs"]] for rule in rules] == [
+        [("a", 1, 0), ("b", 3, 0), ("c", 1, 1)], [("other", 1, 0)], [("stable", 3, 0), ("spare", 1, 1)]]
+    assert all(r["timeouts"] == {"request": "30s"} for r in rules)
+    assert shares(plan) == {"stable": 100.0, "spare": 100.0, "a": 25.0, "b": 75.0, "c": 100.0, "other": 100.0}
+    only = {b["name"]: b.get("onlyMatching") for b in plan.status["backends"]}
+    assert only == {"stable": None, "spare": None, "a": "x-team: ml and x-env: prod; or x-beta: 1",
+                    "b": "x-team: ml and x-env: prod; or x-beta: 1", "c": "x-team: ml and x-env: prod; or x-beta: 1",
+                    "other": "x-canary: true"}
+    assert detail(plan, "AllBackendsReachable").ok is True
+    # Tiers in the matched rule are fallback tiers too: the retry policy on the route (all its rules) says so.
+    assert child(plan, "BackendTrafficPolicy")["spec"]["retry"]["numAttemptsPerPriority"] == 1
+    assert child(plan, "BackendTrafficPolicy")["spec"]["targetRefs"] == [
+        {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "gpt-4"}]
+
+
+def test_a_fallback_tier_only_in_a_matched_rule_still_gets_the_default_retry() -> None:
+    s = spec(backends=[{"name": "stable"}, {"name": "a", "matches": CANARY_MATCH},
+                       {"name": "b", "priority": 1, "matches": CANARY_MATCH}])
+    plan = plan_of(s)
+    assert detail(plan, "RetryPolicy").reason == "FallbackDefault"
+    without = plan_of(spec(backends=[{"name": "stable"}, {"name": "a", "matches": CANARY_MATCH}]))
+    assert "BackendTrafficPolicy" not in kinds(without)
+
+
+def test_a_match_an_earlier_backend_already_has_is_left_out_and_reported() -> None:
+    beta = {"headers": [{"name": "x-beta", "value": "1"}]}
+    s = spec(backends=[{"name": "stable"},
+                       {"name": "a", "matches": CANARY_MATCH},
+                       {"name": "b", "matches": [{"headers": [{"name": "X-Canary", "value": "true"}]}, beta]},
+                       {"name": "c", "matches": [beta]}])
+    plan = plan_of(s)
+    rules = child(plan, "AIGatewayRoute")["spec"]["rules"]
+    assert [r["matches"] for r in rules] == [
+        [model_match("gpt-4", ("x-canary", "true"))],
+        [model_match("gpt-4", ("x-beta", "1"))],  # b keeps the match nobody had before
+        [model_match("gpt-4")],
+    ]
+    assert [[r["name"] for r in rule["backendRefs"]] for rule in rules] == [["a"], ["b"], ["stable"]]
+    reach = detail(plan, "AllBackendsReachable")
+    assert (reach.ok, reach.reason) == (False, "ShadowedMatches")
+    assert "X-Canary: true of ManagedAIServiceBackend b is already a match of ManagedAIServiceBackend a" in (
+        reach.message)
+    assert "x-beta: 1 of ManagedAIServiceBackend c is already a match of ManagedAIServiceBackend b" in (
+        reach.message)
+    assert shares(plan) == {"stable": 100.0, "a": 100.0, "b": 100.0, "c": 0.0}
+    assert {b["name"]: b.get("onlyMatching") for b in plan.status["backends"]}["b"] == "x-beta: 1"
+
+
+def test_matched_backends_without_a_ready_one_leave_their_requests_to_the_default_path() -> None:
+    s = VirtualModelSpec.model_validate(AB_TEST)
+    missing = plan_of(s, backends={("ManagedAIServiceBackend", "llama-v1"): READY,
+                                   ("ManagedAIServiceBackend", "llama-v2"): None})
+    rules = child(missing, "AIGatewayRoute")["spec"]["rules"]
+    assert [r["matches"] for r in rules] == [[model_match("llama-3")]]
+    assert (missing.verdict.state, missing.verdict.reason) == ("Ready", "BackendsLeftOut")
+    reach = detail(missing, "AllBackendsReachable")
+    assert reach.ok is True
+    assert "requests with x-canary: true go to the backends without matches: no backend of theirs is Ready" in (
+        reach.message)
+    assert shares(missing) == {"llama-v1": 100.0, "llama-v2": 0.0}
+
+    drained = copy.deepcopy(AB_TEST)
+    drained["backends"][1]["weight"] = 0
+    plan = plan_of(VirtualModelSpec.model_validate(drained))
+    assert len(child(plan, "AIGatewayRoute")["spec"]["rules"]) == 1
+    assert "their backends all have weight 0" in detail(plan, "AllBackendsReachable").message
+    assert shares(plan) == {"llama-v1": 100.0, "llama-v2": 0.0}
+
+
+def test_no_route_when_only_matched_backends_resolve() -> None:
+    s = VirtualModelSpec.model_validate(AB_TEST)
+    plan = render(s, world(s, backends={("ManagedAIServiceBackend", "llama-v1"): ObservedBackend(ready=False),
+                                         ("ManagedAIServiceBackend", "llama-v2"): READY}))
+    assert plan.children == []
+    assert {p.kind for p in plan.prune} == {"AIGatewayRoute", "BackendTrafficPolicy"}
+    assert (plan.verdict.state, plan.verdict.reason) == ("Stalled", "BackendsNotReady")
+    assert "no backend without matches of model 'llama-3' resolves" in plan.verdict.message
+    assert "ManagedAIServiceBackend llama-v1 not Ready" in plan.verdict.message
+    assert shares(plan) == {"llama-v1": 0.0, "llama-v2": 0.0}
+    gone = render(s, world(s, backends={("ManagedAIServiceBackend", "llama-v1"): None,
+                                        ("ManagedAIServiceBackend", "llama-v2"): READY}))
+    assert gone.verdict.reason == "BackendsNotFound"
+
+
+def test_a_matched_inference_pool_gets_a_rule_of_its_own_with_the_matches() -> None:
+    s = spec(backends=[{"name": "openai"},
+                       {"name": "pool", "kind": "InferencePool", "matches": CANARY_MATCH},
+                       {"name": "vllm", "matches": CANARY_MATCH}])  # routed on a pool too: shadowed
+    backends = {("ManagedAIServiceBackend", "openai"): READY, ("InferencePool", "pool"): READY,
+                ("ManagedAIServiceBackend", "vllm"): ObservedBackend(ready=True, routing="InferencePool",
+                                                                     inference_pool="vllm-pool")}
+    plan = plan_of(s, backends=backends)
+    rules = child(plan, "AIGatewayRoute")["spec"]["rules"]
+    assert [(r["matches"], [b["name"] for b in r["backendRefs"]]) for r in rules] == [
+        ([model_match("gpt-4", ("x-canary", "true"))], ["pool"]),
+        ([model_match("gpt-4", ("x-canary", "true"))], ["vllm-pool"]),
+        ([model_match("gpt-4")], ["openai"]),
+    ]
+    reach = detail(plan, "AllBackendsReachable")
+    assert (reach.ok, reach.reason) == (False, "ShadowedRules")
+    assert "ManagedAIServiceBackend vllm" in reach.message and "InferencePool pool" not in reach.message
+    assert shares(plan) == {"openai": 100.0, "pool": 100.0, "vllm": 0.0}
+
+
+def test_rule_limits_keep_the_default_rule_and_the_matched_rules_first() -> None:
+    backends: list[dict[str, Any]] = [{"name": "stable"}]
+    backends += [{"name": f"m{i}", "matches": [{"headers": [{"name": "x-user", "value": str(i)}]}]}
+                 for i in range(16)]
+    plan = plan_of(spec(backends=backends))
+    rules = child(plan, "AIGatewayRoute")["spec"]["rules"]
+    assert len(rules) == 15
+    assert rules[-1]["matches"] == [model_match("gpt-4")]
+    assert [r["backendRefs"][0]["name"] for r in rules[:-1]] == [f"m{i}" for i in range(14)]
+    reach = detail(plan, "AllBackendsReachable")
+    assert (reach.ok, reach.reason) == (False, "ShadowedRules")
+    assert "beyond the AIGatewayRoute limits" in reach.message and "m14, ManagedAIServiceBackend m15" in reach.message
+    assert shares(plan)["m15"] == 0.0 and shares(plan)["m13"] == 100.0
+
+
+def test_alternatives_read_matches_the_way_gateway_api_does() -> None:
+    # Names differing in case only (the CRD's list map allows them), a repeated alternative, and what an
+    # outdated CRD could let through: the model header.
+    s = spec(backends=[{"name": "stable"}, {"name": "a", "matches": [
+        {"headers": [{"name": "X-AI-EG-Model", "value": "other"}, {"name": "x-a", "value": "1"},
+                     {"name": "X-A", "value": "2"}]},
+        {"headers": [{"name": "x-a", "value": "1"}]},
+        {"headers": [{"name": "x-ai-eg-model", "value": "other"}]},
+    ]}])
+    assert alternatives(s.backends[1]) == [(("x-a", "1"),)]
+    assert alternatives(s.backends[0]) == []
+    assert child(plan_of(s), "AIGatewayRoute")["spec"]["rules"][0]["matches"] == [model_match("gpt-4", ("x-a", "1"))]
+    assert describe_alternatives([(("x-a", "1"), ("x-b", "2")), (("x-c", "3"),)]) == "x-a: 1 and x-b: 2; or x-c: 3"
+
+
+def test_the_trafficconfig_wire_shape_parses_and_writes_back_unchanged() -> None:
+    parsed = VirtualModelSpec.model_validate(AB_TEST)
+    assert parsed.wire()["backends"][1] == {
+        "name": "llama-v2", "kind": "ManagedAIServiceBackend", "modelNameOverride": "llama-3-v2", "weight": 1,
+        "priority": 0, "matches": [{"headers": [{"name": "x-canary", "value": "true"}]}]}
+
+
+@pytest.mark.parametrize(("matches", "error"), [
+    ([], "at least 1 item"),
+    ([{"headers": []}], "at least 1 item"),
+    ([{"headers": [{"name": f"x-{i}", "value": "1"} for i in range(16)]}], "at most 15 items"),
+    ([{"headers": [{"name": "x-a", "value": str(i)}]} for i in range(9)], "at most 8 items"),
+    ([{"headers": [{"name": "bad header", "value": "1"}]}], "String should match pattern"),
+    ([{"headers": [{"name": "x-a", "value": ""}]}], "at least 1 character"),
+    ([{"headers": [{"name": "x-a", "value": "two  spaces"}]}], "String should match pattern"),
+    ([{"headers": [{"name": "x-a", "value": "1", "type": "RegularExpression"}]}], "Extra inputs are not permitted"),
+])
+def test_malformed_matches_do_not_parse(matches: list[Any], error: str) -> None:
+    with pytest.raises(ValidationError, match=error):
+        spec(backends=[{"name": "stable"}, {"name": "a", "matches": matches}])
+
+
+def test_match_limits_fit_the_upstream_route_and_the_http_route_made_of_it() -> None:
+    info = next(i for i in crdgen.KINDS if i.kind == "VirtualModel")
+    ours = crdgen.openapi_schema(info)["properties"]["spec"]["properties"]["backends"]["items"]["properties"]["matches"]
+    headers = ours["items"]["properties"]["headers"]
+    route_rule = upstream_schema("AIGatewayRoute", "v1beta1")["properties"]["spec"]["properties"]["rules"]
+    http_rules = upstream_schema("HTTPRoute", "v1")["properties"]["spec"]["properties"]["rules"]
+    for rules in (route_rule, http_rules):
+        upstream = rules["items"]["properties"]["matches"]["items"]["properties"]["headers"]
+        assert headers["maxItems"] + 1 == upstream["maxItems"]  # the model header takes one
+        assert ours["maxItems"] <= rules["items"]["properties"]["matches"]["maxItems"]
+    value = headers["items"]["properties"]["value"]
+    http_value = http_rules["items"]["properties"]["matches"]["items"]["properties"]["headers"]["items"][
+        "properties"]["value"]
+    assert {k: value[k] for k in ("pattern", "minLength", "maxLength")} == {
+        k: http_value[k] for k in ("pattern", "minLength", "maxLength")}
+    # Every rule full of matches, plus the AI Gateway's catch-all: within the HTTPRoute's 128 matches.
+    assert route_rule["maxItems"] * ours["maxItems"] + 1 <= 128

@@ -23,6 +23,52 @@ PLURAL = "virtualmodels"
 
 BackendKind = Literal["ManagedAIServiceBackend", "AIServiceBackend", "InferencePool"]
 
+# The header Envoy AI Gateway fills with the model name read from the request body; every rule of the route
+# matches it against the model name.
+MODEL_HEADER = "x-ai-eg-model"
+# Upstream limits: an AIGatewayRoute (and the HTTPRoute it becomes) allows 16 header matches per match; the
+# model header takes one of them.
+MAX_MATCH_HEADERS = 15
+MAX_MATCHES = 8
+# What Gateway API's HTTPRoute accepts as a header value (experimental channel, as Envoy Gateway installs it):
+# printable US-ASCII, single tabs or spaces between.
+HEADER_VALUE_PATTERN = r"^[!-~]+([\t ]?[!-~]+)*$"
+
+
+class HeaderMatch(Model):
+    """A request header that must be present with exactly this value."""
+
+    model_config = Model.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                f"self.name.lowerAscii() != '{MODEL_HEADER}'",
+                f"{MODEL_HEADER} cannot be a match header: every rule of the route already matches it against "
+                "the model name (spec.modelName), so a second match on it would be ignored or never match; "
+                "to route another model name, write another VirtualModel",
+            ),
+        )
+    }
+
+    name: HeaderName = Field(description="Header name (case-insensitive).")
+    value: str = Field(
+        min_length=1, max_length=4096, pattern=HEADER_VALUE_PATTERN,
+        description="Exact header value: printable ASCII, single spaces or tabs between words.",
+    )
+
+
+class BackendMatch(Model):
+    """One alternative: a request matches when it carries ALL of these headers."""
+
+    headers: list[HeaderMatch] = Field(
+        min_length=1, max_length=MAX_MATCH_HEADERS,
+        description=f"Headers that must all match exactly (at most {MAX_MATCH_HEADERS}: the route's match also "
+        f"carries {MODEL_HEADER}). Names are unique; they match case-insensitively, so of names that differ in "
+        "case only the first counts (Gateway API).",
+        # Unique names as a list map (checked for free): a CEL check of every pair, case-insensitive or not,
+        # exceeds the API server's cost budget at 128 backends x 8 matches x 15 headers.
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
 
 class BackendReference(Model):
     """One backend of the model, in this namespace."""
@@ -40,6 +86,13 @@ class BackendReference(Model):
     )
     priority: int = Field(
         default=0, ge=0, le=16, description="Fallback tier: 0 first; tier n+1 is used when all of tier n fails."
+    )
+    matches: list[BackendMatch] | None = Field(
+        default=None, min_length=1, max_length=MAX_MATCHES,
+        description="Reach this backend only with requests that match one of these (any of them; within one, all "
+        "headers). Such requests go to the backends with the same matches only, shared by weight and "
+        "priority; all other requests go to the backends without matches. A request matching several "
+        "backends' matches goes to the match with the most headers, on a tie to the backend listed first.",
     )
 
 
@@ -150,12 +203,18 @@ class VirtualModelSpec(Model):
                 "backend names must be unique (per kind)",
             ),
             cel(
-                "self.backends.exists(b, b.priority == 0 && b.weight > 0)",
-                "tier 0 (priority 0) needs at least one backend with a positive weight",
+                "self.backends.exists(b, !has(b.matches))",
+                "at least one backend must have no matches: it serves the requests that match none",
             ),
             cel(
-                "self.backends.all(p, p.kind != 'InferencePool'"
-                " || self.backends.all(o, o.priority != p.priority || o == p))",
+                "!self.backends.exists(b, !has(b.matches))"
+                " || self.backends.exists(b, !has(b.matches) && b.priority == 0 && b.weight > 0)",
+                "tier 0 (priority 0) needs at least one backend with a positive weight among the backends "
+                "without matches",
+            ),
+            cel(
+                "self.backends.all(p, p.kind != 'InferencePool' || has(p.matches)"
+                " || self.backends.all(o, has(o.matches) || o.priority != p.priority || o == p))",
                 "an InferencePool must be alone in its priority tier",
             ),
         )
@@ -185,8 +244,16 @@ class BackendStatus(Model):
     name: str = Field(description="Backend name.")
     kind: str = Field(description="Backend kind.")
     tier: int = Field(description="Priority tier.")
-    share_percent: float = Field(description="Effective share of the tier's traffic, in percent.")
+    share_percent: float = Field(
+        description="Effective share of its tier's traffic, in percent; for a backend with matches, of the "
+        "requests matching them (see onlyMatching)."
+    )
     ready: bool = Field(description="Whether the backend is resolved and ready.")
+    only_matching: str | None = Field(
+        default=None,
+        description="For a backend with matches: the requests it serves, e.g. 'x-canary: true'. It takes no "
+        "part in the share of the other requests.",
+    )
 
 
 class VirtualModelStatus(StatusBase):
@@ -203,4 +270,5 @@ class VirtualModel(Model):
     status: VirtualModelStatus | None = None
 
 
-__all__ = ["KIND", "PLURAL", "ObjectName", "VirtualModelSpec", "VirtualModelStatus"]
+__all__ = ["KIND", "MODEL_HEADER", "PLURAL", "BackendMatch", "HeaderMatch", "ObjectName", "VirtualModelSpec",
+           "VirtualModelStatus"]

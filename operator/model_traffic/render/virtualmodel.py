@@ -11,10 +11,21 @@ Routing, as Envoy AI Gateway and Envoy Gateway do it:
 - An InferencePool (``kind: InferencePool``, or a ManagedAIServiceBackend whose status says
   ``routing: InferencePool``) gets a rule of its own with the same match: the upstream CEL rules forbid
   mixing it with AIServiceBackends in a rule and allow one per rule.
-- The AI Gateway turns each rule into one rule of an HTTPRoute of the same name. Gateway API gives a
-  request whose matches tie to the FIRST such rule, so of several rules with the same match only the
-  first carries traffic. The rules are ordered by tier (tier 0 first) and the status says which
-  backends sit in a rule that cannot be reached (detail condition ``AllBackendsReachable``).
+- The AI Gateway turns each rule into one rule of an HTTPRoute of the same name, in the same order, each
+  match with the same path prefix (internal/controller/ai_gateway_route.go, newHTTPRoute), plus a
+  catch-all ``route-not-found`` rule last. Gateway API gives a request whose matches tie to the FIRST such
+  rule, so of several rules with the same match only the first carries traffic. The rules are ordered by
+  tier (tier 0 first) and the status says which backends sit in a rule that cannot be reached (detail
+  condition ``AllBackendsReachable``).
+
+Header-matched backends (``backends[].matches``): the backends with the same matches form a *path* of
+their own, rendered like the default path above but with every match extended by the extra headers
+(``x-ai-eg-model`` plus all headers of one alternative). These rules come BEFORE the default path's, and
+each of their matches carries more header matches than the default rule's, so they win both ways:
+Gateway API precedence ("largest number of header matches", then the first rule in list order) and Envoy
+Gateway's implementation of it (internal/gatewayapi/sort.go: a stable sort, by header-match count among
+others, that keeps list order on ties; or list order alone with ``preserveRouteOrder``). Two paths with
+the same alternative: the later one never sees it, so it is left out of the later rule and reported.
 """
 
 from __future__ import annotations
@@ -27,12 +38,11 @@ from pydantic import ValidationError
 
 from model_traffic import kube
 from model_traffic.api.common import GatewayRef
-from model_traffic.api.virtualmodel import BackendReference, Retry, VirtualModelSpec
+from model_traffic.api.virtualmodel import MODEL_HEADER, BackendReference, Retry, VirtualModelSpec
 from model_traffic.conditions import Detail, Verdict
 from model_traffic.kube import ResourceType
 from model_traffic.render.common import Child, Plan
 
-MODEL_HEADER = "x-ai-eg-model"
 # Where the AI Gateway filter stores what llmRequestCosts capture (Envoy dynamic metadata namespace).
 AI_GATEWAY_METADATA_NAMESPACE = "io.envoy.ai_gateway"
 DEFAULT_LLM_REQUEST_COSTS: list[dict[str, str]] = [{"metadataKey": "llm_total_token", "type": "TotalToken"}]
@@ -165,6 +175,10 @@ def _describe(ref: BackendReference) -> str:
     return f"{ref.kind} {ref.name}"
 
 
+def _key(ref: BackendReference) -> BackendKey:
+    return (ref.kind, ref.name)
+
+
 def _percent(part: int, whole: int) -> float:
     return round(100.0 * part / whole, 2) if whole > 0 else 0.0
 
@@ -177,24 +191,30 @@ class _Resolved:
     pool: str | None  # route-level InferencePool, or None for an AIServiceBackend
 
 
-def _resolve(spec: VirtualModelSpec, world: VirtualModelWorld) -> tuple[list[_Resolved], list[str], list[str]]:
-    """The backends that can go into the route; and the ones left out: not found, not ready."""
+@dataclass(frozen=True)
+class _LeftOut:
+    missing: bool  # not found (else: not Ready)
+    message: str
+
+
+def _resolve(spec: VirtualModelSpec, world: VirtualModelWorld) -> tuple[list[_Resolved], dict[BackendKey, _LeftOut]]:
+    """The backends that can go into the route; and why each of the others is left out, in spec order."""
     resolved: list[_Resolved] = []
-    missing: list[str] = []
-    unready: list[str] = []
+    left_out: dict[BackendKey, _LeftOut] = {}
     for ref in spec.backends:
         seen = world.backends.get((ref.kind, ref.name))
         if seen is None:
-            missing.append(f"{_describe(ref)} not found")
+            left_out[_key(ref)] = _LeftOut(True, f"{_describe(ref)} not found")
         elif not seen.ready:
-            unready.append(f"{_describe(ref)} not Ready" + (f" ({seen.message})" if seen.message else ""))
+            left_out[_key(ref)] = _LeftOut(
+                False, f"{_describe(ref)} not Ready" + (f" ({seen.message})" if seen.message else ""))
         elif ref.kind == "InferencePool":
             resolved.append(_Resolved(ref, ref.name))
         elif seen.routing == "InferencePool" and seen.inference_pool:
             resolved.append(_Resolved(ref, seen.inference_pool))
         else:
             resolved.append(_Resolved(ref, None))
-    return resolved, missing, unready
+    return resolved, left_out
 
 
 def _backend_ref(item: _Resolved) -> dict[str, Any]:
@@ -210,26 +230,156 @@ def _backend_ref(item: _Resolved) -> dict[str, Any]:
     return out
 
 
+Header = tuple[str, str]  # (name as written, value)
+Alternative = tuple[Header, ...]  # one entry of backends[].matches: all its headers must match
+
+
+def _alternative_key(alt: Alternative) -> frozenset[tuple[str, str]]:
+    return frozenset((name.lower(), value) for name, value in alt)
+
+
+def alternatives(ref: BackendReference) -> list[Alternative]:
+    """A backend's matches as header tuples, the way Gateway API reads them: of headers with equivalent
+    names (case-insensitive: x-a and X-A, which the CRD's list map lets through) only the first counts, the
+    model header is the route's own (refused by the CRD; guarded here for an outdated one), and a repeated
+    alternative is one."""
+    out: list[Alternative] = []
+    seen: set[frozenset[tuple[str, str]]] = set()
+    for match in ref.matches or []:
+        names = {MODEL_HEADER}
+        headers: list[Header] = []
+        for header in match.headers:
+            if header.name.lower() not in names:
+                names.add(header.name.lower())
+                headers.append((header.name, header.value))
+        key = _alternative_key(tuple(headers))
+        if headers and key not in seen:
+            seen.add(key)
+            out.append(tuple(headers))
+    return out
+
+
+def describe_alternatives(alts: list[Alternative]) -> str:
+    """``x-canary: true``; ``x-team: ml and x-env: prod; or x-beta: 1``."""
+    return "; or ".join(" and ".join(f"{name}: {value}" for name, value in alt) for alt in alts)
+
+
 @dataclass
-class _Rules:
-    rules: list[list[_Resolved]]  # in route order
+class _Path:
+    """The backends that serve the same requests: the default path (no matches), or the backends with the
+    same matches."""
+
+    default: bool
+    refs: list[BackendReference] = field(default_factory=list)  # in spec order
+    written: list[Alternative] = field(default_factory=list)  # the matches; [] for the default path
+    live: list[Alternative] = field(default_factory=list)  # written minus those an earlier path took
+    taken_by: dict[Alternative, _Path] = field(default_factory=dict)  # written but taken by an earlier path
+
+    def describe(self) -> str:
+        return ", ".join(_describe(ref) for ref in self.refs)
+
+
+def _paths(spec: VirtualModelSpec) -> list[_Path]:
+    """The matched paths in the order their first backend is listed, then the default path."""
+    default = _Path(default=True)
+    matched: dict[frozenset[frozenset[tuple[str, str]]], _Path] = {}
+    for ref in spec.backends:
+        if ref.matches is None:
+            default.refs.append(ref)
+            continue
+        alts = alternatives(ref)
+        key = frozenset(_alternative_key(alt) for alt in alts)
+        matched.setdefault(key, _Path(default=False, written=alts)).refs.append(ref)
+    taken: dict[frozenset[tuple[str, str]], _Path] = {}
+    for path in matched.values():
+        for alt in path.written:
+            owner = taken.setdefault(_alternative_key(alt), path)
+            if owner is path:
+                path.live.append(alt)
+            else:
+                path.taken_by[alt] = owner
+    return [*matched.values(), default]
+
+
+@dataclass
+class _Layout:
+    """The route's rules and what they leave out."""
+
+    rules: list[tuple[_Path, list[_Resolved]]]  # in route order: matched paths first, the default path last
+    live_rules: list[list[_Resolved]]  # the first rule of each path: the one that carries its traffic
+    shadowed: list[_Resolved]  # in a rule behind another with the same matches: never reached
     dropped: list[_Resolved]  # beyond the upstream limits
+    taken: list[str]  # matches an earlier backend's matches already take
+    idle: list[str]  # matched paths without a rule: their requests go to the default path
+
+    @property
+    def live(self) -> dict[BackendKey, list[_Resolved]]:
+        """Backend -> the rule it is in, when that rule carries traffic."""
+        return {_key(m.ref): rule for rule in self.live_rules for m in rule}
+
+    @property
+    def fallback(self) -> bool:
+        """Whether a rule that carries traffic has more than one tier of AIServiceBackends."""
+        return any(len({m.ref.priority for m in rule if m.pool is None}) > 1 for rule in self.live_rules)
 
 
-def _group_rules(resolved: list[_Resolved]) -> _Rules:
-    services = [r for r in resolved if r.pool is None]
-    pools = [r for r in resolved if r.pool is not None]
+def _split(members: list[_Resolved]) -> tuple[list[list[_Resolved]], list[_Resolved]]:
+    """One path's rules: the AIServiceBackends together, each InferencePool alone, tier 0 first (on a tie
+    the AIServiceBackends' rule first); and the backends beyond the upstream limit of a rule."""
+    services = [r for r in members if r.pool is None]
+    pools = [r for r in members if r.pool is not None]
     groups: list[tuple[int, int, list[_Resolved]]] = []
     if services:
         groups.append((min(r.ref.priority for r in services), 0, services[:MAX_BACKEND_REFS_PER_RULE]))
     groups += [(r.ref.priority, 1, [r]) for r in pools]
-    groups.sort(key=lambda g: (g[0], g[1]))  # tier 0 first; on a tie the AIServiceBackends' rule first
-    dropped = services[MAX_BACKEND_REFS_PER_RULE:] + [r for g in groups[MAX_RULES:] for r in g[2]]
-    return _Rules([g[2] for g in groups[:MAX_RULES]], dropped)
+    groups.sort(key=lambda g: (g[0], g[1]))
+    return [g[2] for g in groups], services[MAX_BACKEND_REFS_PER_RULE:]
+
+
+def _layout(paths: list[_Path], resolved: list[_Resolved]) -> _Layout:
+    by_key = {_key(r.ref): r for r in resolved}
+    dropped: list[_Resolved] = []
+    idle: list[str] = []
+    # (rank, path order, rule order, path, members); rank says what is kept first within MAX_RULES: the
+    # default path's live rule, the matched paths' live rules, then the rules nothing reaches.
+    candidates: list[tuple[int, int, int, _Path, list[_Resolved]]] = []
+    for order, path in enumerate(paths):
+        members = [by_key[_key(ref)] for ref in path.refs if _key(ref) in by_key]
+        if not path.default:
+            if not path.live:
+                continue  # every match taken by an earlier path: reported below
+            if not members or not any(m.ref.weight > 0 for m in members):
+                why = "no backend of theirs is Ready" if not members else "their backends all have weight 0"
+                idle.append(f"requests with {describe_alternatives(path.live)} go to the backends without "
+                            f"matches: {why}")
+                continue
+        rules, beyond = _split(members)
+        dropped += beyond
+        for index, rule in enumerate(rules):
+            rank = (0 if path.default else 1) if index == 0 else (3 if path.default else 2)
+            candidates.append((rank, order, index, path, rule))
+    candidates.sort(key=lambda c: c[:3])
+    kept = sorted(candidates[:MAX_RULES], key=lambda c: c[1:3])
+    dropped += [m for c in candidates[MAX_RULES:] for m in c[4]]
+    live = [c[4] for c in kept if c[2] == 0]
+    shadowed = [m for c in kept if c[2] > 0 for m in c[4]]
+    taken = [f"{describe_alternatives([alt])} of {path.describe()} is already a match of {owner.describe()}, "
+             "whose rule comes first"
+             for path in paths for alt, owner in path.taken_by.items()]
+    return _Layout([(c[3], c[4]) for c in kept], live, shadowed, dropped, taken, idle)
+
+
+def _matches(path: _Path, model: str) -> list[dict[str, Any]]:
+    """The model header, and for a matched path the headers of each alternative after it."""
+    by_model = {"type": "Exact", "name": MODEL_HEADER, "value": model}
+    if path.default:
+        return [{"headers": [by_model]}]
+    return [{"headers": [by_model, *({"type": "Exact", "name": name, "value": value} for name, value in alt)]}
+            for alt in path.live]
 
 
 def _route(spec: VirtualModelSpec, world: VirtualModelWorld, model: str, parents: list[GatewayRef],
-           rules: list[list[_Resolved]], rtype: ResourceType) -> Child:
+           rules: list[tuple[_Path, list[_Resolved]]], rtype: ResourceType) -> Child:
     parent_refs = []
     for ref in parents:
         parent: dict[str, Any] = {"group": GATEWAY_API_GROUP, "kind": "Gateway", "name": ref.name}
@@ -239,11 +389,8 @@ def _route(spec: VirtualModelSpec, world: VirtualModelWorld, model: str, parents
             parent["sectionName"] = ref.section_name
         parent_refs.append(parent)
     route_rules = []
-    for members in rules:
-        rule: dict[str, Any] = {
-            "matches": [{"headers": [{"type": "Exact", "name": MODEL_HEADER, "value": model}]}],
-            "backendRefs": [_backend_ref(m) for m in members],
-        }
+    for path, members in rules:
+        rule: dict[str, Any] = {"matches": _matches(path, model), "backendRefs": [_backend_ref(m) for m in members]}
         if spec.timeouts and spec.timeouts.request:
             rule["timeouts"] = {"request": spec.timeouts.request}
         route_rules.append(rule)
@@ -377,26 +524,55 @@ def accepted_detail(route_status: dict[str, Any] | None, http_route_status: dict
                   "no Envoy AI Gateway controller has reported on the AIGatewayRoute yet")
 
 
-def _key(ref: BackendReference) -> BackendKey:
-    return (ref.kind, ref.name)
+def _reachable(model: str, layout: _Layout) -> Detail:
+    """AllBackendsReachable: False when a backend sits where no request reaches it."""
+    parts = []
+    if layout.shadowed:
+        parts.append(
+            "in a rule of their own with the same match, which Gateway API never reaches while the first "
+            f"rule matches: {', '.join(_describe(m.ref) for m in layout.shadowed)} (an InferencePool cannot share "
+            "a rule with AIServiceBackends, so there is no fallback between them)")
+    if layout.dropped:
+        parts.append(f"beyond the AIGatewayRoute limits ({MAX_RULES} rules, {MAX_BACKEND_REFS_PER_RULE} "
+                     f"backends a rule): {', '.join(_describe(m.ref) for m in layout.dropped)}")
+    if layout.taken:
+        parts.append("matches that never see a request: " + "; ".join(layout.taken))
+    notes = "; ".join(layout.idle)
+    if parts:
+        reason = "ShadowedRules" if layout.shadowed or layout.dropped else "ShadowedMatches"
+        return Detail("AllBackendsReachable", False, reason, "; ".join(parts) + (f" ({notes})" if notes else ""))
+    if len(layout.rules) == 1 and not notes:
+        return Detail("AllBackendsReachable", True, "Reachable", f"one rule carries every backend of model {model!r}")
+    matched = len(layout.live_rules) - 1
+    message = (f"every backend is in a rule that carries traffic: {matched} rule{'s' if matched > 1 else ''} for "
+               "header-matched requests, ahead of the rule for all others" if matched
+               else f"one rule carries every routed backend of model {model!r}")
+    return Detail("AllBackendsReachable", True, "Reachable", message + (f"; {notes}" if notes else ""))
 
 
-def _status_backends(spec: VirtualModelSpec, resolved: list[_Resolved], rules: _Rules) -> list[dict[str, Any]]:
-    """Each backend as routed: its effective share within its tier, counting only the rule that carries
-    traffic (the first; see the module docstring) and the backends that resolved."""
-    live = {_key(m.ref): m for m in rules.rules[0]} if rules.rules else {}
+def _status_backends(spec: VirtualModelSpec, resolved: list[_Resolved], paths: list[_Path],
+                     layout: _Layout) -> list[dict[str, Any]]:
+    """Each backend as routed: its effective share within its tier, counting only the rule of its path that
+    carries traffic (the first; see the module docstring) and the backends that resolved. A backend with
+    matches is counted among the requests matching them only."""
     ready = {_key(r.ref) for r in resolved}
+    path_of = {_key(ref): path for path in paths for ref in path.refs}
     out = []
     for ref in spec.backends:
-        item = live.get(_key(ref))
+        rule = layout.live.get(_key(ref), [])
+        item = next((m for m in rule if _key(m.ref) == _key(ref)), None)
         share = 0.0
         if item is not None and item.pool is not None:
             share = 100.0  # alone in its rule
         elif item is not None:
-            tier = [m.ref.weight for m in live.values() if m.pool is None and m.ref.priority == ref.priority]
+            tier = [m.ref.weight for m in rule if m.pool is None and m.ref.priority == ref.priority]
             share = _percent(ref.weight, sum(tier))
-        out.append({"name": ref.name, "kind": ref.kind, "tier": ref.priority, "sharePercent": share,
-                    "ready": _key(ref) in ready})
+        entry: dict[str, Any] = {"name": ref.name, "kind": ref.kind, "tier": ref.priority, "sharePercent": share,
+                                 "ready": _key(ref) in ready}
+        path = path_of[_key(ref)]
+        if not path.default:
+            entry["onlyMatching"] = describe_alternatives(path.live or path.written)
+        out.append(entry)
     return out
 
 
@@ -412,9 +588,12 @@ def render(spec: VirtualModelSpec, world: VirtualModelWorld) -> Plan:
     route_type = kube.AI_GATEWAY_ROUTE.at(world.ai_gateway_version)
     prune_all = [route_type, kube.BACKEND_TRAFFIC_POLICY]
 
-    resolved, missing, unready = _resolve(spec, world)
-    rules = _group_rules(resolved)
-    status["backends"] = _status_backends(spec, resolved, rules)
+    resolved, problems = _resolve(spec, world)
+    missing = [p.message for p in problems.values() if p.missing]
+    unready = [p.message for p in problems.values() if not p.missing]
+    paths = _paths(spec)
+    layout = _layout(paths, resolved)
+    status["backends"] = _status_backends(spec, resolved, paths, layout)
     status["backendSummary"] = f"{len(resolved)}/{len(spec.backends)}"
     if world.gateway_address:
         status["address"] = world.gateway_address
@@ -430,6 +609,7 @@ def render(spec: VirtualModelSpec, world: VirtualModelWorld) -> Plan:
 
     # --- refusals: nothing is routed ---------------------------------------------------------------
     parents = gateway_refs(spec, world.default_gateway)
+    default_keys = {_key(ref) for ref in paths[-1].refs}
     refusal: Verdict | None = None
     if world.claimed_elsewhere:
         refusal = Verdict("Stalled", "ModelNameConflict",
@@ -442,6 +622,14 @@ def render(spec: VirtualModelSpec, world: VirtualModelWorld) -> Plan:
     elif not resolved:
         reason = "BackendsNotFound" if missing else "BackendsNotReady"
         refusal = Verdict("Stalled", reason, f"no backend of model {model!r} resolves: {'; '.join(left_out)}")
+    elif not any(_key(r.ref) in default_keys for r in resolved):
+        # Without its default rule the route would serve the header-matched requests only: not the model.
+        default_left_out = [p for key, p in problems.items() if key in default_keys]
+        reason = "BackendsNotFound" if any(p.missing for p in default_left_out) else "BackendsNotReady"
+        why = "; ".join(p.message for p in default_left_out) or "there is none"
+        refusal = Verdict("Stalled", reason,
+                          f"no backend without matches of model {model!r} resolves (they serve the requests "
+                          f"that match no backend's matches): {why}")
     if refusal is not None:
         details.append(Detail("RetryPolicy", None, "NoRoute", "no route is written"))
         details.append(Detail("AllBackendsReachable", None, "NoRoute", "no route is written"))
@@ -451,27 +639,11 @@ def render(spec: VirtualModelSpec, world: VirtualModelWorld) -> Plan:
         return Plan(refusal, details, prune=prune_all, status=status)
 
     # --- the route --------------------------------------------------------------------------------
-    children = [_route(spec, world, model, parents, rules.rules, route_type)]
+    children = [_route(spec, world, model, parents, layout.rules, route_type)]
     status["route"] = world.name
+    details.append(_reachable(model, layout))
 
-    shadowed = [m for rule in rules.rules[1:] for m in rule]
-    if shadowed or rules.dropped:
-        parts = []
-        if shadowed:
-            parts.append(
-                "in a rule of their own with the same match, which Gateway API never reaches while the first "
-                f"rule matches: {', '.join(_describe(m.ref) for m in shadowed)} (an InferencePool cannot share "
-                "a rule with AIServiceBackends, so there is no fallback between them)")
-        if rules.dropped:
-            parts.append(f"beyond the AIGatewayRoute limits ({MAX_RULES} rules, {MAX_BACKEND_REFS_PER_RULE} "
-                         f"backends a rule): {', '.join(_describe(m.ref) for m in rules.dropped)}")
-        details.append(Detail("AllBackendsReachable", False, "ShadowedRules", "; ".join(parts)))
-    else:
-        details.append(Detail("AllBackendsReachable", True, "Reachable",
-                              f"one rule carries every backend of model {model!r}"))
-
-    services = rules.rules[0] if rules.rules and rules.rules[0][0].pool is None else []
-    fallback = len({m.ref.priority for m in services}) > 1
+    fallback = layout.fallback
     policy, retry_detail = _traffic_policy(spec, world.name, fallback)
     details.append(retry_detail)
     prune: list[ResourceType] = []
