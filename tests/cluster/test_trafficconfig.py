@@ -552,3 +552,15 @@ def test_a_rollback_survives_a_restart(cluster: Cluster, kube: Kube, operator: O
     assert status(kube, namespace, "llama")["phase"] == "Failed"
     assert len(hooks.calls("/bad")) == calls  # the rollback is not forgotten, the checks do not start over
     assert json.dumps(status(kube, namespace, "llama")).count("v2") >= 1
+
+
+def test_an_ab_match_on_the_model_header_is_refused_at_apply_time(cluster: Cluster, namespace: str) -> None:
+    spec = traffic_config("bad", TEMPLATE, """\
+        strategy: ABTest
+        stable: {version: v1}
+        canary: {version: v2}
+        analysis: {match: [{headers: [{name: x-ai-eg-model, value: other}]}]}
+    """)
+    refused = cluster.kubectl("apply", "-n", namespace, "-f", "-", check=False, stdin=spec)
+    assert refused.returncode != 0
+    assert "x-ai-eg-model cannot be a match header" in refused.stderr

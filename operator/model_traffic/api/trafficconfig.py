@@ -10,13 +10,13 @@ from model_traffic.api.backend import APISchema
 from model_traffic.api.common import (
     Duration,
     GatewayRef,
-    HeaderName,
     LocalObjectReference,
     Model,
     StatusBase,
     cel,
     validations,
 )
+from model_traffic.api.virtualmodel import MAX_MATCHES, BackendMatch
 
 KIND = "TrafficConfig"
 PLURAL = "trafficconfigs"
@@ -61,15 +61,6 @@ class InferenceServiceSource(Model):
     ref: LocalObjectReference | None = Field(
         default=None, description="An existing InferenceService: the stable version, cloned for new versions."
     )
-
-
-class HeaderMatch(Model):
-    name: HeaderName = Field(description="Header name.")
-    value: str = Field(max_length=4096, description="Exact header value.")
-
-
-class Match(Model):
-    headers: list[HeaderMatch] = Field(min_length=1, max_length=16, description="All must match.")
 
 
 class Metric(Model):
@@ -141,7 +132,11 @@ class Analysis(Model):
     iterations: int | None = Field(
         default=None, ge=1, le=1000, description="ABTest / BlueGreen: checks before promotion."
     )
-    match: list[Match] | None = Field(default=None, max_length=8, description="ABTest: who sees the candidate.")
+    match: list[BackendMatch] | None = Field(
+        default=None, max_length=MAX_MATCHES,
+        description="ABTest: who sees the candidate (any of these; all headers of one). The candidate becomes a "
+        "header-matched backend of the VirtualModel.",
+    )
     prometheus: Prometheus | None = Field(default=None, description="Where metrics are queried.")
     metrics: list[Metric] | None = Field(default=None, max_length=20, description="Checks at each interval.")
     webhooks: list[Webhook] | None = Field(default=None, max_length=10, description="Webhooks at rollout phases.")

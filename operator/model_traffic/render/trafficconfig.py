@@ -701,11 +701,8 @@ def _backend(r: _Rollout, version: str) -> Child:
 
 def _virtual_model(r: _Rollout, weights: dict[str, int], matched: str | None) -> Child:
     """Weights as percentages; versions at 0 are left out. ``matched``: the candidate of an ABTest (or a
-    BlueGreen preview) reached only by requests matching ``analysis.match``.
-
-    NOTE: VirtualModelSpec has no header-matched backend yet; the candidate's entry carries the field
-    it needs (``matches``, a list of ``{headers: [{name, value}]}``, any of which must match), see the
-    report of this change.
+    BlueGreen preview) reached only by requests matching ``analysis.match``: a header-matched backend of the
+    VirtualModel (``matches``), which gets a route rule of its own ahead of the default one.
     """
     backends: list[dict[str, Any]] = [
         {"name": f"{r.world.name}-{version}", "modelNameOverride": r.served(version), "weight": weight}
