@@ -1,0 +1,292 @@
+"""The walkthrough in examples/, applied with the real kubectl to the local control plane, the operator running.
+
+Every file in ``examples/`` is applied, in the order ``kubectl apply -f examples/`` takes them, and every
+object in them must have an entry in ``EXPECTED`` saying what the operator makes of it: a new example (or a
+new object in one) without an entry fails ``test_every_example_object_has_an_expectation`` before any
+cluster is started. The examples use the namespace ``llm`` and the Gateway ``envoy-gateway-system/ai-gateway``:
+what they need is created here (and only what was missing is removed afterwards); ``llm`` is deleted at
+the end, so the shared control plane is left as it was. KServe is simulated by writing the InferenceServices'
+status as KServe would, and Envoy Gateway by writing the Gateway's address.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+import yaml
+
+from model_traffic import kube as k
+from model_traffic.kube import Kube
+from tests.conftest import ROOT, Cluster, Operator, condition, get_json, wait_for
+
+pytestmark = pytest.mark.cluster
+
+EXAMPLES = ROOT / "examples"
+NAMESPACE = "llm"
+GATEWAY_NAMESPACE = "envoy-gateway-system"
+GATEWAY = "ai-gateway"
+GATEWAY_ADDRESS = "203.0.113.10"  # TEST-NET-3: documentation only
+
+
+def example_files() -> list[Path]:
+    """The files kubectl apply -f examples/ reads, in its order."""
+    return sorted(p for p in EXAMPLES.iterdir() if p.suffix in (".yaml", ".yml", ".json"))
+
+
+def example_objects() -> dict[Path, list[dict[str, Any]]]:
+    return {path: [doc for doc in yaml.safe_load_all(path.read_text()) if doc] for path in example_files()}
+
+
+def key(obj: dict[str, Any]) -> tuple[str, str]:
+    return obj["kind"], obj["metadata"]["name"]
+
+
+# --- what each example object must become -------------------------------------------------------------------
+
+Check = Callable[["Walkthrough"], None]
+
+
+class Walkthrough:
+    def __init__(self, cluster: Cluster, kube: Kube) -> None:
+        self.cluster, self.kube = cluster, kube
+
+    def ready(self, rtype: k.ResourceType, name: str, reason: str | None = None, timeout: float = 30) -> dict[str, Any]:
+        """The object once Ready=True (with this reason) for its current generation (what `kubectl wait` waits
+        for)."""
+        def check() -> dict[str, Any] | None:
+            obj = self.kube.get(rtype, NAMESPACE, name)
+            seen = obj is not None and (obj.get("status") or {}).get("observedGeneration") == obj["metadata"][
+                "generation"]
+            ready = condition(obj, "Ready")
+            return obj if seen and ready.get("status") == "True" and reason in (None, ready.get("reason")) else None
+
+        def describe() -> str:
+            obj = self.kube.get(rtype, NAMESPACE, name) or {}
+            return f"{rtype.kind} {name} Ready {reason or ''} (now {condition(obj, 'Ready')})"
+
+        try:
+            return wait_for(check, timeout, f"{rtype.kind} {name} Ready")
+        except AssertionError:
+            raise AssertionError(f"timed out waiting for {describe()}") from None
+
+
+def namespace_active(w: Walkthrough) -> None:
+    assert get_json(w.cluster, "namespace", NAMESPACE)["status"]["phase"] == "Active"
+
+
+def secret_with_api_key(name: str) -> Check:
+    def check(w: Walkthrough) -> None:
+        secret = w.kube.core.read_namespaced_secret(name, NAMESPACE)
+        assert "apiKey" in (secret.data or {}), f"Secret {name} has no apiKey"
+    return check
+
+
+def backend(name: str, children: set[str], summary: str) -> Check:
+    def check(w: Walkthrough) -> None:
+        obj = w.ready(k.MANAGED_AI_SERVICE_BACKEND, name, reason="Ready")
+        status = obj["status"]
+        assert status["endpointSummary"] == summary
+        assert {c["kind"] for c in status["children"]} == children
+        assert condition(obj, "ChildrenOwned")["status"] == "True"
+        assert condition(obj, "Stalled")["status"] == "False"
+        for child in children:
+            rtype = {"Backend": k.BACKEND, "AIServiceBackend": k.AI_SERVICE_BACKEND,
+                     "BackendSecurityPolicy": k.BACKEND_SECURITY_POLICY, "QuotaPolicy": k.QUOTA_POLICY}[child]
+            live = w.kube.get(rtype, NAMESPACE, name)
+            assert live is not None, f"{child} {name}"
+            assert live["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+        if "BackendSecurityPolicy" in children:
+            assert condition(obj, "CredentialsResolved")["status"] == "True"
+    return check
+
+
+def virtual_model_gpt4(w: Walkthrough) -> None:
+    obj = w.ready(k.VIRTUAL_MODEL, "gpt-4", reason="Ready")  # not BackendsLeftOut: all three are routed
+    status = obj["status"]
+    assert status["backendSummary"] == "3/3"
+    assert status["modelName"] == "gpt-4"
+    assert {(b["name"], b["tier"], b["sharePercent"]) for b in status["backends"]} == {
+        ("openai", 0, 90.0), ("vllm", 0, 10.0), ("anthropic", 1, 100.0)}
+    assert condition(obj, "RetryPolicy")["reason"] == "FallbackDefault"  # a fallback tier, no spec.retry
+    route = w.kube.get(k.AI_GATEWAY_ROUTE, NAMESPACE, "gpt-4")
+    assert route is not None
+    assert route["spec"]["parentRefs"][0]["name"] == GATEWAY
+    refs = route["spec"]["rules"][0]["backendRefs"]
+    assert [(r["name"], r.get("modelNameOverride"), r["priority"]) for r in refs] == [
+        ("openai", "gpt-4o", 0), ("vllm", "llama-3-70b", 0), ("anthropic", "claude-sonnet-4", 1)]
+    policy = w.kube.get(k.BACKEND_TRAFFIC_POLICY, NAMESPACE, "gpt-4")
+    assert policy is not None and "rateLimit" in policy["spec"] and "retry" in policy["spec"]
+    # The Gateway's address (written below as Envoy Gateway would) is what clients call.
+    wait_for(lambda: (w.kube.get(k.VIRTUAL_MODEL, NAMESPACE, "gpt-4") or {}).get("status", {}).get("address")
+             == GATEWAY_ADDRESS, 30, "VirtualModel gpt-4 status.address from the Gateway")
+
+
+def report_ready(kube: Kube, name: str) -> None:
+    """KServe, simulated: the InferenceService reports Ready and its address."""
+    url = f"http://{name}-predictor.{NAMESPACE}.svc.cluster.local"
+    kube.custom.patch_namespaced_custom_object_status(
+        k.INFERENCE_SERVICE.group, k.INFERENCE_SERVICE.version, NAMESPACE, k.INFERENCE_SERVICE.plural, name,
+        {"status": {"url": url, "address": {"url": url}, "components": {"predictor": {"address": {"url": url}}},
+                    "conditions": [{"type": "Ready", "status": "True",
+                                    "lastTransitionTime": "2026-01-01T00:00:00Z"}]}},
+        _content_type="application/merge-patch+json",
+    )
+
+
+def traffic_config_llama(w: Walkthrough) -> None:
+    """The canary: one InferenceService and backend per version, then 10% to v2 once KServe reports Ready."""
+    for version, storage in (("v1", "hf://meta-llama/Meta-Llama-3-8B-Instruct@e1945c4"),
+                             ("v2", "hf://meta-llama/Llama-3.1-8B-Instruct@0e9e39f")):
+        name = f"llama-{version}"
+        isvc = wait_for(lambda: w.kube.get(k.INFERENCE_SERVICE, NAMESPACE, name),  # noqa: B023 (called at once)
+                        30, f"InferenceService {name}")
+        model = isvc["spec"]["predictor"]["model"]
+        assert model["storageUri"] == storage
+        assert model["args"] == ["--max_model_len=8192", f"--model_name=llama-3-{version}"]
+        assert w.kube.get(k.MANAGED_AI_SERVICE_BACKEND, NAMESPACE, name) is not None
+    status = w.kube.get(k.TRAFFIC_CONFIG, NAMESPACE, "llama")["status"]  # type: ignore[index]
+    assert status["phase"] == "Initializing", status  # nothing is Ready yet: no traffic moves
+    wait_for(lambda: [(b["name"], b["weight"]) for b in (w.kube.get(k.VIRTUAL_MODEL, NAMESPACE, "llama") or {}).get(
+        "spec", {}).get("backends", [])] == [("llama-v1", 100)], 30, "VirtualModel llama: all traffic to v1")
+
+    for version in ("v1", "v2"):
+        report_ready(w.kube, f"llama-{version}")
+
+    def progressing() -> dict[str, Any] | None:
+        current = (w.kube.get(k.TRAFFIC_CONFIG, NAMESPACE, "llama") or {}).get("status") or {}
+        return current if current.get("phase") == "Progressing" else None
+
+    try:
+        status = wait_for(progressing, 30, "TrafficConfig llama Progressing")
+    except AssertionError:
+        raise AssertionError(f"TrafficConfig llama: {w.kube.get(k.TRAFFIC_CONFIG, NAMESPACE, 'llama')}") from None
+    assert (status["stableVersion"], status["candidateVersion"], status["canaryWeight"]) == ("v1", "v2", 10)
+    wait_for(lambda: {(b["name"], b["weight"], b["modelNameOverride"]) for b in (
+        w.kube.get(k.VIRTUAL_MODEL, NAMESPACE, "llama") or {}).get("spec", {}).get("backends", [])} == {
+        ("llama-v1", 90, "llama-3-v1"), ("llama-v2", 10, "llama-3-v2")}, 30, "VirtualModel llama at 90/10")
+    row = w.cluster.kubectl("get", "trafficcfg", "llama", "-n", NAMESPACE, "--no-headers").stdout.split()
+    assert row[:6] == ["llama", "Canary", "v1", "v2", "10", "Progressing"], row
+    # The whole chain below it is real: the version backends and the VirtualModel become Ready.
+    for version in ("v1", "v2"):
+        w.ready(k.MANAGED_AI_SERVICE_BACKEND, f"llama-{version}")
+    vm = w.ready(k.VIRTUAL_MODEL, "llama", reason="Ready")
+    assert vm["status"]["modelName"] == "llama-3"
+
+
+EXPECTED: dict[tuple[str, str], Check] = {
+    ("Namespace", NAMESPACE): namespace_active,
+    ("Secret", "openai-key"): secret_with_api_key("openai-key"),
+    ("Secret", "anthropic-key"): secret_with_api_key("anthropic-key"),
+    ("ManagedAIServiceBackend", "openai"): backend(
+        "openai", {"Backend", "AIServiceBackend", "BackendSecurityPolicy", "QuotaPolicy"}, "api.openai.com:443"),
+    ("ManagedAIServiceBackend", "anthropic"): backend(
+        "anthropic", {"Backend", "AIServiceBackend", "BackendSecurityPolicy"}, "api.anthropic.com:443"),
+    ("ManagedAIServiceBackend", "vllm"): backend("vllm", {"Backend", "AIServiceBackend"}, "10.0.0.7:8000"),
+    ("VirtualModel", "gpt-4"): virtual_model_gpt4,
+    ("TrafficConfig", "llama"): traffic_config_llama,
+}
+
+
+def test_every_example_object_has_an_expectation() -> None:
+    """Runs without a cluster: a new example must say here what it should become."""
+    objects = example_objects()
+    assert objects, "examples/ is empty"
+    unchecked = [f"{path.name}: {kind} {name}" for path, docs in objects.items() for kind, name in map(key, docs)
+                 if (kind, name) not in EXPECTED]
+    assert unchecked == [], f"add an entry to EXPECTED in {Path(__file__).name} for: {unchecked}"
+    for docs in objects.values():
+        for doc in docs:
+            if doc["kind"] != "Namespace":
+                assert doc["metadata"].get("namespace") == NAMESPACE, key(doc)
+    unused = set(EXPECTED) - {key(doc) for docs in objects.values() for doc in docs}
+    assert unused == set(), f"EXPECTED names objects no example has: {unused}"
+
+
+# --- the walkthrough ---------------------------------------------------------------------------------------
+
+def _namespace_gone(kube: Kube, name: str, timeout: float = 90) -> None:
+    def gone() -> bool:
+        try:
+            kube.core.read_namespace(name)
+        except kubernetes.client.exceptions.ApiException as error:
+            if error.status == 404:
+                return True
+            raise
+        return False
+
+    wait_for(gone, timeout, f"namespace {name} to be deleted")
+
+
+@pytest.fixture
+def stage(cluster: Cluster, kube: Kube) -> Iterator[None]:
+    """The namespace llm free, and the Gateway the examples attach to; afterwards, the control plane as it was."""
+    existing = cluster.kubectl("get", "namespace", NAMESPACE, "-o", "json", check=False)
+    if existing.returncode == 0:
+        if os.environ.get("MODEL_TRAFFIC_USE_EXISTING_CLUSTER") == "1" and '"Terminating"' not in existing.stdout:
+            pytest.skip(f"namespace {NAMESPACE} exists in this cluster; the examples would change it")
+        cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false")  # left by an interrupted run
+        _namespace_gone(kube, NAMESPACE)
+    created: list[tuple[str, ...]] = []
+    if cluster.kubectl("get", "namespace", GATEWAY_NAMESPACE, check=False).returncode != 0:
+        cluster.kubectl("create", "namespace", GATEWAY_NAMESPACE)
+        created.append(("namespace", GATEWAY_NAMESPACE))
+    if cluster.kubectl("get", "gateway", GATEWAY, "-n", GATEWAY_NAMESPACE, check=False).returncode != 0:
+        cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": GATEWAY, "namespace": GATEWAY_NAMESPACE},
+            "spec": {"gatewayClassName": "envoy-ai-gateway",
+                     "listeners": [{"name": "http", "protocol": "HTTP", "port": 80}]},
+        }))
+        created.append(("gateway", GATEWAY, "-n", GATEWAY_NAMESPACE))
+        # Envoy Gateway, simulated: the address of the Gateway's load balancer.
+        kube.custom.patch_namespaced_custom_object_status(
+            k.GATEWAY.group, k.GATEWAY.version, GATEWAY_NAMESPACE, k.GATEWAY.plural, GATEWAY,
+            {"status": {"addresses": [{"type": "IPAddress", "value": GATEWAY_ADDRESS}]}},
+            _content_type="application/merge-patch+json")
+    try:
+        yield
+    finally:
+        cluster.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=false", check=False)
+        for what in reversed(created):
+            cluster.kubectl("delete", *what, "--ignore-not-found", "--wait=false", check=False)
+        _namespace_gone(kube, NAMESPACE)
+
+
+def generation(cluster: Cluster, doc: dict[str, Any]) -> int | None:
+    meta = doc["metadata"]
+    args = [doc["kind"].lower(), meta["name"]] + (["-n", meta["namespace"]] if meta.get("namespace") else [])
+    return get_json(cluster, *args)["metadata"].get("generation")
+
+
+def test_the_walkthrough(cluster: Cluster, kube: Kube, operator: Operator, stage: None) -> None:
+    objects = example_objects()
+    for path in objects:
+        result = cluster.kubectl("apply", "-f", str(path), check=False)
+        assert result.returncode == 0, f"kubectl apply -f examples/{path.name}:\n{result.stderr}"
+
+    walkthrough = Walkthrough(cluster, kube)
+    for path, docs in objects.items():
+        for doc in docs:
+            started = time.monotonic()
+            try:
+                EXPECTED[key(doc)](walkthrough)
+            except AssertionError as error:
+                raise AssertionError(f"examples/{path.name}, {doc['kind']} {doc['metadata']['name']} "
+                                     f"(after {time.monotonic() - started:.0f}s): {error}\n"
+                                     f"operator log:\n{operator.log()[-3000:]}") from error
+
+    # Applying the same files again changes nothing: a GitOps sync does not fight the operator. (Compared by
+    # generation: kubectl prints "configured" for a VirtualModel every time, since the server's defaults in
+    # its backends list differ from the file, though the spec it ends up with is the same.)
+    generations = {key(doc): generation(cluster, doc) for docs in objects.values() for doc in docs}
+    cluster.kubectl("apply", "-f", str(EXAMPLES))
+    assert {key(doc): generation(cluster, doc) for docs in objects.values() for doc in docs} == generations
+    # kubectl wait, as the docs use it.
+    cluster.kubectl("wait", "--for=condition=Ready", "maisb/openai", "maisb/anthropic", "maisb/vllm",
+                    "vmodel/gpt-4", "-n", NAMESPACE, "--timeout=20s")
