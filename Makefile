@@ -11,14 +11,15 @@ PYTEST_ARGS ?=
 
 IMAGE ?= model-traffic-operator:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
-.PHONY: help venv binaries crds lint unit test demo cluster cluster-down run bench clean image
+.PHONY: help venv binaries crds docs lint unit test demo cluster cluster-down run bench clean image
 
 help:
 	@echo "make demo          local control plane + operator + examples, ends with kubectl get"
 	@echo "make test          lint, unit and cluster tests (what CI runs)"
 	@echo "make cluster       keep a local control plane running (.local/kubeconfig); make cluster-down stops it"
 	@echo "make run           run the operator in the foreground against \$$KUBECONFIG"
-	@echo "make crds          regenerate crds/ from operator/model_traffic/api"
+	@echo "make crds          regenerate crds/ from operator/model_traffic/api (and docs/api.md)"
+	@echo "make docs          regenerate the generated parts of docs/"
 	@echo "make image         build the container image (Docker with BuildKit; IMAGE=name:tag)"
 
 $(VENV)/.installed: pyproject.toml
@@ -34,6 +35,10 @@ binaries: venv
 
 crds: venv
 	$(PY) -m model_traffic.crdgen
+	$(PY) -m model_traffic.docgen
+
+docs: venv
+	$(PY) -m model_traffic.docgen
 
 lint: venv
 	$(VENV)/bin/ruff check operator tests
