@@ -11,13 +11,14 @@ PYTEST_ARGS ?=
 
 IMAGE ?= model-traffic-operator:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
-.PHONY: help venv binaries crds docs lint unit test demo cluster cluster-down run bench clean image
+.PHONY: help venv binaries helm chart-lint crds docs lint unit test demo cluster cluster-down run bench clean image
 
 help:
 	@echo "make demo          local control plane + operator + examples, ends with kubectl get"
 	@echo "make test          lint, unit and cluster tests (what CI runs)"
 	@echo "make cluster       keep a local control plane running (.local/kubeconfig); make cluster-down stops it"
 	@echo "make run           run the operator in the foreground against \$$KUBECONFIG"
+	@echo "make chart-lint    helm lint + template of charts/model-traffic-operator (builds helm from Go modules)"
 	@echo "make crds          regenerate crds/ from operator/model_traffic/api (and docs/api.md)"
 	@echo "make docs          regenerate the generated parts of docs/"
 	@echo "make image         build the container image (Docker with BuildKit; IMAGE=name:tag)"
@@ -33,8 +34,18 @@ venv: $(VENV)/.installed
 binaries: venv
 	$(PY) -m model_traffic.localcluster build
 
+ENSURE_HELM = $(PY) -c 'from model_traffic.localcluster.build import ensure_helm; print(ensure_helm())'
+
+helm: venv
+	$(ENSURE_HELM)
+
+chart-lint: helm
+	"$$($(ENSURE_HELM))" lint --strict charts/model-traffic-operator
+	"$$($(ENSURE_HELM))" template model-traffic-operator charts/model-traffic-operator --namespace model-traffic-system > /dev/null
+
 crds: venv
 	$(PY) -m model_traffic.crdgen
+	cp crds/*.yaml charts/model-traffic-operator/crds/
 	$(PY) -m model_traffic.docgen
 
 docs: venv
@@ -47,7 +58,7 @@ lint: venv
 unit: venv
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
 
-test: lint binaries
+test: lint binaries helm
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 demo: binaries

@@ -5,6 +5,11 @@ kube-controller-manager from Go modules), or is an existing cluster when
 ``MODEL_TRAFFIC_USE_EXISTING_CLUSTER=1`` and ``KUBECONFIG`` are set. Our CRDs and the upstream CRDs from
 ``$MODEL_TRAFFIC_UPSTREAM_CRDS`` (default ``../shared/upstream-crds``) are installed, so every object the
 operator writes is validated by the real schemas.
+
+The operator runs with exactly the permissions the Helm chart (``charts/model-traffic-operator``) grants:
+each start renders the chart for the operator's settings with the built ``helm``, applies it server-side and
+hands the operator a kubeconfig holding a token of the chart's ServiceAccount, so a verb the chart lacks
+fails the tests (``MODEL_TRAFFIC_OPERATOR_RBAC=admin`` runs it as the cluster admin instead, to debug).
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import urllib.request
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +33,7 @@ from typing import Any, TypeVar
 
 import kubernetes
 import pytest
+import yaml
 
 from model_traffic.kube import Kube
 from model_traffic.localcluster.process import die_with_parent
@@ -33,6 +41,11 @@ from model_traffic.localcluster.process import die_with_parent
 ROOT = Path(__file__).resolve().parents[1]
 UPSTREAM_CRDS = Path(os.environ.get("MODEL_TRAFFIC_UPSTREAM_CRDS", ROOT.parent / "shared" / "upstream-crds"))
 T = TypeVar("T")
+CHART = ROOT / "charts" / "model-traffic-operator"
+# Where the tests install the chart; a real install would use its own namespace the same way.
+CHART_NAMESPACE = "model-traffic-system"
+CHART_RELEASE = "model-traffic-operator"
+RBAC_ENV = "MODEL_TRAFFIC_OPERATOR_RBAC"
 
 
 @dataclass
@@ -104,12 +117,126 @@ def kube(cluster: Cluster) -> Kube:
     return Kube(config)
 
 
+@dataclass(frozen=True)
+class ChartIdentity:
+    """A rendered and applied release of the chart, and a kubeconfig that authenticates as its ServiceAccount."""
+
+    release: str
+    namespace: str
+    service_account: str
+    kubeconfig: Path
+    manifests: list[dict[str, Any]]
+
+    @property
+    def username(self) -> str:
+        return f"system:serviceaccount:{self.namespace}:{self.service_account}"
+
+    def environment(self) -> dict[str, str]:
+        """The operator container's environment as the chart's Deployment sets it (fieldRefs resolved)."""
+        deployment = next(m for m in self.manifests if m["kind"] == "Deployment")
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        env: dict[str, str] = {}
+        for var in container.get("env") or []:
+            if "value" in var:
+                env[var["name"]] = str(var["value"])
+            elif var.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
+                env[var["name"]] = self.namespace
+            else:
+                raise AssertionError(f"the tests cannot resolve the chart's env var {var}")
+        return env
+
+
+def helm_binary() -> Path:
+    """The helm built from Go modules (cached; minutes the first time)."""
+    from model_traffic.localcluster.build import ensure_helm
+
+    return ensure_helm()
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    home = Path(os.environ.get("TMPDIR", "/tmp")) / "model-traffic-helm-home"
+    result = subprocess.run(
+        [str(helm_binary()), *args], capture_output=True, text=True, timeout=120,
+        # No user's helm config or repositories leak in, and none are written.
+        env={**os.environ, "HELM_CONFIG_HOME": str(home / "config"), "HELM_CACHE_HOME": str(home / "cache"),
+             "HELM_DATA_HOME": str(home / "data")},
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
+def helm_template(values: dict[str, Any] | None = None, *, release: str = CHART_RELEASE,
+                  namespace: str = CHART_NAMESPACE, extra: tuple[str, ...] = ()) -> str:
+    """`helm template` of the chart with these values (given as a values file, as a user would)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="values-") as values_file:
+        yaml.safe_dump(values or {}, values_file)
+        values_file.flush()
+        return helm("template", release, str(CHART), "--namespace", namespace, "--values", values_file.name,
+                    *extra).stdout
+
+
+def parse_manifests(text: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def chart_values_for(env: dict[str, str]) -> dict[str, Any]:
+    """The chart values that correspond to the operator's settings (the ones that decide its RBAC)."""
+    values: dict[str, Any] = {}
+    namespaces = [part.strip() for part in env.get("MTO_NAMESPACES", "").split(",") if part.strip()]
+    if namespaces:
+        values["watchNamespaces"] = namespaces
+    leader_elect = env.get("MTO_LEADER_ELECT", "false").lower() in ("1", "true", "yes")
+    values["leaderElection"] = {"enabled": leader_elect}
+    if leader_elect and env.get("MTO_LEADER_ELECTION_NAMESPACE"):
+        values["leaderElection"]["namespace"] = env["MTO_LEADER_ELECTION_NAMESPACE"]
+    if env.get("MTO_DEFAULT_GATEWAY"):
+        values["defaultGateway"] = env["MTO_DEFAULT_GATEWAY"]
+    return values
+
+
+def install_chart(cluster: Cluster, values: dict[str, Any], release: str | None = None) -> ChartIdentity:
+    """Render the chart, apply it server-side, and write a kubeconfig with a token of its ServiceAccount.
+
+    Each distinct set of values is its own release (so the cluster-scoped RBAC of one never grants another).
+    Nothing runs the chart's Deployment here (no scheduler or kubelet): the operator process is started by
+    the tests, with the ServiceAccount's credentials.
+    """
+    if release is None:
+        digest = zlib.crc32(json.dumps(values, sort_keys=True).encode())
+        release = CHART_RELEASE if values == chart_values_for({}) else f"mto-{digest:08x}"
+    manifests = parse_manifests(helm_template(values, release=release))
+    cluster.kubectl("apply", "--server-side", "-f", "-", stdin=yaml.safe_dump(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": CHART_NAMESPACE}}))
+    cluster.kubectl("apply", "--server-side", "--field-manager=helm", "-f", "-",
+                    stdin=yaml.safe_dump_all(manifests))
+    service_account = next(m["metadata"]["name"] for m in manifests if m["kind"] == "ServiceAccount")
+    token = cluster.kubectl("create", "token", service_account, "-n", CHART_NAMESPACE,
+                            "--duration=12h").stdout.strip()
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
+    server = next(c for c in admin["clusters"] if c["name"] == context["cluster"])
+    user = f"{CHART_NAMESPACE}:{service_account}"
+    kubeconfig = cluster.workdir / f"{release}.kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [server],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": user, "context": {"cluster": server["name"], "user": user}}],
+        "current-context": user,
+    }))
+    kubeconfig.chmod(0o600)
+    return ChartIdentity(release, CHART_NAMESPACE, service_account, kubeconfig, manifests)
+
+
 @dataclass
 class Operator:
     process: subprocess.Popen[bytes]
     log_path: Path
     metrics_port: int
     env: dict[str, str]
+    # The chart release whose ServiceAccount it runs as; None when it runs as the cluster admin.
+    identity: ChartIdentity | None = None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -129,21 +256,30 @@ class Operator:
 
 
 def start_operator(cluster: Cluster, log_path: Path, **env: str) -> Operator:
+    """Start the operator with these settings, as the chart's ServiceAccount for the same settings.
+
+    A KUBECONFIG given in env is used as it is (no chart install).
+    """
     metrics_port, liveness_port = free_port(), free_port()
-    full_env = {
-        **os.environ,
-        "KUBECONFIG": str(cluster.kubeconfig),
-        "MTO_METRICS_PORT": str(metrics_port),
-        "MTO_RESYNC_SECONDS": "20",
-        **env,
-    }
+    settings = {"MTO_METRICS_PORT": str(metrics_port), "MTO_RESYNC_SECONDS": "20", **env}
+    identity: ChartIdentity | None = None
+    if "KUBECONFIG" in env:
+        kubeconfig = env["KUBECONFIG"]
+    elif os.environ.get(RBAC_ENV, "chart") == "admin":
+        kubeconfig = str(cluster.kubeconfig)
+    else:
+        identity = install_chart(cluster, chart_values_for({**os.environ, **settings}))
+        kubeconfig = str(identity.kubeconfig)
+    # Settings as the chart's Deployment sets them, then the test's own (ports, a short resync).
+    chart_env = identity.environment() if identity else {}
+    full_env = {**os.environ, **chart_env, **settings, "KUBECONFIG": kubeconfig}
     log_file = log_path.open("ab")
     process = subprocess.Popen(
         [sys.executable, "-m", "model_traffic", "run", "--liveness-port", str(liveness_port)],
         stdout=log_file, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT,
         preexec_fn=die_with_parent(signal.SIGTERM),  # no orphan operator when the test run is killed
     )
-    operator = Operator(process, log_path, metrics_port, full_env)
+    operator = Operator(process, log_path, metrics_port, full_env, identity)
 
     def alive() -> bool:
         if process.poll() is not None:
@@ -172,6 +308,11 @@ def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
     running = start_operator(cluster, tmp_path_factory.mktemp("operator") / "operator.log")
     yield running
     stop_operator(running)
+    # The chart's cluster-scoped objects (one set per release the tests installed), for an existing cluster.
+    cluster.kubectl("delete", "clusterrole,clusterrolebinding", "-l",
+                    "app.kubernetes.io/part-of=model-traffic-operator",
+                    "--ignore-not-found", check=False)
+    cluster.kubectl("delete", "namespace", CHART_NAMESPACE, "--ignore-not-found", "--wait=false", check=False)
 
 
 @pytest.fixture

@@ -1,0 +1,661 @@
+"""The Helm chart, rendered by the helm built from Go modules, against the real API server.
+
+The RBAC proof has two halves. Here: the chart's rules are exactly the table below (one reason each; a
+rule in the chart and not in the table fails, and the other way round), with no wildcard and no write on
+Secrets. Everywhere else: the session ``operator`` fixture runs the operator as the chart's ServiceAccount
+(see tests/conftest.py), so every end-to-end test of the three kinds passes under exactly these rules.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from model_traffic.kube import Kube
+from model_traffic.localcluster.build import HELM_VERSION
+from tests.cluster.test_backend import MAISB, SECRET_VALUE, secret_yaml, wait_ready
+from tests.cluster.test_virtualmodel import wait_vm
+from tests.conftest import (
+    CHART,
+    CHART_NAMESPACE,
+    ROOT,
+    ChartIdentity,
+    Cluster,
+    Operator,
+    condition,
+    free_port,
+    helm,
+    helm_template,
+    our_yaml,
+    parse_manifests,
+    start_operator,
+    stop_operator,
+    wait_for,
+)
+
+pytestmark = pytest.mark.cluster
+
+
+@dataclass(frozen=True)
+class Rule:
+    group: str
+    resources: tuple[str, ...]
+    verbs: tuple[str, ...]
+    why: str
+    names: tuple[str, ...] = ()
+
+
+ALL_VERBS = ("get", "list", "watch", "create", "patch", "delete")
+CHILD = "a child it owns: server-side apply (patch, and create when new), delete when pruned (uid precondition)"
+
+# Granted on every watched namespace: one ClusterRole (watchNamespaces empty) or a Role in each listed one.
+WATCHED = [
+    Rule("modeltraffic.io", ("managedaiservicebackends", "virtualmodels"), ALL_VERBS,
+         "kopf watches them, each reconcile reads its object fresh; a TrafficConfig owns one of each per version"),
+    Rule("modeltraffic.io", ("trafficconfigs",), ("get", "list", "watch"),
+         "watched and read; its spec is the user's, never written"),
+    Rule("modeltraffic.io", ("managedaiservicebackends/status", "virtualmodels/status", "trafficconfigs/status"),
+         ("patch",), "conditions and observedGeneration: a merge patch of the status subresource"),
+    Rule("gateway.envoyproxy.io", ("backends",), ALL_VERBS, CHILD + "; also a backend's referenced endpoint"),
+    Rule("gateway.envoyproxy.io", ("backendtrafficpolicies",), ALL_VERBS, CHILD + " (VirtualModel)"),
+    Rule("aigateway.envoyproxy.io",
+         ("aiservicebackends", "backendsecuritypolicies", "quotapolicies", "aigatewayroutes"), ALL_VERBS,
+         CHILD + "; an AIServiceBackend is also dry-run applied to probe the schema"),
+    Rule("serving.kserve.io", ("inferenceservices",), ALL_VERBS,
+         "read as a backend's endpoint; a TrafficConfig owns one per model version"),
+    Rule("", ("secrets",), ("get", "list", "watch"),
+         "credentials: which keys exist is checked, values never copied; watched to heal when fixed"),
+    Rule("inference.networking.k8s.io", ("inferencepools",), ("get", "list", "watch"),
+         "a backend's or route's InferencePool: checked to exist, watched"),
+    Rule("gateway.networking.k8s.io", ("gateways",), ("get", "list", "watch"),
+         "a VirtualModel reports its Gateway's address and follows it"),
+    Rule("gateway.networking.k8s.io", ("httproutes",), ("get", "list", "watch"),
+         "the AI Gateway's HTTPRoute generated from our AIGatewayRoute: its status is read"),
+    Rule("", ("events",), ("create",), "an Event on each change of readiness (core/v1, as kopf's own)"),
+]
+# Cluster-scoped in every mode.
+OBSERVER = [
+    Rule("apiextensions.k8s.io", ("customresourcedefinitions",), ("list", "watch"),
+         "kopf follows CRDs installed or removed after start-up (else: 'not enough permissions' warning)"),
+]
+# Only with watchNamespaces: kopf follows the namespaces it watches (without it: ~1 minute blind at start).
+OBSERVER_NAMESPACED = [
+    Rule("", ("namespaces",), ("list", "watch"), "kopf resolves and follows the watched namespaces"),
+]
+# In the Lease's namespace, with leader election.
+LEADER = [
+    Rule("coordination.k8s.io", ("leases",), ("create",), "the first replica creates the Lease"),
+    Rule("coordination.k8s.io", ("leases",), ("get", "update"), "read and renewed (compare-and-swap update)",
+         names=("model-traffic-operator",)),
+]
+
+
+def gateway_reader(name: str | None) -> list[Rule]:
+    """In a Gateway's namespace outside the watched ones (namespaced mode)."""
+    return [Rule("gateway.networking.k8s.io", ("gateways",), ("get",),
+                 "a VirtualModel reads the address of its Gateway in another namespace",
+                 names=(name,) if name else ())]
+
+
+Atom = tuple[str, str, str, str]  # apiGroup, resource, verb, resourceName ("" = any)
+
+
+def atoms(rules: list[Rule] | list[dict[str, Any]]) -> set[Atom]:
+    found: set[Atom] = set()
+    for rule in rules:
+        if isinstance(rule, Rule):
+            groups, resources, verbs, names = [rule.group], rule.resources, rule.verbs, rule.names
+        else:
+            groups, resources, verbs = rule.get("apiGroups", []), rule.get("resources", []), rule.get("verbs", [])
+            names = rule.get("resourceNames") or ()
+            assert not rule.get("nonResourceURLs"), rule
+        for group in groups:
+            for resource in resources:
+                for verb in verbs:
+                    for name in names or ("",):
+                        found.add((group, resource, verb, name))
+    return found
+
+
+def render(values: dict[str, Any] | None = None, **kwargs: Any) -> list[dict[str, Any]]:
+    return parse_manifests(helm_template(values, **kwargs))
+
+
+def roles(manifests: list[dict[str, Any]]) -> dict[tuple[str, str, str], set[Atom]]:
+    """(kind, namespace, name) of each Role/ClusterRole -> its rules as atoms."""
+    return {(m["kind"], m["metadata"].get("namespace", ""), m["metadata"]["name"]): atoms(m.get("rules") or [])
+            for m in manifests if m["kind"] in ("Role", "ClusterRole")}
+
+
+def assert_same(actual: set[Atom], expected: set[Atom], where: str) -> None:
+    missing, extra = sorted(expected - actual), sorted(actual - expected)
+    assert not missing and not extra, (
+        f"{where}: the chart's rules and the expected table differ.\n"
+        f"  in the table, not in the chart: {missing}\n  in the chart, not in the table: {extra}"
+    )
+
+
+def of(manifests: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [m for m in manifests if m["kind"] == kind and (name is None or m["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+FULL = "model-traffic-operator"  # the full name of release "model-traffic-operator"
+NAMESPACED_VALUES: dict[str, Any] = {
+    "watchNamespaces": ["team-a", "team-b"],
+    "defaultGateway": "envoy-gateway-system/ai-gateway",
+    "rbac": {"extraGatewayNamespaces": ["shared-gateways", "team-a"]},
+    "leaderElection": {"enabled": True},
+}
+EVERYTHING_ON: dict[str, Any] = {
+    **NAMESPACED_VALUES,
+    "metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}},
+    "grafanaDashboard": {"enabled": True},
+    "logging": {"level": "debug", "format": "plain"},
+    "aiGatewayVersion": "v1alpha1",
+}
+
+
+# --- helm itself -----------------------------------------------------------------------------------------
+
+def test_helm_is_the_pinned_build() -> None:
+    assert helm("version", "--template", "{{.Version}}").stdout.strip() == HELM_VERSION
+
+
+@pytest.mark.parametrize("values", [{}, NAMESPACED_VALUES, EVERYTHING_ON], ids=["defaults", "namespaced", "all-on"])
+def test_helm_lint_is_clean(values: dict[str, Any], tmp_path: Path) -> None:
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(yaml.safe_dump(values))
+    result = helm("lint", "--strict", str(CHART), "--values", str(values_file), check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout, result.stdout
+    assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize(("values", "complaint"), [
+    ({"watchNamespaces": "team-a,team-b"}, "watchNamespaces"),
+    ({"watchNamespaces": ["Team_A"]}, "watchNamespaces"),
+    ({"defaultGateway": "ai-gateway"}, "defaultGateway"),
+    ({"aiGatewayVersion": "v2"}, "aiGatewayVersion"),
+    ({"logging": {"level": "trace"}}, "level"),
+    ({"replicas": 3}, "replicas"),
+    ({"image": {"digest": "latest"}}, "digest"),
+    ({"ports": {"metrics": 0, "health": 8081}}, "metrics"),
+], ids=lambda value: json.dumps(value) if isinstance(value, dict) else value)
+def test_values_schema_refuses_bad_values(values: dict[str, Any], complaint: str, tmp_path: Path) -> None:
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(yaml.safe_dump(values))
+    result = helm("template", "x", str(CHART), "--values", str(values_file), check=False)
+    assert result.returncode != 0, f"helm accepted {values}"
+    assert "values don't meet the specifications of the schema" in result.stderr, result.stderr
+    assert complaint in result.stderr, result.stderr
+
+
+# --- RBAC --------------------------------------------------------------------------------------------------
+
+def test_all_namespaces_rbac_is_exactly_the_table() -> None:
+    manifests = render({"leaderElection": {"enabled": True}})
+    assert roles(manifests).keys() == {
+        ("ClusterRole", "", FULL), ("ClusterRole", "", f"{FULL}-observer"),
+        ("Role", CHART_NAMESPACE, f"{FULL}-leader-election"),
+    }
+    rendered = roles(manifests)
+    assert_same(rendered[("ClusterRole", "", FULL)], atoms(WATCHED), "ClusterRole")
+    assert_same(rendered[("ClusterRole", "", f"{FULL}-observer")], atoms(OBSERVER), "observer ClusterRole")
+    assert_same(rendered[("Role", CHART_NAMESPACE, f"{FULL}-leader-election")], atoms(LEADER), "lease Role")
+    assert_bindings(manifests, FULL)
+
+
+def test_namespaced_rbac_is_a_role_in_each_watched_namespace_and_nothing_cluster_wide() -> None:
+    manifests = render({**NAMESPACED_VALUES, "leaderElection": {"enabled": True, "namespace": "leases"}})
+    rendered = roles(manifests)
+    assert rendered.keys() == {
+        ("Role", "team-a", FULL), ("Role", "team-b", FULL),
+        ("ClusterRole", "", f"{FULL}-observer"),
+        ("Role", "envoy-gateway-system", f"{FULL}-gateway-reader"),
+        ("Role", "shared-gateways", f"{FULL}-gateway-reader"),
+        ("Role", "leases", f"{FULL}-leader-election"),
+    }
+    for namespace in ("team-a", "team-b"):
+        assert_same(rendered[("Role", namespace, FULL)], atoms(WATCHED), f"Role in {namespace}")
+    assert_same(rendered[("ClusterRole", "", f"{FULL}-observer")], atoms(OBSERVER + OBSERVER_NAMESPACED),
+                "observer ClusterRole")
+    # The default gateway: that one Gateway; an extra gateway namespace: any Gateway there; a watched one
+    # (team-a) needs nothing more.
+    assert_same(rendered[("Role", "envoy-gateway-system", f"{FULL}-gateway-reader")],
+                atoms(gateway_reader("ai-gateway")), "default gateway Role")
+    assert_same(rendered[("Role", "shared-gateways", f"{FULL}-gateway-reader")], atoms(gateway_reader(None)),
+                "extra gateway namespace Role")
+    assert_same(rendered[("Role", "leases", f"{FULL}-leader-election")], atoms(LEADER), "lease Role")
+    assert_bindings(manifests, FULL)
+    deployment_env = env_of(of(manifests, "Deployment"))
+    assert deployment_env["MTO_NAMESPACES"] == "team-a,team-b"
+    assert deployment_env["MTO_LEADER_ELECTION_NAMESPACE"] == "leases"
+
+
+def assert_bindings(manifests: list[dict[str, Any]], service_account: str) -> None:
+    """Each role is bound, by a binding of its own name and namespace, to the chart's ServiceAccount only."""
+    bindings = {(m["kind"].replace("Binding", ""), m["metadata"].get("namespace", ""), m["metadata"]["name"]): m
+                for m in manifests if m["kind"] in ("RoleBinding", "ClusterRoleBinding")}
+    assert bindings.keys() == roles(manifests).keys()
+    for (kind, _, name), binding in bindings.items():
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name}
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": service_account,
+                                        "namespace": CHART_NAMESPACE}]
+    assert of(manifests, "ServiceAccount")["metadata"]["name"] == service_account
+
+
+WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
+ESCALATING_VERBS = {"escalate", "bind", "impersonate", "approve", "sign"}
+
+
+@pytest.mark.parametrize("values", [{}, NAMESPACED_VALUES, EVERYTHING_ON, {"leaderElection": {"enabled": False}}],
+                         ids=["defaults", "namespaced", "all-on", "no-leader-election"])
+def test_no_wildcard_no_secret_write_no_escalation(values: dict[str, Any]) -> None:
+    for (kind, namespace, name), granted in roles(render(values)).items():
+        where = f"{kind} {namespace}/{name}"
+        for group, resource, verb, _ in granted:
+            assert "*" not in (group + resource + verb), f"{where} has a wildcard: {(group, resource, verb)}"
+            assert verb not in ESCALATING_VERBS, f"{where} grants {verb} on {resource}"
+            assert (group, resource) not in {("", "secrets"), ("", "secrets/status")} or verb not in WRITE_VERBS, \
+                f"{where} lets the operator {verb} Secrets"
+            assert group != "rbac.authorization.k8s.io", f"{where} grants access to RBAC itself"
+            assert not (group == "" and resource in ("pods/exec", "serviceaccounts/token", "nodes")), where
+
+
+def test_every_rule_in_the_table_has_a_reason() -> None:
+    for rule in WATCHED + OBSERVER + OBSERVER_NAMESPACED + LEADER + gateway_reader(None):
+        assert len(rule.why) > 20, rule
+
+
+# --- the Deployment and the rest ---------------------------------------------------------------------------
+
+def env_of(deployment: dict[str, Any]) -> dict[str, Any]:
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    return {var["name"]: var.get("value", var.get("valueFrom")) for var in container["env"]}
+
+
+def test_deployment_is_two_locked_down_replicas_with_probes() -> None:
+    manifests = render()
+    deployment = of(manifests, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert deployment["spec"]["replicas"] == 2
+    assert pod["serviceAccountName"] == FULL
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    security = container["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["privileged"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert "add" not in security["capabilities"]
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    # The only writable path is an emptyDir.
+    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert pod["volumes"][0]["emptyDir"]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports == {"metrics": 8080, "health": 8081}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}, probe
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+    assert container["command"] == ["model-traffic-operator"]
+    assert container["args"] == ["run", "--liveness-port=8081", "--log-format=json"]
+    env = env_of(deployment)
+    assert env["MTO_LEADER_ELECT"] == "true"
+    assert env["MTO_LEADER_ELECTION_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["MTO_NAMESPACES"] == ""
+    assert env["MTO_METRICS_PORT"] == "8080" and env["MTO_LIVENESS_PORT"] == "8081"
+    pdb = of(manifests, "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert {m["kind"] for m in manifests} == {
+        "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service", "Deployment",
+        "PodDisruptionBudget",
+    }
+
+
+def test_values_reach_the_operators_settings() -> None:
+    deployment = of(render({
+        "defaultGateway": "gw-ns/ai", "aiGatewayVersion": "v1alpha1", "resyncSeconds": 60,
+        "logging": {"level": "debug", "format": "plain"}, "replicaCount": 1,
+        "image": {"repository": "registry.example/mto", "tag": "1.2.3"},
+        "extraEnv": [{"name": "MTO_PROMETHEUS_URL", "value": "http://prometheus:9090"}],
+    }), "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = env_of(deployment)
+    assert env["MTO_DEFAULT_GATEWAY"] == "gw-ns/ai"
+    assert env["MTO_AI_GATEWAY_VERSION"] == "v1alpha1"
+    assert env["MTO_RESYNC_SECONDS"] == "60"
+    assert env["MTO_PROMETHEUS_URL"] == "http://prometheus:9090"
+    assert container["args"] == ["run", "--liveness-port=8081", "--log-format=plain", "--verbose"]
+    assert container["image"] == "registry.example/mto:1.2.3"
+    digest = "sha256:" + "a" * 64
+    pinned = of(render({"image": {"digest": digest}}), "Deployment")
+    assert pinned["spec"]["template"]["spec"]["containers"][0]["image"] == f"model-traffic-operator@{digest}"
+    # One replica: a PodDisruptionBudget would block every drain.
+    assert not [m for m in render({"replicaCount": 1}) if m["kind"] == "PodDisruptionBudget"]
+
+
+def test_metrics_service_and_service_monitor_reach_the_operator_port() -> None:
+    manifests = render({"metrics": {"serviceMonitor": {"enabled": True}}})
+    deployment, service = of(manifests, "Deployment"), of(manifests, "Service")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}]
+    monitor = of(manifests, "ServiceMonitor")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [CHART_NAMESPACE]}
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
+    # The metrics' own namespace label (the object's) must win over the target's (the operator's).
+    assert all(e.get("honorLabels") is True for e in monitor["spec"]["endpoints"])
+
+
+def prometheus_rule_groups() -> list[dict[str, Any]]:
+    rule = of(render({"metrics": {"prometheusRule": {"enabled": True}}}), "PrometheusRule")
+    groups: list[dict[str, Any]] = rule["spec"]["groups"]
+    return groups
+
+
+def test_alerts_use_only_metrics_the_operator_exports() -> None:
+    from prometheus_client import REGISTRY
+
+    import model_traffic.metrics  # noqa: F401  (registers them)
+
+    exported = set(REGISTRY._names_to_collectors)
+    alerts = {r["alert"]: r["expr"] for g in prometheus_rule_groups() for r in g["rules"]}
+    assert set(alerts) == {"ModelTrafficOperatorDown", "ModelTrafficReconcileErrors", "ModelTrafficObjectStalled",
+                           "ModelTrafficRolloutFailed"}
+    for alert, expr in alerts.items():
+        for metric in re.findall(r"\bmodel_traffic_\w+", expr):
+            assert metric in exported, f"{alert} uses {metric}, which the operator does not export"
+
+
+def test_alerts_fire_on_errors_stalled_objects_and_failed_rollouts(tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed: apt-get install -y --no-install-recommends prometheus")
+    groups = prometheus_rule_groups()
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
+    checked = subprocess.run([promtool, "check", "rules", str(tmp_path / "rules.yaml")], capture_output=True,
+                             text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # The firing test compares labels; annotations (checked above) are left out of it.
+    bare = [{**g, "rules": [{k: v for k, v in r.items() if k != "annotations"} for r in g["rules"]]} for g in groups]
+    (tmp_path / "bare.yaml").write_text(yaml.safe_dump({"groups": bare}))
+    job = f'job="{FULL}-metrics",namespace="{CHART_NAMESPACE}"'
+    tests = {
+        "rule_files": ["bare.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                {"series": 'model_traffic_reconcile_errors_total{kind="VirtualModel",error="http403"}',
+                 "values": "0+5x40"},
+                {"series": 'model_traffic_reconcile_errors_total{kind="ManagedAIServiceBackend",error="http409"}',
+                 "values": "3x40"},
+                {"series": 'model_traffic_object_ready{kind="ManagedAIServiceBackend",namespace="llm",name="bad"}',
+                 "values": "0x40"},
+                {"series": 'model_traffic_object_ready{kind="VirtualModel",namespace="llm",name="good"}',
+                 "values": "1x40"},
+                {"series": 'model_traffic_rollout_phase{namespace="llm",name="canary",phase="Failed"}',
+                 "values": "0 0 0 1x37"},
+                {"series": 'model_traffic_rollout_phase{namespace="llm",name="canary",phase="Progressing"}',
+                 "values": "1 1 1 0x37"},
+                {"series": f"up{{{job}}}", "values": "1x40"},
+            ],
+            "alert_rule_test": [
+                # Errors for less than `for` (10m): pending, not firing.
+                {"eval_time": "5m", "alertname": "ModelTrafficReconcileErrors", "exp_alerts": []},
+                {"eval_time": "20m", "alertname": "ModelTrafficReconcileErrors", "exp_alerts": [
+                    {"exp_labels": {"severity": "warning", "kind": "VirtualModel", "error": "http403"}}]},
+                {"eval_time": "10m", "alertname": "ModelTrafficObjectStalled", "exp_alerts": []},
+                {"eval_time": "20m", "alertname": "ModelTrafficObjectStalled", "exp_alerts": [
+                    {"exp_labels": {"severity": "warning", "kind": "ManagedAIServiceBackend", "namespace": "llm",
+                                    "name": "bad"}}]},
+                {"eval_time": "3m", "alertname": "ModelTrafficRolloutFailed", "exp_alerts": []},
+                {"eval_time": "6m", "alertname": "ModelTrafficRolloutFailed", "exp_alerts": [
+                    {"exp_labels": {"severity": "warning", "namespace": "llm", "name": "canary"}}]},
+                {"eval_time": "30m", "alertname": "ModelTrafficOperatorDown", "exp_alerts": []},
+            ],
+        }, {
+            "interval": "1m",
+            "input_series": [{"series": f"up{{{job}}}", "values": "0x20"}],
+            "alert_rule_test": [{"eval_time": "15m", "alertname": "ModelTrafficOperatorDown",
+                                 "exp_alerts": [{"exp_labels": {"severity": "warning"}}]}],
+        }],
+    }
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests))
+    result = subprocess.run([promtool, "test", "rules", "tests.yaml"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_grafana_dashboard_configmap_carries_every_dashboard() -> None:
+    dashboards = sorted((CHART / "files" / "dashboards").glob("*.json"))
+    assert dashboards, "the chart has no files/dashboards/*.json"
+    assert not [m for m in render() if m["kind"] == "ConfigMap"], "the dashboard is optional"
+    configmap = of(render({"grafanaDashboard": {"enabled": True, "namespace": "monitoring"}}), "ConfigMap")
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert configmap["metadata"]["namespace"] == "monitoring"
+    assert sorted(configmap["data"]) == [path.name for path in dashboards]
+    for path in dashboards:
+        assert json.loads(configmap["data"][path.name]) == json.loads(path.read_text())
+
+
+def test_readme_documents_the_argocd_snippet_and_every_value() -> None:
+    readme = (CHART / "README.md").read_text()
+    assert "files/argocd/" in readme
+    assert (CHART / "files" / "argocd").is_dir()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for key in values:
+        assert f"`{key}" in readme, f"the chart README does not document {key}"
+
+
+# --- against the API server ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def namespaces(kube: Kube) -> Iterator[list[str]]:
+    """Three fresh namespaces: the release's, and two watched ones."""
+    import kubernetes
+
+    names = [f"c-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    for name in names:
+        kube.core.create_namespace(kubernetes.client.V1Namespace(metadata=kubernetes.client.V1ObjectMeta(name=name)))
+    yield names
+    for name in names:
+        kube.core.delete_namespace(name)
+
+
+@pytest.mark.parametrize("values", [{}, EVERYTHING_ON], ids=["defaults", "all-on"])
+def test_rendered_chart_passes_server_side_dry_run(cluster: Cluster, namespaces: list[str],
+                                                   values: dict[str, Any]) -> None:
+    release_ns, team_a, team_b = namespaces
+    if values:
+        values = {**values, "watchNamespaces": [team_a, team_b],
+                  "defaultGateway": f"{team_a}/ai-gateway", "rbac": {"extraGatewayNamespaces": [team_b]},
+                  "grafanaDashboard": {"enabled": True, "namespace": release_ns}}
+    manifests = parse_manifests(helm_template(values, namespace=release_ns, release="dry",
+                                              extra=("--include-crds",)))
+    # The Prometheus Operator's kinds need its CRDs, which this control plane does not have.
+    monitoring = [m for m in manifests if m["apiVersion"].startswith("monitoring.coreos.com/")]
+    assert {m["kind"] for m in monitoring} == ({"ServiceMonitor", "PrometheusRule"} if values else set())
+    rest = [m for m in manifests if m not in monitoring]
+    assert {m["kind"] for m in rest} >= {"CustomResourceDefinition", "Deployment", "ServiceAccount", "Service"}
+    result = cluster.kubectl("apply", "--server-side", "--dry-run=server", "--field-manager=helm", "-f", "-",
+                             stdin=yaml.safe_dump_all(rest))
+    assert len(result.stdout.strip().splitlines()) == len(rest), result.stdout
+
+
+def can_i(cluster: Cluster, identity: ChartIdentity, verb: str, resource: str, namespace: str | None) -> bool:
+    scope = ["-n", namespace] if namespace else ["-A"]
+    result = cluster.kubectl("--kubeconfig", str(identity.kubeconfig), "auth", "can-i", verb, resource, *scope,
+                             check=False)
+    return result.stdout.strip() == "yes"
+
+
+def test_session_operator_runs_as_the_chart_service_account(cluster: Cluster, operator: Operator,
+                                                            namespace: str) -> None:
+    if operator.identity is None:
+        pytest.skip("MODEL_TRAFFIC_OPERATOR_RBAC=admin: the operator runs as the cluster admin")
+    identity = operator.identity
+    assert operator.env["KUBECONFIG"] == str(identity.kubeconfig)
+    whoami = cluster.kubectl("--kubeconfig", str(identity.kubeconfig), "auth", "whoami", "-o", "json")
+    assert json.loads(whoami.stdout)["status"]["userInfo"]["username"] == identity.username
+    # What the table grants, the API server grants; and nothing else that matters.
+    for rule in WATCHED:
+        for resource in rule.resources:
+            qualified = f"{resource.split('/')[0]}.{rule.group}" if rule.group else resource.split("/")[0]
+            sub = ["--subresource", resource.split("/")[1]] if "/" in resource else []
+            for verb in rule.verbs:
+                args = ["--kubeconfig", str(identity.kubeconfig), "auth", "can-i", verb, qualified, "-n", namespace,
+                        *sub]
+                assert cluster.kubectl(*args, check=False).stdout.strip() == "yes", (verb, resource)
+    for verb in sorted(WRITE_VERBS):
+        assert not can_i(cluster, identity, verb, "secrets", namespace), f"the operator may {verb} Secrets"
+    for verb, resource in [
+        ("update", "virtualmodels.modeltraffic.io"), ("create", "trafficconfigs.modeltraffic.io"),
+        ("create", "deployments.apps"), ("get", "configmaps"), ("create", "pods"),
+        ("deletecollection", "backends.gateway.envoyproxy.io"), ("get", "leases.coordination.k8s.io"),
+        ("create", "rolebindings.rbac.authorization.k8s.io"),
+    ]:
+        assert not can_i(cluster, identity, verb, resource, namespace), f"the operator may {verb} {resource}"
+
+
+# RBAC's refusal ("... is forbidden: User "system:serviceaccount:..." cannot list resource ...") and kopf's
+# note when it gives up on one; not the 403 of a namespace being deleted, which other tests cause.
+RBAC_REFUSAL = re.compile(r'forbidden: User \\?"[^"\\]*\\?" cannot |Not enough permissions')
+
+
+def refusals(log: str, namespace: str) -> list[str]:
+    """Lines of an operator log where RBAC refused it (events.py logs only the reason: checked per namespace)."""
+    return [line for line in log.splitlines() if RBAC_REFUSAL.search(line)
+            or ("could not post event" in line and f" on {namespace}/" in line)]
+
+
+def events_posted(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
+    events = json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+    return [e for e in events if e.get("reportingComponent") == "model-traffic-operator"]
+
+
+def test_the_operator_is_never_refused_while_serving_all_kinds(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    """A refused watch only makes kopf log and retry; the log shows what the other tests could miss."""
+    for text in (secret_yaml("key", {"apiKey": SECRET_VALUE}),
+                 our_yaml("ManagedAIServiceBackend", "openai", """\
+                     schema: {name: OpenAI}
+                     endpoint: {fqdn: {hostname: api.openai.com, port: 443}}
+                     credentials: {type: APIKey, secretRef: {name: key}}
+                     quota: {service: {limit: 1000, duration: 1h}}
+                     """),
+                 our_yaml("VirtualModel", "gpt", """\
+                     gatewayRefs: [{name: ai-gateway}]
+                     backends: [{name: openai}]
+                     rateLimit: {tenantHeader: x-tenant, requests: {limit: 10, unit: Minute}}
+                     """)):
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=text)
+    wait_ready(kube, namespace, "openai")
+    wait_vm(kube, namespace, "gpt")
+    refused = refusals(operator.log(), namespace)
+    assert not refused, "the operator was refused:\n" + "\n".join(refused[:10])
+    assert {e["involvedObject"]["kind"] for e in events_posted(cluster, namespace)} >= {
+        "ManagedAIServiceBackend", "VirtualModel"}
+
+
+def test_namespaced_install_serves_its_namespaces_only(
+    cluster: Cluster, kube: Kube, operator: Operator, namespaces: list[str], tmp_path: Path
+) -> None:
+    """watchNamespaces: Roles in each, the Gateway read across namespaces; the operator works in it."""
+    watched, gateway_ns, unwatched = namespaces
+    stop_operator(operator)  # the session operator watches everything; this one must be alone
+    scoped: Operator | None = None
+    try:
+        scoped = start_operator(cluster, tmp_path / "namespaced.log", MTO_NAMESPACES=watched,
+                                MTO_DEFAULT_GATEWAY=f"{gateway_ns}/ai-gateway", MTO_RESYNC_SECONDS="300")
+        identity = scoped.identity
+        if identity is None:
+            pytest.skip("MODEL_TRAFFIC_OPERATOR_RBAC=admin: the operator runs as the cluster admin")
+        observer = f"{identity.release}-model-traffic-operator-observer"
+        cluster_scoped = {(m["kind"], m["metadata"]["name"]) for m in identity.manifests
+                          if m["kind"].startswith("Cluster")}
+        assert cluster_scoped == {("ClusterRole", observer), ("ClusterRoleBinding", observer)}
+        assert can_i(cluster, identity, "get", "secrets", watched)
+        assert not can_i(cluster, identity, "get", "secrets", unwatched)
+        assert not can_i(cluster, identity, "list", "gateways.gateway.networking.k8s.io", gateway_ns)
+
+        for ns in (watched, unwatched):
+            cluster.kubectl("apply", "-n", ns, "-f", "-", stdin=secret_yaml("key", {"apiKey": SECRET_VALUE}))
+            cluster.kubectl("apply", "-n", ns, "-f", "-", stdin=our_yaml("ManagedAIServiceBackend", "openai", """\
+                schema: {name: OpenAI}
+                endpoint: {fqdn: {hostname: api.openai.com, port: 443}}
+                credentials: {type: APIKey, secretRef: {name: key}}
+                """))
+        backend = wait_ready(kube, namespace=watched, name="openai")
+        assert condition(backend, "CredentialsResolved")["status"] == "True"
+        # No gatewayRefs: the default gateway, in a namespace the operator does not watch.
+        cluster.kubectl("apply", "-n", watched, "-f", "-", stdin=our_yaml("VirtualModel", "gpt", """\
+            backends: [{name: openai}]
+            """))
+        wait_vm(kube, watched, "gpt")
+        # The unwatched namespace's backend is nobody's business.
+        time.sleep(2)
+        untouched = kube.get(MAISB, unwatched, "openai")
+        assert untouched is not None and not (untouched.get("status") or {}).get("conditions")
+        refused = refusals(scoped.log(), watched)
+        assert not refused, "the namespaced operator was refused:\n" + "\n".join(refused[:10])
+    finally:
+        if scoped is not None:
+            stop_operator(scoped)
+        restarted = start_operator(cluster, operator.log_path, **{"MTO_METRICS_PORT": str(operator.metrics_port)})
+        operator.process = restarted.process
+        operator.identity = restarted.identity
+
+
+def test_a_standby_replica_answers_the_charts_probes(cluster: Cluster, namespace: str, tmp_path: Path) -> None:
+    """The chart runs two replicas with liveness and readiness probes on /healthz: the standby must answer them."""
+    leader = start_operator(cluster, tmp_path / "leader.log", MTO_LEADER_ELECT="true",
+                            MTO_LEADER_ELECTION_NAMESPACE=namespace)
+    health_port = free_port()
+    with (tmp_path / "standby.log").open("wb") as log:
+        standby = subprocess.Popen(
+            [sys.executable, "-m", "model_traffic", "run", "--liveness-port", str(health_port)],
+            env={**leader.env, "MTO_METRICS_PORT": str(free_port())}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: "waiting for leadership" in (tmp_path / "standby.log").read_text(), 30,
+                 "the standby to wait for the Lease")
+
+        def healthy() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=2) as response:
+                    return bool(response.status == 200)
+            except OSError:
+                return False
+
+        # The chart's liveness probe gives a container 10 s, then fails it after 3 misses 10 s apart.
+        wait_for(healthy, 15, "the standby's /healthz")
+        # Taking over, it hands the port to kopf's own endpoint: still healthy, now as the leader.
+        leader.process.kill()
+        leader.process.wait()
+        wait_for(lambda: "became leader" in (tmp_path / "standby.log").read_text(), 40, "the standby to take over")
+        wait_for(healthy, 30, "the new leader's /healthz (kopf's)")
+    finally:
+        for process in (standby, leader.process):
+            process.kill()
+            process.wait()
