@@ -15,7 +15,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import kopf
-from prometheus_client import start_http_server
 
 from model_traffic import apply, kube
 from model_traffic.api import backend, trafficconfig, virtualmodel
@@ -77,8 +76,6 @@ def start(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.execution.max_workers = 8
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
-    if config.metrics_port:
-        start_http_server(config.metrics_port)
     threading.Thread(target=_resync_forever, args=(rt, config), name="resync", daemon=True).start()
 
 

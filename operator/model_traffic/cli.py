@@ -4,15 +4,49 @@ drive a TrafficConfig (see :mod:`model_traffic.ctl`)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import http.server
 import logging
 import os
 import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
 
 from model_traffic.settings import Settings
 
 
+@contextlib.contextmanager
+def standby_health_endpoint(port: int) -> Iterator[None]:
+    """``GET /healthz`` answers 200 while the block runs (a replica waiting for the Lease is alive and ready)."""
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            ok = self.path.split("?")[0] == "/healthz"
+            body = b"standby: waiting for leadership\n" if ok else b"not found\n"
+            self.send_response(200 if ok else 404)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("0.0.0.0", port), Health)
+    thread = threading.Thread(target=server.serve_forever, name="standby-health", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
 def run(args: argparse.Namespace) -> int:
     import kopf
+    from prometheus_client import start_http_server
 
     from model_traffic import app  # noqa: F401  (registers the handlers)
     from model_traffic.kube import Kube
@@ -24,15 +58,20 @@ def run(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN,
     )
+    liveness_port = args.liveness_port if args.liveness_port is not None else settings.liveness_port
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port)  # a standby's metrics too (model_traffic_* stay empty there)
     if settings.leader_elect:
         elector = LeaderElector(Kube().api_client, settings.leader_election_namespace)
-        elector.acquire()
+        # A standby is healthy while it waits: it answers the probes until kopf's own endpoint takes the port.
+        with standby_health_endpoint(liveness_port):
+            elector.acquire()
         elector.keep_renewing()
     kopf.run(
         standalone=True,  # leadership is decided by the Lease above, not by kopf peering
         clusterwide=not namespaces,
         namespaces=namespaces,
-        liveness_endpoint=f"http://0.0.0.0:{args.liveness_port or settings.liveness_port}/healthz",
+        liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz",
     )
     return 0
 
