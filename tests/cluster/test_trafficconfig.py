@@ -183,6 +183,7 @@ def test_canary_steps_through_its_weights_runs_webhooks_and_promotes(
     assert len(hooks.calls("/rollout")) == 2  # one per check
     post = wait_for(lambda: hooks.calls("/post"), 10, "the PostRollout webhook")
     assert len(post) == 1 and post[0].json["outcome"] in ("Promoting", "Succeeded")
+    assert (post[0].json["candidate"]["version"], post[0].json["stable"]["version"]) == ("v2", "v1")
 
     reasons = [reason for reason, _ in events(cluster, namespace, "llama")]
     assert reasons.count("RolloutStarted") == 1

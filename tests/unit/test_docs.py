@@ -174,7 +174,7 @@ def test_the_collector_finds_what_the_code_writes() -> None:
     found, _ = collect()
     values = {(f.what, f.value) for f in found}
     for expected in [("condition reason", "SecretNotFound"), ("condition reason", "OwnershipConflict"),
-                     ("condition reason", "InvalidSpec"), ("condition reason", "KServeMissing"),
+                     ("condition reason", "InvalidSpec"), ("condition reason", "KServeNotInstalled"),
                      ("condition reason", "BackendsNotReady"), ("condition reason", "RolledBack"),
                      ("condition reason", "Initializing"), ("condition type", "ChildrenOwned"),
                      ("condition type", "AnalysisPassed"), ("event reason", "Retired"),

@@ -206,10 +206,13 @@ def _take_step(spec: TrafficConfigSpec, status: dict[str, Any], world: TrafficWo
     return step(spec, status, dataclasses.replace(world, analysis=results), now)
 
 
-def _post_rollout(plan: RolloutPlan, spec: TrafficConfigSpec, namespace: str, name: str, candidate: str) -> None:
-    """PostRollout webhooks, at most once: called after the progress that triggers them is recorded."""
+def _post_rollout(plan: RolloutPlan, spec: TrafficConfigSpec, namespace: str, name: str,
+                  previous: dict[str, Any]) -> None:
+    """PostRollout webhooks, at most once: called after the progress that triggers them is recorded. The
+    payload names the rollout that ended (the candidate and the stable it ran against); ``outcome`` says how."""
     model = model_name(spec, name)
-    stable = str(plan.status.get("stableVersion") or "")
+    candidate = str(previous.get("candidateVersion") or "")
+    stable = str(previous.get("stableVersion") or plan.status.get("stableVersion") or "")
     request = AnalysisRequest("Analysis", Target(candidate, served_model_name(model, candidate)),
                               Target(stable, served_model_name(model, stable)), interval="", metrics=[],
                               webhooks=[], prometheus=None)
@@ -237,7 +240,7 @@ def reconcile(kube_: Kube, body: dict[str, Any], default_prometheus: str | None 
         announced = bool(plan.events)
         for event in plan.events:
             events.emit(kube_, body, event.type, event.reason, event.message)
-        _post_rollout(plan, spec, namespace, name, str(previous.get("candidateVersion") or ""))
+        _post_rollout(plan, spec, namespace, name, previous)
     export_metrics(namespace, name, plan.status)
 
     kserve_served = bool(kube_.served_versions(kube.INFERENCE_SERVICE.group))
@@ -246,7 +249,7 @@ def reconcile(kube_: Kube, body: dict[str, Any], default_prometheus: str | None 
     _delete_retired(kube_, owner, plan, body, previous)
     result = result_of(children, applied.conflicts)
     if not kserve_served and not applied.conflicts:
-        result.verdict = dataclasses.replace(result.verdict, state="Stalled", reason="KServeMissing",
+        result.verdict = dataclasses.replace(result.verdict, state="Stalled", reason="KServeNotInstalled",
                                              message="the InferenceService API (serving.kserve.io) is not "
                                                      "installed")
     result.requeue_after = plan.requeue_after

@@ -620,14 +620,17 @@ def render(spec: VirtualModelSpec, world: VirtualModelWorld) -> Plan:
                           "spec.gatewayRefs is empty and the operator has no default Gateway "
                           "(MTO_DEFAULT_GATEWAY is unset or not namespace/name)")
     elif not resolved:
+        # Missing backends need someone to create them (Stalled); unready ones become Ready by themselves.
         reason = "BackendsNotFound" if missing else "BackendsNotReady"
-        refusal = Verdict("Stalled", reason, f"no backend of model {model!r} resolves: {'; '.join(left_out)}")
+        refusal = Verdict("Stalled" if missing else "Progressing", reason,
+                          f"no backend of model {model!r} resolves: {'; '.join(left_out)}")
     elif not any(_key(r.ref) in default_keys for r in resolved):
         # Without its default rule the route would serve the header-matched requests only: not the model.
         default_left_out = [p for key, p in problems.items() if key in default_keys]
-        reason = "BackendsNotFound" if any(p.missing for p in default_left_out) else "BackendsNotReady"
+        any_missing = any(p.missing for p in default_left_out) or not default_left_out
+        reason = "BackendsNotFound" if any_missing else "BackendsNotReady"
         why = "; ".join(p.message for p in default_left_out) or "there is none"
-        refusal = Verdict("Stalled", reason,
+        refusal = Verdict("Stalled" if any_missing else "Progressing", reason,
                           f"no backend without matches of model {model!r} resolves (they serve the requests "
                           f"that match no backend's matches): {why}")
     if refusal is not None:
