@@ -56,6 +56,21 @@ def serve_when_created(kube: Kube, namespace: str, name: str, timeout: float = 3
     return isvc
 
 
+def start_rollout(cluster: Cluster, kube: Kube, namespace: str, name: str, analysis: str, *,
+                  canary: str = "{version: v2}", strategy: str = "Canary") -> None:
+    """A TrafficConfig with stable v1, candidate ``canary`` and this ``analysis:`` block; both versions are then
+    served (KServe, simulated) as soon as they exist."""
+    apply(cluster, namespace, traffic_config(name, f"""\
+        strategy: {strategy}
+        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
+    """, TEMPLATE, f"""\
+        stable: {{version: v1}}
+        canary: {canary}
+    """, analysis))
+    serve_when_created(kube, namespace, f"{name}-v1")
+    serve_when_created(kube, namespace, f"{name}-v2")
+
+
 def status(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
     return dict((kube.get(k.TRAFFIC_CONFIG, namespace, name) or {}).get("status") or {})
 
@@ -195,19 +210,13 @@ def test_failing_checks_roll_back_after_the_threshold(
     cluster: Cluster, kube: Kube, operator: Operator, namespace: str, hooks: WebhookServer
 ) -> None:
     hooks.respond("/load", 500, body={"error": "p95 too high"})
-    apply(cluster, namespace, traffic_config("llama", f"""\
-        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
-    """, TEMPLATE, f"""\
-        stable: {{version: v1}}
-        canary: {{version: v2}}
+    start_rollout(cluster, kube, namespace, "llama", f"""\
         analysis:
           interval: 1s
           threshold: 2
           stepWeights: [10, 50]
           webhooks: [{{name: load, type: Rollout, url: "{hooks.url('/load')}"}}]
-    """))
-    serve_when_created(kube, namespace, "llama-v1")
-    serve_when_created(kube, namespace, "llama-v2")
+    """)
     failed = wait_phase(kube, namespace, "llama", "Failed", timeout=30)
     assert failed["failedChecks"] == 2
     assert failed["canaryWeight"] == 0
@@ -241,15 +250,9 @@ def model_traffic(cluster: Cluster, *args: str) -> str:
 def test_manual_promotion_waits_for_a_person_then_the_cli_promotes(
     cluster: Cluster, kube: Kube, operator: Operator, namespace: str
 ) -> None:
-    apply(cluster, namespace, traffic_config("llama", f"""\
-        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
-    """, TEMPLATE, """\
-        stable: {version: v1}
-        canary: {version: v2}
+    start_rollout(cluster, kube, namespace, "llama", """\
         analysis: {interval: 1s, stepWeights: [30], promotion: Manual}
-    """))
-    serve_when_created(kube, namespace, "llama-v1")
-    serve_when_created(kube, namespace, "llama-v2")
+    """)
     waiting = wait_phase(kube, namespace, "llama", "WaitingPromotion")
     assert waiting["canaryWeight"] == 30
     assert weights(kube, namespace, "llama") == {"llama-v1": 70, "llama-v2": 30}
@@ -269,15 +272,9 @@ def test_manual_promotion_waits_for_a_person_then_the_cli_promotes(
 def test_pause_holds_the_weight_resume_continues_abort_returns_all_traffic(
     cluster: Cluster, kube: Kube, operator: Operator, namespace: str
 ) -> None:
-    apply(cluster, namespace, traffic_config("llama", f"""\
-        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
-    """, TEMPLATE, """\
-        stable: {version: v1}
-        canary: {version: v2}
+    start_rollout(cluster, kube, namespace, "llama", """\
         analysis: {interval: 2s, stepWeights: [10, 20, 30, 40, 50, 60, 70, 80]}
-    """))
-    serve_when_created(kube, namespace, "llama-v1")
-    serve_when_created(kube, namespace, "llama-v2")
+    """)
     wait_weights(kube, namespace, "llama", {"llama-v1": 90, "llama-v2": 10})
 
     model_traffic(cluster, "pause", "llama", "-n", namespace)
@@ -303,15 +300,9 @@ def test_pause_holds_the_weight_resume_continues_abort_returns_all_traffic(
 def test_a_held_canary_weight_is_set_and_changed_by_the_cli(
     cluster: Cluster, kube: Kube, operator: Operator, namespace: str
 ) -> None:
-    apply(cluster, namespace, traffic_config("llama", f"""\
-        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
-    """, TEMPLATE, """\
-        stable: {version: v1}
-        canary: {version: v2, weight: 5}
+    start_rollout(cluster, kube, namespace, "llama", """\
         analysis: {interval: 1s}
-    """))
-    serve_when_created(kube, namespace, "llama-v1")
-    serve_when_created(kube, namespace, "llama-v2")
+    """, canary="{version: v2, weight: 5}")
     wait_weights(kube, namespace, "llama", {"llama-v1": 95, "llama-v2": 5})
     wait_phase(kube, namespace, "llama", "WaitingPromotion")
     model_traffic(cluster, "set-weight", "llama", "40", "-n", namespace)
@@ -374,19 +365,12 @@ def test_weighted_variants_are_added_reweighted_promoted_and_retired(
 def test_blue_green_deploys_the_candidate_without_traffic_then_switches_at_once(
     cluster: Cluster, kube: Kube, operator: Operator, namespace: str, hooks: WebhookServer
 ) -> None:
-    apply(cluster, namespace, traffic_config("bg", f"""\
-        strategy: BlueGreen
-        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
-    """, TEMPLATE, f"""\
-        stable: {{version: v1}}
-        canary: {{version: v2}}
+    start_rollout(cluster, kube, namespace, "bg", f"""\
         analysis:
           interval: 2s
           iterations: 2
           webhooks: [{{name: smoke, type: Rollout, url: "{hooks.url('/smoke')}"}}]
-    """))
-    serve_when_created(kube, namespace, "bg-v1")
-    serve_when_created(kube, namespace, "bg-v2")
+    """, strategy="BlueGreen")
     progressing = wait_phase(kube, namespace, "bg", "Progressing")
     assert progressing["canaryWeight"] == 0
     assert weights(kube, namespace, "bg") == {"bg-v1": 100}  # full scale, no traffic
@@ -400,19 +384,12 @@ def test_blue_green_deploys_the_candidate_without_traffic_then_switches_at_once(
 def test_ab_test_sends_only_matching_requests_to_the_candidate(
     cluster: Cluster, kube: Kube, operator: Operator, namespace: str
 ) -> None:
-    apply(cluster, namespace, traffic_config("ab", f"""\
-        strategy: ABTest
-        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
-    """, TEMPLATE, """\
-        stable: {version: v1}
-        canary: {version: v2}
+    start_rollout(cluster, kube, namespace, "ab", """\
         analysis:
           interval: 30s
           iterations: 3
           match: [{headers: [{name: x-canary, value: "true"}]}]
-    """))
-    serve_when_created(kube, namespace, "ab-v1")
-    serve_when_created(kube, namespace, "ab-v2")
+    """, strategy="ABTest")
 
     def matched() -> list[dict[str, Any]]:
         vm = kube.get(k.VIRTUAL_MODEL, namespace, "ab") or {}
@@ -500,15 +477,9 @@ def test_invalid_specs_are_refused_at_apply_time(cluster: Cluster, namespace: st
 def test_killing_the_operator_mid_rollout_neither_repeats_nor_skips_a_step(
     cluster: Cluster, kube: Kube, operator: Operator, namespace: str
 ) -> None:
-    apply(cluster, namespace, traffic_config("llama", f"""\
-        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
-    """, TEMPLATE, """\
-        stable: {version: v1}
-        canary: {version: v2}
+    start_rollout(cluster, kube, namespace, "llama", """\
         analysis: {interval: 3s, stepWeights: [10, 30, 60]}
-    """))
-    serve_when_created(kube, namespace, "llama-v1")
-    serve_when_created(kube, namespace, "llama-v2")
+    """)
     wait_weights(kube, namespace, "llama", {"llama-v1": 70, "llama-v2": 30}, timeout=30)
 
     operator.process.kill()  # no goodbye: mid-rollout, between two checks
@@ -529,18 +500,12 @@ def test_killing_the_operator_mid_rollout_neither_repeats_nor_skips_a_step(
 def test_a_rollback_survives_a_restart(cluster: Cluster, kube: Kube, operator: Operator, namespace: str,
                                        hooks: WebhookServer) -> None:
     hooks.respond("/bad", 503)
-    apply(cluster, namespace, traffic_config("llama", f"""\
-        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
-    """, TEMPLATE, f"""\
-        stable: {{version: v1}}
-        canary: {{version: v2}}
+    start_rollout(cluster, kube, namespace, "llama", f"""\
         analysis:
           interval: 1s
           threshold: 1
           webhooks: [{{name: bad, type: Rollout, url: "{hooks.url('/bad')}"}}]
-    """))
-    serve_when_created(kube, namespace, "llama-v1")
-    serve_when_created(kube, namespace, "llama-v2")
+    """)
     wait_phase(kube, namespace, "llama", "Failed")
     stop_operator(operator)
     try:
