@@ -16,6 +16,7 @@ IMAGE ?= model-traffic-operator:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pypr
 help:
 	@echo "make demo          local control plane + operator + examples, ends with kubectl get"
 	@echo "make test          lint, unit and cluster tests (what CI runs)"
+	@echo "make bench         render speed, time to Ready for 100 backends + 20 VirtualModels, memory, resync"
 	@echo "make cluster       keep a local control plane running (.local/kubeconfig); make cluster-down stops it"
 	@echo "make run           run the operator in the foreground against \$$KUBECONFIG"
 	@echo "make chart-lint    helm lint + template of charts/model-traffic-operator (builds helm from Go modules)"
@@ -63,6 +64,9 @@ test: lint binaries helm
 
 demo: binaries
 	$(PY) -m model_traffic.demo
+
+bench: binaries
+	$(PY) -m model_traffic.bench $(BENCH_ARGS)
 
 cluster: binaries
 	$(PY) -m model_traffic.localcluster up --dir $(LOCAL) --crds crds --crds $(UPSTREAM_CRDS)
