@@ -94,33 +94,53 @@ def _current_namespace() -> str:
 
 def rollout(args: argparse.Namespace) -> int:
     """Edit a TrafficConfig's spec the way a person would."""
+    from kubernetes.client.exceptions import ApiException
+
     from model_traffic import ctl, kube
 
     namespace = args.namespace or _current_namespace()
     kube_ = kube.Kube()
-    obj = kube_.get(kube.TRAFFIC_CONFIG, namespace, args.name)
-    if obj is None:
-        print(f"error: trafficconfig {namespace}/{args.name} not found", file=sys.stderr)
-        return 1
-    spec = obj.get("spec") or {}
-    try:
-        if args.command == "promote":
-            change, summary = ctl.promote(spec, args.version)
-        elif args.command == "abort":
-            change, summary = ctl.abort(spec)
-        elif args.command in ("pause", "resume"):
-            change, summary = ctl.pause(spec, args.command == "pause")
-        elif args.command == "set-weight":
-            change, summary = ctl.set_weight(spec, args.weight)
-        else:
-            change, summary = ctl.set_weights(spec, ctl.parse_weights(args.weights))
-    except ctl.EditError as error:
-        print(f"error: trafficconfig {namespace}/{args.name}: {error}", file=sys.stderr)
-        return 1
-    ctl.edit(kube_, namespace, args.name,
-             {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}, "spec": change})
-    print(f"trafficconfig.modeltraffic.io/{args.name} {args.command}: {summary}")
-    return 0
+    # The edit is guarded by the resourceVersion it was computed from. The operator writes the status often
+    # (which moves the resourceVersion too): on a conflict, read again and recompute.
+    for attempt in range(1, EDIT_ATTEMPTS + 1):
+        obj = kube_.get(kube.TRAFFIC_CONFIG, namespace, args.name)
+        if obj is None:
+            print(f"error: trafficconfig {namespace}/{args.name} not found", file=sys.stderr)
+            return 1
+        try:
+            change, summary = _rollout_edit(args, obj.get("spec") or {})
+        except ctl.EditError as error:
+            print(f"error: trafficconfig {namespace}/{args.name}: {error}", file=sys.stderr)
+            return 1
+        try:
+            ctl.edit(kube_, namespace, args.name,
+                     {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}, "spec": change})
+        except ApiException as error:
+            if error.status == 409 and attempt < EDIT_ATTEMPTS:
+                continue
+            print(f"error: trafficconfig {namespace}/{args.name}: HTTP {error.status} {error.reason}",
+                  file=sys.stderr)
+            return 1
+        print(f"trafficconfig.modeltraffic.io/{args.name} {args.command}: {summary}")
+        return 0
+    return 1
+
+
+EDIT_ATTEMPTS = 5
+
+
+def _rollout_edit(args: argparse.Namespace, spec: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    from model_traffic import ctl
+
+    if args.command == "promote":
+        return ctl.promote(spec, args.version)
+    if args.command == "abort":
+        return ctl.abort(spec)
+    if args.command in ("pause", "resume"):
+        return ctl.pause(spec, args.command == "pause")
+    if args.command == "set-weight":
+        return ctl.set_weight(spec, args.weight)
+    return ctl.set_weights(spec, ctl.parse_weights(args.weights))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,7 +62,9 @@ def load_config() -> kubernetes.client.Configuration:
     if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
         kubernetes.config.load_incluster_config(client_configuration=config)  # type: ignore[no-untyped-call]
     else:
-        kubernetes.config.load_kube_config(client_configuration=config)  # type: ignore[no-untyped-call]
+        # $KUBECONFIG as it is now (the client reads it once, at import).
+        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=os.environ.get("KUBECONFIG") or None, client_configuration=config)
     return config
 
 

@@ -530,3 +530,30 @@ def test_an_ab_match_on_the_model_header_is_refused_at_apply_time(cluster: Clust
     refused = cluster.kubectl("apply", "-n", namespace, "-f", "-", check=False, stdin=spec)
     assert refused.returncode != 0
     assert "x-ai-eg-model cannot be a match header" in refused.stderr
+
+
+def test_a_cli_edit_racing_another_write_is_retried(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from model_traffic import cli, ctl
+
+    start_rollout(cluster, kube, namespace, "llama", """\
+        analysis: {interval: 1h, stepWeights: [10, 50]}
+    """)
+    wait_phase(kube, namespace, "llama", "Progressing")
+    real_edit, raced = ctl.edit, []
+
+    def edit_after_another_write(kube_: Kube, ns: str, name: str, change: dict[str, Any]) -> None:
+        if not raced:  # someone (the operator's status write, a GitOps sync) writes first
+            raced.append(name)
+            kube.custom.patch_namespaced_custom_object(
+                "modeltraffic.io", "v1alpha1", ns, "trafficconfigs", name,
+                {"metadata": {"annotations": {"example.com/touched": "yes"}}},
+                _content_type="application/merge-patch+json")
+        real_edit(kube_, ns, name, change)
+
+    monkeypatch.setattr(ctl, "edit", edit_after_another_write)
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+    assert cli.main(["pause", "llama", "-n", namespace]) == 0
+    assert raced == ["llama"]
+    assert (kube.get(k.TRAFFIC_CONFIG, namespace, "llama") or {})["spec"]["paused"] is True
