@@ -68,7 +68,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,7 @@ import pytest
 
 from model_traffic.analysis import HTTPPrometheus
 from model_traffic.localcluster.process import die_with_parent
+from tests.support.loopback import LoopbackServer
 
 # Names as Envoy AI Gateway's Prometheus exporter writes them (deliberately not imported from
 # model_traffic.analysis, so that a wrong name there fails the tests instead of agreeing with itself).
@@ -191,7 +192,7 @@ def _labels(labels: Labels) -> str:
     return ",".join(f'{key}="{_escape(value)}"' for key, value in labels)
 
 
-class GenAIExporter:
+class GenAIExporter(LoopbackServer):
     """A threaded HTTP server on 127.0.0.1 (free port) serving ``/metrics``; see the module doc.
 
     ``set_profile(served_model, **fields)`` adds a served model or changes fields of its :class:`Profile`
@@ -199,6 +200,8 @@ class GenAIExporter:
     stops serving its series (Prometheus marks them stale: no data); a later ``set_profile`` resumes the
     same counters. ``clock`` is for unit tests of the exporter itself.
     """
+
+    thread_name = "genai-exporter"
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -221,13 +224,7 @@ class GenAIExporter:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
+        super().__init__(Handler)
 
     @property
     def target(self) -> str:
@@ -237,25 +234,6 @@ class GenAIExporter:
     @property
     def url(self) -> str:
         return f"http://{self.target}/metrics"
-
-    def start(self) -> GenAIExporter:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._server.serve_forever, name="genai-exporter", daemon=True)
-            self._thread.start()
-        return self
-
-    def close(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join()
-            self._thread = None
-        self._server.server_close()
-
-    def __enter__(self) -> GenAIExporter:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- what the test controls
 

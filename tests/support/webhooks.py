@@ -16,10 +16,12 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
+
+from tests.support.loopback import LoopbackServer
 
 
 @dataclass(frozen=True)
@@ -41,9 +43,11 @@ class Response:
     body: Any = field(default_factory=dict)  # sent as JSON
 
 
-class WebhookServer:
+class WebhookServer(LoopbackServer):
     """Threaded HTTP server on 127.0.0.1 (free port). Every POST is recorded (path without the query
     string) and answered with the path's :class:`Response` (default: 200, no delay, ``{}``)."""
+
+    thread_name = "webhooks"
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -87,13 +91,7 @@ class WebhookServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
+        super().__init__(Handler)
 
     @property
     def address(self) -> str:
@@ -101,25 +99,6 @@ class WebhookServer:
 
     def url(self, path: str = "/") -> str:
         return self.address + ("" if path.startswith("/") else "/") + path
-
-    def start(self) -> WebhookServer:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._server.serve_forever, name="webhooks", daemon=True)
-            self._thread.start()
-        return self
-
-    def close(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join()
-            self._thread = None
-        self._server.server_close()
-
-    def __enter__(self) -> WebhookServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def respond(self, path: str, status: int = 200, delay: float = 0.0, body: Any = None) -> None:
         """How POSTs to ``path`` are answered from now on."""
