@@ -36,7 +36,7 @@ import pytest
 import yaml
 
 from model_traffic.kube import Kube
-from model_traffic.localcluster.process import die_with_parent
+from model_traffic.localcluster.process import die_with_parent, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 UPSTREAM_CRDS = Path(os.environ.get("MODEL_TRAFFIC_UPSTREAM_CRDS", ROOT.parent / "shared" / "upstream-crds"))
@@ -295,12 +295,7 @@ def start_operator(cluster: Cluster, log_path: Path, **env: str) -> Operator:
 
 
 def stop_operator(operator: Operator) -> None:
-    operator.process.terminate()
-    try:
-        operator.process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        operator.process.kill()
-        operator.process.wait()
+    stop(operator.process)
 
 
 @pytest.fixture(scope="session")

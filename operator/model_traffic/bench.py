@@ -26,6 +26,7 @@ from model_traffic import localcluster
 from model_traffic.api.backend import ManagedAIServiceBackendSpec
 from model_traffic.api.trafficconfig import TrafficConfigSpec
 from model_traffic.api.virtualmodel import VirtualModelSpec
+from model_traffic.localcluster.process import stop
 from model_traffic.render import backend as render_backend
 from model_traffic.render import trafficconfig as render_traffic
 from model_traffic.render import virtualmodel as render_vm
@@ -152,8 +153,7 @@ def cluster_figures(count: int) -> list[tuple[str, str]]:
                                 f"{histogram_quantile(text, 'model_traffic_reconcile_duration_seconds', 0.5)} s / "
                                 f"{histogram_quantile(text, 'model_traffic_reconcile_duration_seconds', 0.95)} s"))
                 figures.append((f"operator resident memory with {total} objects", f"{rss_mib(operator.pid):.0f} MiB"))
-                operator.terminate()
-                operator.wait(timeout=30)
+                stop(operator, grace=30)
                 # A restart reconciles everything from the initial listing: the same work as a resync.
                 operator = subprocess.Popen([sys.executable, "-m", "model_traffic", "run", "--liveness-port",
                                              "18081"], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -171,8 +171,7 @@ def cluster_figures(count: int) -> list[tuple[str, str]]:
                 writes = metric(text, "model_traffic_reconcile_total", 'result="updated"')
                 figures.append(("status writes in that pass (unchanged objects)", f"{writes:.0f}"))
             finally:
-                operator.terminate()
-                operator.wait(timeout=30)
+                stop(operator, grace=30)
     return figures
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from model_traffic import localcluster
+from model_traffic.localcluster.process import stop
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -88,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             except KeyboardInterrupt:
                 return 0
             finally:
-                operator.terminate()
-                operator.wait(timeout=30)
+                stop(operator, grace=30)
 
 
 def serve(kubectl: Callable[..., str], name: str, timeout: float = 60.0) -> None:

@@ -75,7 +75,7 @@ from typing import Any
 import pytest
 
 from model_traffic.analysis import HTTPPrometheus
-from model_traffic.localcluster.process import die_with_parent
+from model_traffic.localcluster.process import die_with_parent, stop
 from tests.support.loopback import LoopbackServer
 
 # Names as Envoy AI Gateway's Prometheus exporter writes them (deliberately not imported from
@@ -410,12 +410,7 @@ class PrometheusServer:
     def stop(self) -> None:
         if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop(self.process, grace=15)
         self.process = None
 
     def __enter__(self) -> PrometheusServer:
