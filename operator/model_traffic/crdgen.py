@@ -245,17 +245,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.stdout:
         sys.stdout.write("".join(f"---\n{text}" for _, text in sorted(render_files().items())))
         return 0
+    return write_generated({args.dir / name: text for name, text in render_files().items()}, check=args.check,
+                           regenerate="make crds")
+
+
+def write_generated(files: dict[Path, str], *, check: bool, regenerate: str) -> int:
+    """Write generated files that differ (only those), or with ``check`` name the stale ones and return 1."""
     stale = []
-    for name, text in render_files().items():
-        path = args.dir / name
+    for path, text in files.items():
         if path.exists() and path.read_text() == text:
             continue
         stale.append(path)
-        if not args.check:
+        if not check:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
-    if args.check and stale:
-        print("out of date (run `make crds`): " + ", ".join(str(p) for p in stale), file=sys.stderr)
+    if check and stale:
+        print(f"out of date (run `{regenerate}`): " + ", ".join(str(p) for p in stale), file=sys.stderr)
         return 1
     return 0
 

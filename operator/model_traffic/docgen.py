@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from model_traffic import analysis
+from model_traffic.crdgen import write_generated
 
 ROOT = Path(__file__).resolve().parents[2]
 # Sections in the order a reader meets the kinds (a backend, a model over backends, rollouts of versions);
@@ -284,19 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", type=Path, default=ROOT / "docs", help="default: docs/")
     parser.add_argument("--check", action="store_true", help="fail when a file is not up to date")
     args = parser.parse_args(argv)
-    stale = []
-    for path, text in outputs(args.crds, args.docs).items():
-        if path.exists() and path.read_text() == text:
-            continue
-        stale.append(path)
-        if not args.check:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-    if args.check and stale:
-        print("out of date (run `python -m model_traffic.docgen`): " + ", ".join(str(p) for p in stale),
-              file=sys.stderr)
-        return 1
-    return 0
+    return write_generated(outputs(args.crds, args.docs), check=args.check, regenerate="make docs")
 
 
 if __name__ == "__main__":

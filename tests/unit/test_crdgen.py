@@ -63,3 +63,20 @@ def test_crds_print_as_one_stream_that_matches_the_files(capsys: pytest.CaptureF
     for document in documents:
         on_disk = yaml.safe_load((crdgen.default_crd_dir() / f"{document['metadata']['name']}.yaml").read_text())
         assert document == on_disk
+
+
+def test_generated_files_are_written_when_they_differ_and_checked_without_writing(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from model_traffic.crdgen import write_generated
+
+    target = tmp_path / "out" / "a.yaml"
+    assert write_generated({target: "one\n"}, check=True, regenerate="make x") == 1
+    assert not target.exists()
+    assert "out of date (run `make x`)" in capsys.readouterr().err
+    assert write_generated({target: "one\n"}, check=False, regenerate="make x") == 0
+    assert target.read_text() == "one\n"
+    assert write_generated({target: "one\n"}, check=True, regenerate="make x") == 0
+    target.write_text("edited by hand\n")
+    assert write_generated({target: "one\n"}, check=True, regenerate="make x") == 1
+    assert target.read_text() == "edited by hand\n"
