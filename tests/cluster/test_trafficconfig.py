@@ -348,7 +348,8 @@ def test_weighted_variants_are_added_reweighted_promoted_and_retired(
     """)))
     wait_weights(kube, namespace, "mix", {"mix-v1": 50, "mix-v2": 50})
     wait_for(lambda: kube.get(k.INFERENCE_SERVICE, namespace, "mix-v3") is None, 30, "mix-v3 retired")
-    assert kube.get(k.MANAGED_AI_SERVICE_BACKEND, namespace, "mix-v3") is None
+    wait_for(lambda: kube.get(k.MANAGED_AI_SERVICE_BACKEND, namespace, "mix-v3") is None, 10,
+             "backend mix-v3 retired (deleted right after its InferenceService)")
 
     # The stable variant cannot be deleted (refused at apply time) ...
     refused = cluster.kubectl("apply", "-n", namespace, "-f", "-", check=False, stdin=traffic_config(
