@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -45,6 +44,7 @@ from tests.conftest import (
     stop_operator,
     wait_for,
 )
+from tests.support import prerequisites
 
 pytestmark = pytest.mark.cluster
 
@@ -387,9 +387,7 @@ def test_alerts_use_only_metrics_the_operator_exports() -> None:
 
 
 def test_alerts_fire_on_errors_stalled_objects_and_failed_rollouts(tmp_path: Path) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed: apt-get install -y --no-install-recommends prometheus")
+    promtool = prerequisites.tool("promtool")
     groups = prometheus_rule_groups()
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
     checked = subprocess.run([promtool, "check", "rules", str(tmp_path / "rules.yaml")], capture_output=True,

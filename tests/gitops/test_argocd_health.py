@@ -9,8 +9,6 @@ operator's own code writes (see :mod:`tests.gitops.states`).
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import pytest
 import yaml
 
 from tests.gitops import states
+from tests.support import prerequisites
 
 ROOT = Path(__file__).resolve().parents[2]
 ARGOCD = ROOT / "charts" / "model-traffic-operator" / "files" / "argocd"
@@ -93,10 +92,7 @@ def run_health(interpreter: str, objects: list[dict[str, Any]], script: Path = S
 @pytest.fixture(scope="module", params=INTERPRETERS)
 def lua(request: pytest.FixtureRequest) -> str:
     name: str = request.param
-    if shutil.which(name) is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is missing: .ci/run installs it (apt-get install lua5.1 lua5.4)")
-        pytest.skip(f"{name} is not installed (apt-get install {name})")
+    prerequisites.tool(name)
     return name
 
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +25,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 from model_traffic import metrics
+from tests.support import prerequisites
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD_PATH = ROOT / "charts" / "model-traffic-operator" / "files" / "dashboards" / "model-traffic-operator.json"
@@ -275,12 +274,7 @@ def input_series(text: str) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is missing: .ci/run installs Debian's prometheus package")
-        pytest.skip("promtool is not installed (apt-get install prometheus)")
-    return found
+    return prerequisites.tool("promtool")
 
 
 def test_every_query_returns_data_from_the_operators_metrics(promtool: str, tmp_path: Path) -> None:

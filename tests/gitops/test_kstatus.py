@@ -6,12 +6,10 @@ verdict is computed by kstatus itself, built from ``sigs.k8s.io/cli-utils`` (see
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
 
 from tests.gitops import states
+from tests.support import prerequisites
 from tests.tools import kstatus
 
 # The first run builds kstatus: about a minute (k8s.io/api is compiled), minutes on a busy machine.
@@ -21,10 +19,7 @@ CASES = states.all_cases()
 
 @pytest.fixture(scope="module")
 def computed() -> dict[str, kstatus.KStatus]:
-    if shutil.which("go") is None:
-        if os.environ.get("CI"):
-            pytest.fail("Go is needed to build kstatus (as for the local control plane)")
-        pytest.skip("Go is needed to build kstatus (as for the local control plane)")
+    prerequisites.tool("go")  # kstatus is built from its Go module, as the local control plane is
     binary = kstatus.ensure_kstatus()
     return dict(zip([c.id for c in CASES], kstatus.compute(binary, [c.obj for c in CASES]), strict=True))
 

@@ -76,6 +76,7 @@ import pytest
 
 from model_traffic.analysis import HTTPPrometheus
 from model_traffic.localcluster.process import die_with_parent, stop
+from tests.support import prerequisites
 from tests.support.loopback import LoopbackServer
 
 # Names as Envoy AI Gateway's Prometheus exporter writes them (deliberately not imported from
@@ -481,10 +482,7 @@ def genai_exporter() -> Iterator[GenAIExporter]:
 def prometheus(genai_exporter: GenAIExporter, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
     """A real Prometheus scraping ``genai_exporter`` every second; skipped when not installed (fails in CI)."""
     if find_prometheus() is None:
-        message = f"prometheus not found: {INSTALL_HINT}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        prerequisites.missing(f"prometheus ({INSTALL_HINT})")
     with PrometheusServer(tmp_path_factory.mktemp("prometheus"), [genai_exporter.target]) as server:
         server.wait_for_samples(f'up{{job="{PrometheusServer.JOB}"}} == 1', timeout=30)
         yield server
