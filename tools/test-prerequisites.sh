@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What `make test` needs beyond Python and Go, installed from Debian's packages when it is missing:
 # Prometheus (the analysis tests run a real one; promtool checks the chart's rules and the dashboard) and
-# Lua 5.1 and 5.4 (Argo CD runs its health and action scripts in Lua 5.1; 5.4 keeps them portable).
+# Lua 5.1 and 5.4 (Argo CD runs its health and action scripts in Lua 5.1; 5.4 keeps them portable), and
+# iproute2 (the local stack gives each gateway controller a network namespace of its own).
 # Installs as root; anyone else is told the one command to run, and the tests are not started.
 set -euo pipefail
 
@@ -11,7 +12,7 @@ command -v go >/dev/null || {
   exit 1
 }
 
-declare -A package_of=([prometheus]=prometheus [promtool]=prometheus [lua5.1]=lua5.1 [lua5.4]=lua5.4)
+declare -A package_of=([prometheus]=prometheus [promtool]=prometheus [lua5.1]=lua5.1 [lua5.4]=lua5.4 [ip]=iproute2)
 missing=()
 for tool in "${!package_of[@]}"; do
   command -v "$tool" >/dev/null || missing+=("${package_of[$tool]}")
