@@ -98,8 +98,4 @@ def reconcile(kube_: Kube, body: dict[str, Any], version_override: str | None = 
     world = observe(kube_, spec, namespace, name, version_override)
     plan = render(spec, world)
     applied = apply_plan(kube_, owner, plan)
-    aisb_status = (applied.live.get("AIServiceBackend") or {}).get("status")
-    if aisb_status:
-        # Re-render with what the AI Gateway controller reported: same children, final verdict.
-        plan = render(spec, dataclasses.replace(world, ai_service_backend_status=aisb_status))
-    return result_of(plan, applied.conflicts)
+    return result_of(plan, applied)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from model_traffic import apply
 from model_traffic.conditions import Detail, Verdict
 from model_traffic.kube import Kube
+from model_traffic.render.acceptance import Acceptance, children_accepted, judge
 from model_traffic.render.common import Plan
 from model_traffic.runtime import Result
 
@@ -32,15 +34,26 @@ def apply_plan(kube_: Kube, owner: apply.Owner, plan: Plan) -> Applied:
     return applied
 
 
-def result_of(plan: Plan, conflicts: list[str]) -> Result:
-    """The plan's verdict, unless a child is someone else's: then Stalled, saying which."""
+def result_of(plan: Plan, applied: Applied, also_judged: Iterable[Acceptance] = ()) -> Result:
+    """The plan's verdict, unless a child is someone else's (Stalled, saying which), or a controller we
+    handed a child to refused it (Stalled) or has not reported on it yet (Progressing): Ready means the
+    controllers accepted what was written. Verdicts that are not Ready already say what to fix first.
+
+    ``also_judged``: objects generated from our children by their controllers (the HTTPRoute of an
+    AIGatewayRoute), judged by the reconciler that read them.
+    """
     children = [{"apiVersion": c.rtype.api_version, "kind": c.rtype.kind, "name": c.name} for c in plan.children]
     status = {**plan.status, "children": children}
     verdict, details = plan.verdict, list(plan.details)
-    if conflicts:
-        message = "; ".join(conflicts)
+    if applied.conflicts:
+        message = "; ".join(applied.conflicts)
         verdict = Verdict("Stalled", "OwnershipConflict", message)
         details.append(Detail("ChildrenOwned", False, "OwnershipConflict", message))
     else:
         details.append(Detail("ChildrenOwned", True, "Owned", "every child is owned by this object"))
+    judged = [a for a in (judge(live) for live in applied.live.values()) if a is not None]
+    acceptance = children_accepted([*judged, *also_judged])
+    details.append(acceptance.detail)
+    if verdict.state == "Ready" and acceptance.verdict is not None:
+        verdict = acceptance.verdict
     return Result(verdict, details, status)

@@ -247,7 +247,7 @@ def reconcile(kube_: Kube, body: dict[str, Any], default_prometheus: str | None 
     children = _children_plan(plan, kserve_served)
     applied = apply_plan(kube_, owner, children)
     _delete_retired(kube_, owner, plan, body, previous)
-    result = result_of(children, applied.conflicts)
+    result = result_of(children, applied)
     if not kserve_served and not applied.conflicts:
         result.verdict = dataclasses.replace(result.verdict, state="Stalled", reason="KServeNotInstalled",
                                              message="the InferenceService API (serving.kserve.io) is not "

@@ -12,7 +12,8 @@ from model_traffic import apply, kube
 from model_traffic.api.virtualmodel import VirtualModelSpec
 from model_traffic.kube import Kube
 from model_traffic.reconcilers.backend import ai_gateway_version
-from model_traffic.reconcilers.common import apply_plan, result_of
+from model_traffic.reconcilers.common import Applied, apply_plan, result_of
+from model_traffic.render.acceptance import Acceptance, judge, not_generated
 from model_traffic.render.virtualmodel import (
     BackendKey,
     ObservedBackend,
@@ -166,10 +167,17 @@ def reconcile(kube_: Kube, body: dict[str, Any], ai_gateway_version_override: st
     world = observe(kube_, spec, body, ai_gateway_version_override, default_gateway, namespaces)
     plan = render(spec, world)
     applied = apply_plan(kube_, owner, plan)
-    if "AIGatewayRoute" in applied.live:
-        # Re-render with what the controllers reported: same children, final verdict.
-        route_status = applied.live["AIGatewayRoute"].get("status")
-        http_status = (kube_.get(HTTP_ROUTE, namespace, name) or {}).get("status")
-        if route_status or http_status:
-            plan = render(spec, dataclasses.replace(world, route_status=route_status, http_route_status=http_status))
-    return result_of(plan, applied.conflicts)
+    return result_of(plan, applied, generated_route(kube_, applied, namespace, name))
+
+
+def generated_route(kube_: Kube, applied: Applied, namespace: str, name: str) -> list[Acceptance]:
+    """How Envoy Gateway judged the HTTPRoute the AI Gateway generates from our AIGatewayRoute (same name,
+    internal/controller/ai_gateway_route.go), when we wrote one: the route's Gateways report there. Its
+    status events reach us through the AIGatewayRoute's labels, which the AI Gateway copies onto it."""
+    if "AIGatewayRoute" not in applied.live:
+        return []
+    http_route = kube_.get(HTTP_ROUTE, namespace, name)
+    if http_route is None:
+        return [not_generated(HTTP_ROUTE.kind, name)]
+    judged = judge(http_route)
+    return [judged] if judged is not None else []

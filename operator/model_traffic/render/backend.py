@@ -34,7 +34,6 @@ class BackendWorld:
     pool_at_backend_level: bool = False  # the cluster's AIServiceBackend accepts an InferencePool reference
     referenced_backend_exists: bool | None = None
     secret_keys: frozenset[str] | None = None  # keys of the credentials Secret; None when it does not exist
-    ai_service_backend_status: dict[str, Any] | None = None
 
 
 def _meta(name: str) -> dict[str, Any]:
@@ -105,18 +104,6 @@ def _backend_tls(spec: ManagedAIServiceBackendSpec) -> dict[str, Any] | None:
     if tls.insecure_skip_verify:
         out["insecureSkipVerify"] = True
     return out
-
-
-def _accepted_detail(ai_service_backend_status: dict[str, Any] | None) -> Detail:
-    """Mirror what the AI Gateway controller reports on the AIServiceBackend, if anything."""
-    for cond in (ai_service_backend_status or {}).get("conditions") or []:
-        if cond.get("type") == "Accepted" and cond.get("status") == "True":
-            return Detail("Accepted", True, "Accepted", cond.get("message") or "accepted by Envoy AI Gateway")
-        if cond.get("type") in ("NotAccepted", "Accepted"):
-            return Detail("Accepted", False, "NotAccepted",
-                          cond.get("message") or "Envoy AI Gateway did not accept the AIServiceBackend")
-    return Detail("Accepted", None, "NoControllerReport",
-                  "no Envoy AI Gateway controller has reported on the AIServiceBackend yet")
 
 
 def render(spec: ManagedAIServiceBackendSpec, world: BackendWorld) -> Plan:
@@ -274,16 +261,11 @@ def render(spec: ManagedAIServiceBackendSpec, world: BackendWorld) -> Plan:
     else:
         prune.append(kube.QUOTA_POLICY)
 
-    # --- upstream acceptance and verdict ----------------------------------------------------------
-    accepted = _accepted_detail(world.ai_service_backend_status) if backend_ref is not None else None
-    if accepted is not None:
-        details.append(accepted)
+    # --- verdict (whether the controllers accept the children is read back by result_of) ----------
     if stalled:
         verdict = stalled
     elif waiting:
         verdict = waiting
-    elif accepted is not None and accepted.ok is False:
-        verdict = Verdict("Stalled", "NotAccepted", accepted.message)
     else:
         verdict = Verdict("Ready", "Ready", f"backend {status.get('endpointSummary', name)} is ready")
     return Plan(verdict, details, children, prune, status)

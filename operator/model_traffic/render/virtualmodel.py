@@ -110,8 +110,6 @@ class VirtualModelWorld:
     backends: dict[BackendKey, ObservedBackend | None] = field(default_factory=dict)
     claimed_elsewhere: str | None = None  # "namespace/name" of an older VirtualModel serving the same model
     gateway_address: str | None = None
-    route_status: dict[str, Any] | None = None  # the live AIGatewayRoute's status
-    http_route_status: dict[str, Any] | None = None  # the generated HTTPRoute's status
 
 
 # --- helpers, public for the reconciler and the tests ------------------------------------------------
@@ -503,27 +501,6 @@ def _traffic_policy(spec: VirtualModelSpec, name: str, fallback: bool) -> tuple[
     return {"targetRefs": [target], **policy}, detail
 
 
-def accepted_detail(route_status: dict[str, Any] | None, http_route_status: dict[str, Any] | None) -> Detail:
-    """Mirror what the AI Gateway controller (AIGatewayRoute) and Envoy Gateway (HTTPRoute) report."""
-    for cond in (route_status or {}).get("conditions") or []:
-        refused = (cond.get("type"), cond.get("status")) in (("NotAccepted", "True"), ("Accepted", "False"))
-        if refused:
-            return Detail("Accepted", False, "NotAccepted",
-                          cond.get("message") or "Envoy AI Gateway did not accept the AIGatewayRoute")
-    for parent in (http_route_status or {}).get("parents") or []:
-        gateway = (parent.get("parentRef") or {}).get("name", "?")
-        for cond in parent.get("conditions") or []:
-            if cond.get("type") in ("Accepted", "ResolvedRefs") and cond.get("status") == "False":
-                return Detail("Accepted", False, "NotAccepted",
-                              f"HTTPRoute on Gateway {gateway}: {cond.get('type')}=False "
-                              f"({cond.get('reason')}): {cond.get('message') or ''}".rstrip(": "))
-    for cond in (route_status or {}).get("conditions") or []:
-        if cond.get("type") == "Accepted" and cond.get("status") == "True":
-            return Detail("Accepted", True, "Accepted", cond.get("message") or "accepted by Envoy AI Gateway")
-    return Detail("Accepted", None, "NoControllerReport",
-                  "no Envoy AI Gateway controller has reported on the AIGatewayRoute yet")
-
-
 def _reachable(model: str, layout: _Layout) -> Detail:
     """AllBackendsReachable: False when a backend sits where no request reaches it."""
     parts = []
@@ -636,7 +613,6 @@ def render(spec: VirtualModelSpec, world: VirtualModelWorld) -> Plan:
     if refusal is not None:
         details.append(Detail("RetryPolicy", None, "NoRoute", "no route is written"))
         details.append(Detail("AllBackendsReachable", None, "NoRoute", "no route is written"))
-        details.append(Detail("Accepted", None, "NoRoute", "no route is written"))
         for entry in status["backends"]:
             entry["sharePercent"] = 0.0
         return Plan(refusal, details, prune=prune_all, status=status)
@@ -658,11 +634,8 @@ def render(spec: VirtualModelSpec, world: VirtualModelWorld) -> Plan:
     else:
         prune.append(kube.BACKEND_TRAFFIC_POLICY)
 
-    accepted = accepted_detail(world.route_status, world.http_route_status)
-    details.append(accepted)
-    if accepted.ok is False:
-        verdict = Verdict("Stalled", "NotAccepted", accepted.message)
-    elif left_out:
+    # Whether AI Gateway and Envoy Gateway accept the route is read back by the reconciler (result_of).
+    if left_out:
         verdict = Verdict("Ready", "BackendsLeftOut",
                           f"model {model!r} is routed to {len(resolved)} of {len(spec.backends)} backends; "
                           f"left out: {'; '.join(left_out)}")
