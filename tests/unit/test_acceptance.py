@@ -15,6 +15,7 @@ import pytest
 
 from model_traffic.conditions import Detail, Verdict
 from model_traffic.reconcilers.common import Applied, result_of
+from model_traffic.reconcilers.virtualmodel import generated_route
 from model_traffic.render.acceptance import (
     Acceptance,
     Judgement,
@@ -359,3 +360,26 @@ def test_traffic_config_children_are_neutral() -> None:
                  obj("modeltraffic.io/v1alpha1", "VirtualModel", "m"))
     assert out.verdict.reason == "Initializing"
     assert next(d for d in out.details if d.type == "ChildrenAccepted").reason == "NoUpstreamChildren"
+
+
+class _OneHTTPRoute:
+    """Just enough of Kube for the VirtualModel reconciler's read of the generated HTTPRoute."""
+
+    def __init__(self, http_route: dict[str, Any] | None) -> None:
+        self.http_route = http_route
+
+    def get(self, rtype: Any, namespace: str, name: str) -> dict[str, Any] | None:
+        assert (rtype.kind, namespace, name) == ("HTTPRoute", "llm", "gpt-4")
+        return self.http_route
+
+
+def test_the_virtual_model_judges_the_http_route_generated_from_its_route() -> None:
+    with_route = Applied(live={"AIGatewayRoute": aigw("AIGatewayRoute", aigw_accepted("AIGatewayRoute"))})
+    refused = http_route(parent("eg", ROUTE_ACCEPTED, REFS_UNRESOLVED))
+    judged = generated_route(_OneHTTPRoute(refused), with_route, "llm", "gpt-4")  # type: ignore[arg-type]
+    assert [j.judgement for j in judged] == [Judgement.REFUSED]
+    missing = generated_route(_OneHTTPRoute(None), with_route, "llm", "gpt-4")  # type: ignore[arg-type]
+    assert missing == [not_generated("HTTPRoute", "gpt-4")]
+    assert result_of(Plan(READY, []), with_route, missing).verdict.reason == "AwaitingControllers"
+    no_route = generated_route(_OneHTTPRoute(refused), Applied(), "llm", "gpt-4")  # type: ignore[arg-type]
+    assert no_route == []
