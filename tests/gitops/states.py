@@ -22,7 +22,7 @@ from model_traffic import kube, metrics
 from model_traffic.api.trafficconfig import TrafficConfigSpec
 from model_traffic.conditions import Detail, Verdict
 from model_traffic.kube import ResourceType
-from model_traffic.reconcilers.common import result_of
+from model_traffic.reconcilers.common import Applied, result_of
 from model_traffic.reconcilers.trafficconfig import PROGRESS_FIELDS
 from model_traffic.render.common import Plan
 from model_traffic.render.trafficconfig import RolloutPlan
@@ -164,6 +164,20 @@ def generic_cases() -> list[Case]:
         stalled = write_status(edited, Result(VERDICTS[kind]["Stalled"]))
         cases.append(Case(f"{kind}-Ready-then-Stalled-after-edit", stalled, "Failed", "Degraded",
                           VERDICTS[kind]["Stalled"].message))
+        # Ready by our own checks, then folded with what the AI Gateway controller reports on a child.
+        for case, child_status, expected in (
+            ("AwaitingControllers", None, ("InProgress", "Progressing")),
+            ("ChildRefused", {"conditions": [{"type": "NotAccepted", "status": "False",
+                                              "reason": "ReconciliationFailed", "message": "no such schema"}]},
+             ("Failed", "Degraded")),
+        ):
+            child: dict[str, Any] = {"apiVersion": "aigateway.envoyproxy.io/v1beta1", "kind": "AIServiceBackend",
+                                     "metadata": {"name": "demo", "namespace": "llm", "generation": 1}}
+            if child_status:
+                child["status"] = child_status
+            folded = result_of(Plan(VERDICTS[kind]["Ready"], []), Applied(live={"AIServiceBackend": child}))
+            assert folded.verdict.reason == case, folded.verdict
+            cases.append(Case(f"{kind}-{case}", write_status(fresh, folded), *expected, folded.verdict.message))
     return cases
 
 
@@ -208,7 +222,7 @@ def rollout_plans() -> dict[str, tuple[TrafficConfigSpec, RolloutPlan, RolloutPl
 def _tc_result(plan: RolloutPlan, conflicts: list[str] | None = None) -> Result:
     """As ``reconcilers.trafficconfig.reconcile`` turns a plan into its Result (children applied)."""
     return result_of(Plan(verdict=plan.verdict, details=plan.details, children=plan.children, status=plan.status),
-                     conflicts or [])
+                     Applied(conflicts=conflicts or []))
 
 
 TC_EXPECTED: dict[str, tuple[KStatus, Health]] = {
