@@ -31,6 +31,8 @@ class KindInfo:
     model: type[BaseModel]
     description: str
     printer_columns: list[dict[str, Any]] = field(default_factory=list)
+    # CEL rules at the root of the schema: the only place a rule may read metadata.name.
+    root_validations: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def singular(self) -> str:
@@ -64,6 +66,7 @@ KINDS: list[KindInfo] = [
             {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpointSummary"},
             *_ready_columns(),
         ],
+        root_validations=backend.ROOT_VALIDATIONS,
     ),
     KindInfo(
         kind=virtualmodel.KIND,
@@ -76,6 +79,7 @@ KINDS: list[KindInfo] = [
             {"name": "Backends", "type": "string", "jsonPath": ".status.backendSummary"},
             *_ready_columns(),
         ],
+        root_validations=virtualmodel.ROOT_VALIDATIONS,
     ),
     KindInfo(
         kind=trafficconfig.KIND,
@@ -91,6 +95,7 @@ KINDS: list[KindInfo] = [
             {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],
+        root_validations=trafficconfig.ROOT_VALIDATIONS,
     ),
 ]
 
@@ -181,7 +186,10 @@ def openapi_schema(info: KindInfo) -> dict[str, Any]:
     properties["kind"] = {"type": "string", "description": "Kind of this object."}
     properties["metadata"] = {"type": "object"}
     root["required"] = ["spec"]
-    return {key: root[key] for key in ("description", "type", "required", "properties")}
+    if info.root_validations:
+        root["x-kubernetes-validations"] = info.root_validations
+    return {key: root[key] for key in ("description", "type", "required", "properties", "x-kubernetes-validations")
+            if key in root}
 
 
 def crd(info: KindInfo) -> dict[str, Any]:

@@ -19,7 +19,8 @@ def _walk(node: dict[str, Any], path: str = "") -> list[str]:
     for forbidden in ("$ref", "anyOf", "allOf", "oneOf", "title"):
         if forbidden in node:
             problems.append(f"{path}: {forbidden}")
-    if "type" not in node and not node.get("x-kubernetes-preserve-unknown-fields"):
+    if "type" not in node and not node.get("x-kubernetes-preserve-unknown-fields") \
+            and not node.get("x-kubernetes-int-or-string"):
         problems.append(f"{path}: no type")
     for name, prop in (node.get("properties") or {}).items():
         problems += _walk(prop, f"{path}.{name}")

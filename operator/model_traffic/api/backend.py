@@ -7,12 +7,17 @@ from typing import Literal
 from pydantic import Field
 
 from model_traffic.api.common import (
+    MAX_OWNER_NAME_LENGTH,
     HeaderName,
+    HeaderValueText,
+    Hostname,
     LocalObjectReference,
     Model,
     ObjectName,
+    PrintableWord,
     StatusBase,
     cel,
+    name_length_rule,
     validations,
 )
 
@@ -37,18 +42,22 @@ SECRET_KEY_BY_CREDENTIAL_TYPE: dict[str, str] = {
     "GCPCredentials": "service_account.json",
 }
 
-# Headers that carry credentials: setting them by headerMutation would put a secret into a plain spec.
-CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "proxy-authorization")
+# Headers that carry credentials or sessions: setting them by headerMutation would put a secret into a plain spec
+# (readable by anyone who can read the object, and copied into the AIServiceBackend). Compared in lower case.
+CREDENTIAL_HEADERS = (
+    "authorization", "proxy-authorization", "x-api-key", "api-key", "x-goog-api-key", "x-amz-security-token",
+    "ocp-apim-subscription-key", "cookie", "set-cookie",
+)
 
 
 class APISchema(Model):
     """The API the backend speaks, as Envoy AI Gateway names it."""
 
     name: SchemaName = Field(description="The API schema: OpenAI, Cohere, AWSBedrock, AzureOpenAI, ...")
-    version: str | None = Field(
+    version: PrintableWord | None = Field(
         default=None, max_length=64, description="Schema version, e.g. v1 for OpenAI, an api-version for Azure."
     )
-    prefix: str | None = Field(
+    prefix: PrintableWord | None = Field(
         default=None, max_length=256, description="Path prefix of the API on the backend, e.g. /v1."
     )
 
@@ -56,12 +65,7 @@ class APISchema(Model):
 class FQDNEndpoint(Model):
     """A backend reached by DNS name."""
 
-    hostname: str = Field(
-        min_length=1,
-        max_length=253,
-        pattern=r"^[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?)*$",
-        description="DNS name of the backend, e.g. api.openai.com.",
-    )
+    hostname: Hostname = Field(description="DNS name of the backend, e.g. api.openai.com.")
     port: int = Field(ge=1, le=65535, description="Port of the backend.")
 
 
@@ -141,7 +145,7 @@ class TLS(Model):
         )
     }
 
-    sni: str | None = Field(default=None, max_length=253, description="Server name sent in the TLS handshake.")
+    sni: Hostname | None = Field(default=None, description="Server name sent in the TLS handshake.")
     well_known_ca_certificates: Literal["System"] | None = Field(
         default=None, alias="wellKnownCACertificates", description="Trust the system's CA bundle."
     )
@@ -192,7 +196,7 @@ class Credentials(Model):
 
 class HeaderValue(Model):
     name: HeaderName = Field(description="Header name.")
-    value: str = Field(max_length=4096, description="Header value.")
+    value: HeaderValueText = Field(description="Header value.")
 
 
 _CREDENTIAL_HEADER_LIST = ", ".join(f"'{h}'" for h in CREDENTIAL_HEADERS)
@@ -205,7 +209,7 @@ class HeaderMutation(Model):
         "json_schema_extra": validations(
             cel(
                 f"!has(self.set) || self.set.all(h, !(h.name.lowerAscii() in [{_CREDENTIAL_HEADER_LIST}]))",
-                "headerMutation must not set credential headers (authorization, x-api-key, api-key): "
+                f"headerMutation must not set credential or session headers ({', '.join(CREDENTIAL_HEADERS)}): "
                 "put the secret in a Secret and reference it from spec.credentials",
             ),
         )
@@ -236,7 +240,7 @@ class QuotaLimit(Model):
 
 
 class ModelQuota(Model):
-    model_name: str = Field(min_length=1, max_length=256, description="Model name as sent to the backend.")
+    model_name: HeaderValueText = Field(max_length=256, description="Model name as sent to the backend.")
     limit: int = Field(ge=1, description="Tokens allowed per duration for this model.")
     duration: QuotaDuration = Field(description="Window of the quota: 1s, 1m, 1h or 1d.")
 
@@ -311,6 +315,13 @@ class ManagedAIServiceBackendStatus(StatusBase):
     )
     inference_pool: str | None = Field(default=None, description="The InferencePool, for route-level routing.")
     children: list[ChildRef] = Field(default_factory=list, description="Objects the operator owns for this one.")
+
+
+# Root-level rules (on metadata.name): emitted by crdgen at the root of the CRD's schema.
+ROOT_VALIDATIONS = [
+    name_length_rule(MAX_OWNER_NAME_LENGTH, "it is the value of the modeltraffic.io/owner-name label of the "
+                     "Backend, AIServiceBackend, BackendSecurityPolicy and QuotaPolicy written for it"),
+]
 
 
 class ManagedAIServiceBackend(Model):

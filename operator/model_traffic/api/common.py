@@ -9,10 +9,13 @@ API server refuses bad input at ``kubectl apply`` with the message written here.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
 
 GROUP = "modeltraffic.io"
 VERSION = "v1alpha1"
@@ -43,6 +46,16 @@ def cel(rule: str, message: str, *, field_path: str | None = None, reason: str |
 
 def validations(*rules: dict[str, str]) -> dict[str, Any]:
     return {"x-kubernetes-validations": list(rules)}
+
+
+# Every child carries the label modeltraffic.io/owner-name=<its owner's name>, and a label value is at most 63
+# characters: a longer name could never have children.
+MAX_OWNER_NAME_LENGTH = 63
+
+
+def name_length_rule(limit: int, why: str) -> dict[str, str]:
+    """A root-level rule on ``metadata.name`` (the API server allows 253 characters; children need fewer)."""
+    return cel(f"size(self.metadata.name) <= {limit}", f"metadata.name must be at most {limit} characters: {why}")
 
 
 class Model(BaseModel):
@@ -113,6 +126,90 @@ class StatusBase(Model):
         default_factory=list,
         description="Ready, Reconciling and Stalled (Flux kstatus), plus detail conditions of this kind.",
     )
+
+
+def _with_rules(schema: JsonSchemaValue, *rules: dict[str, str]) -> JsonSchemaValue:
+    schema["x-kubernetes-validations"] = [*schema.get("x-kubernetes-validations", []), *rules]
+    return schema
+
+
+@dataclass(frozen=True)
+class Matching:
+    """``Annotated[str, Matching(pattern, message)]``: a string matching ``pattern`` (RE2 and Python alike), refused
+    at apply time by a CEL rule with ``message`` (a plain ``pattern`` would answer with the regular expression) and by
+    pydantic. Write quotes in ``pattern`` as ``\\x22`` and ``\\x27``: it goes into a CEL string literal."""
+
+    pattern: str
+    message: str
+
+    def check(self, value: str) -> str:
+        if not re.fullmatch(self.pattern, value):
+            raise ValueError(self.message)
+        return value
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(self.check, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return _with_rules(handler(schema), cel(f"self.matches({_cel_string(self.pattern)})", self.message))
+
+
+def _cel_string(text: str) -> str:
+    """A CEL raw string literal holding ``text`` (which must contain no quote: see :class:`Matching`)."""
+    if "'" in text or '"' in text:
+        raise ValueError(f"write quotes as \\x22 / \\x27 in a pattern for CEL: {text}")
+    return f"r'{text}'"
+
+
+# What a header value may be: printable US-ASCII, single tabs or spaces between words (Gateway API's HTTPRoute
+# header match value, experimental channel). Nothing that ends a header early (CR, LF) or hides in it (NUL, other
+# control characters): values written here end up in headers the gateway sends or matches.
+HEADER_VALUE_PATTERN = r"^[!-~]+([\t ]?[!-~]+)*$"
+HeaderValueText = Annotated[str, Field(min_length=1, max_length=4096), Matching(
+    HEADER_VALUE_PATTERN,
+    "must be printable ASCII with single spaces or tabs between words: no control characters (CR, LF, NUL, ...)",
+)]
+
+# One printable ASCII word: no spaces, no control characters (a path prefix, an API version).
+PrintableWord = Annotated[str, Field(min_length=1, max_length=256), Matching(
+    r"^[!-~]+$", "must be printable ASCII without spaces or control characters (CR, LF, NUL, ...)",
+)]
+
+# A DNS name (RFC 1123 labels, dots between).
+HOSTNAME_PATTERN = r"^[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?)*$"
+Hostname = Annotated[str, Field(min_length=1, max_length=253), Matching(
+    HOSTNAME_PATTERN, "must be a DNS name (letters, digits and hyphens, dots between labels)",
+)]
+
+
+@dataclass(frozen=True)
+class DurationBetween:
+    """``Annotated[str, DurationBetween("1s", "24h")]``: a Duration within bounds (inclusive), refused at apply
+    time by a CEL rule and by pydantic too (so an older CRD cannot hand the operator one). The API server prefixes
+    the message with the field's path."""
+
+    minimum: str
+    maximum: str
+
+    @property
+    def message(self) -> str:
+        return f"must be a duration between {self.minimum} and {self.maximum}"
+
+    def check(self, value: str) -> str:
+        if not duration_seconds(self.minimum) <= duration_seconds(value) <= duration_seconds(self.maximum):
+            raise ValueError(self.message)
+        return value
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(self.check, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        out = handler(schema)
+        out.update({"pattern": DURATION_PATTERN, "maxLength": 32})
+        return _with_rules(out, cel(
+            f"duration(self) >= duration('{self.minimum}') && duration(self) <= duration('{self.maximum}')",
+            self.message,
+        ))
 
 
 _DURATION_PART = re.compile(r"([0-9]+)(ms|h|m|s)")

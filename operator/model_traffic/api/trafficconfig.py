@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
 from model_traffic.api.backend import APISchema
 from model_traffic.api.common import (
-    Duration,
+    DurationBetween,
     GatewayRef,
+    HeaderValueText,
     LocalObjectReference,
     Model,
     StatusBase,
     cel,
+    name_length_rule,
     validations,
 )
+from model_traffic.api.inferenceservice import InferenceServiceTemplate, StorageUri
 from model_traffic.api.virtualmodel import MAX_MATCHES, BackendMatch
 
 KIND = "TrafficConfig"
@@ -23,14 +26,29 @@ PLURAL = "trafficconfigs"
 
 VERSION_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
+# The variables a custom query may use (analysis.render_query substitutes them); refused at apply time otherwise.
+TEMPLATE_VARIABLES = ("Version", "ModelName", "ServedModel", "Interval", "Namespace")
+KNOWN_TEMPLATE_VARIABLES = ", ".join(f"{{{{ .{v} }}}}" for v in TEMPLATE_VARIABLES)
+
+# Time between checks: at least a second (the reconcile loop's granularity; the tests' fast rollouts use 1s), at most
+# a day (a rollout that checks less often than daily is not one). A query window likewise.
+AnalysisDuration = Annotated[str, DurationBetween("1s", "24h")]
+# A webhook is called from the reconcile, which waits for it: a minute at most (the default).
+WebhookTimeout = Annotated[str, DurationBetween("1s", "60s")]
+
+# Each version runs as InferenceService <name>-<version>. KServe names the predictor's Service <isvc>-predictor and,
+# in serverless mode, Knative names its revisions <isvc>-predictor-00001: a DNS label (and label value) of at most 63
+# characters. So len(name) + 1 + len(version) <= 63 - len("-predictor-00001") = 47.
+MAX_INFERENCE_SERVICE_NAME_LENGTH = 47
+
 
 class ModelVersion(Model):
     version: str = Field(
         min_length=1, max_length=40, pattern=VERSION_PATTERN,
         description="Version label (lowercase, DNS-safe); the InferenceService is <name>-<version>.",
     )
-    storage_uri: str | None = Field(
-        default=None, max_length=2048, description="Where the weights are, e.g. hf://org/model@rev."
+    storage_uri: StorageUri | None = Field(
+        default=None, description="Where the weights are, e.g. hf://org/model@rev (a scheme KServe supports)."
     )
 
 
@@ -55,8 +73,10 @@ class InferenceServiceSource(Model):
         )
     }
 
-    template: dict[str, Any] | None = Field(
-        default=None, description="An InferenceService spec; storageUri and served model name are set per version."
+    template: InferenceServiceTemplate | None = Field(
+        default=None,
+        description="An InferenceService spec (a predictor with a model, within Pod Security's baseline); storageUri "
+        "and served model name are set per version.",
     )
     ref: LocalObjectReference | None = Field(
         default=None, description="An existing InferenceService: the stable version, cloned for new versions."
@@ -70,6 +90,9 @@ class Metric(Model):
             cel("has(self.min) || has(self.max) || has(self.maxRelativeToStable) || has(self.minRelativeToStable)",
                 "a metric needs a threshold: min, max, minRelativeToStable or maxRelativeToStable"),
             cel("!has(self.min) || !has(self.max) || self.min <= self.max", "min must not exceed max"),
+            cel("!has(self.query) || self.query.findAll(r'\\{\\{[^}]*\\}\\}').all(v, v.matches("
+                f"r'^\\{{\\{{\\s*\\.({'|'.join(TEMPLATE_VARIABLES)})\\s*\\}}\\}}$'))",
+                f"query may only use the template variables {KNOWN_TEMPLATE_VARIABLES}"),
         )
     }
 
@@ -82,7 +105,8 @@ class Metric(Model):
         | None
     ) = Field(default=None, description="A builtin LLM metric on the AI Gateway's gen_ai_* metrics.")
     query: str | None = Field(
-        default=None, max_length=8192, description="A PromQL query; {{ .Version }} and friends are substituted."
+        default=None, max_length=8192,
+        description=f"A PromQL query; {KNOWN_TEMPLATE_VARIABLES} are substituted, escaped for where they stand.",
     )
     min: float | None = Field(default=None, description="Fail below this value.")
     max: float | None = Field(default=None, description="Fail above this value.")
@@ -92,14 +116,16 @@ class Metric(Model):
     max_relative_to_stable: float | None = Field(
         default=None, ge=0, description="Fail above this multiple of the stable version's value, same window."
     )
-    interval: Duration | None = Field(default=None, description="Query window; the analysis interval when unset.")
+    interval: AnalysisDuration | None = Field(
+        default=None, description="Query window (1s to 24h); the analysis interval when unset."
+    )
 
 
 class Webhook(Model):
     name: str = Field(min_length=1, max_length=63, description="Name of the webhook.")
     type: Literal["PreRollout", "Rollout", "PrePromotion", "PostRollout"] = Field(description="When it runs.")
     url: str = Field(min_length=1, max_length=2048, pattern=r"^https?://", description="URL POSTed to.")
-    timeout: Duration = Field(default="60s", description="How long it may take.")
+    timeout: WebhookTimeout = Field(default="60s", description="How long it may take (1s to 60s).")
 
 
 class Prometheus(Model):
@@ -124,7 +150,7 @@ class Analysis(Model):
         )
     }
 
-    interval: Duration = Field(default="1m", description="Time between checks.")
+    interval: AnalysisDuration = Field(default="1m", description="Time between checks (1s to 24h).")
     threshold: int = Field(default=3, ge=1, le=100, description="Failed checks before rollback.")
     step_weights: list[int] | None = Field(default=None, max_length=20, description="Canary weights, in order.")
     step_weight: int | None = Field(default=None, ge=1, le=100, description="Canary weight increment.")
@@ -167,8 +193,8 @@ class TrafficConfigSpec(Model):
         )
     }
 
-    model_name: str | None = Field(
-        default=None, min_length=1, max_length=256, description="Client-facing model name; metadata.name if unset."
+    model_name: HeaderValueText | None = Field(
+        default=None, max_length=256, description="Client-facing model name; metadata.name if unset."
     )
     gateway_refs: list[GatewayRef] | None = Field(default=None, max_length=16, description="As VirtualModel.")
     schema_: APISchema = Field(
@@ -220,6 +246,23 @@ class TrafficConfigStatus(StatusBase):
     last_step_time: str | None = Field(default=None, description="When the last step was taken.")
     last_results: list[MetricResult] = Field(default_factory=list, description="Last analysis results.")
     versions: list[VersionStatus] = Field(default_factory=list, description="Each live version.")
+
+
+_VERSION_FITS = f"size(self.metadata.name) + 1 + size(v.version) <= {MAX_INFERENCE_SERVICE_NAME_LENGTH}"
+_WHY_VERSION_FITS = (
+    f"each version runs as InferenceService <name>-<version>, at most {MAX_INFERENCE_SERVICE_NAME_LENGTH} characters "
+    "(KServe's <isvc>-predictor-00001 must fit a 63-character DNS label)"
+)
+
+ROOT_VALIDATIONS = [
+    name_length_rule(MAX_INFERENCE_SERVICE_NAME_LENGTH - 2, _WHY_VERSION_FITS + ", and a version is at least 1"),
+    cel(f"[self.spec.stable].all(v, {_VERSION_FITS})",
+        f"metadata.name and spec.stable.version are too long together: {_WHY_VERSION_FITS}"),
+    cel(f"!has(self.spec.canary) || [self.spec.canary].all(v, {_VERSION_FITS})",
+        f"metadata.name and spec.canary.version are too long together: {_WHY_VERSION_FITS}"),
+    cel(f"!has(self.spec.variants) || self.spec.variants.all(v, {_VERSION_FITS})",
+        f"metadata.name and a version of spec.variants are too long together: {_WHY_VERSION_FITS}"),
+]
 
 
 class TrafficConfig(Model):

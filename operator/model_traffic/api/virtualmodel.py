@@ -8,13 +8,16 @@ from pydantic import Field
 
 from model_traffic.api.backend import ChildRef
 from model_traffic.api.common import (
-    Duration,
+    MAX_OWNER_NAME_LENGTH,
+    DurationBetween,
     GatewayRef,
     HeaderName,
+    HeaderValueText,
     Model,
     ObjectName,
     StatusBase,
     cel,
+    name_length_rule,
     validations,
 )
 
@@ -30,9 +33,8 @@ MODEL_HEADER = "x-ai-eg-model"
 # model header takes one of them.
 MAX_MATCH_HEADERS = 15
 MAX_MATCHES = 8
-# What Gateway API's HTTPRoute accepts as a header value (experimental channel, as Envoy Gateway installs it):
-# printable US-ASCII, single tabs or spaces between.
-HEADER_VALUE_PATTERN = r"^[!-~]+([\t ]?[!-~]+)*$"
+# Timeouts Envoy takes: "0s" would switch a timeout off, and a request may not outlive an hour.
+RequestDuration = Annotated[str, DurationBetween("1ms", "1h")]
 
 
 class HeaderMatch(Model):
@@ -50,8 +52,7 @@ class HeaderMatch(Model):
     }
 
     name: HeaderName = Field(description="Header name (case-insensitive).")
-    value: str = Field(
-        min_length=1, max_length=4096, pattern=HEADER_VALUE_PATTERN,
+    value: HeaderValueText = Field(
         description="Exact header value: printable ASCII, single spaces or tabs between words.",
     )
 
@@ -78,7 +79,7 @@ class BackendReference(Model):
         default="ManagedAIServiceBackend",
         description="ManagedAIServiceBackend (default), an unmanaged AIServiceBackend, or an InferencePool.",
     )
-    model_name_override: str | None = Field(
+    model_name_override: HeaderValueText | None = Field(
         default=None, max_length=256, description="Model name sent to this backend instead of the client's."
     )
     weight: int = Field(
@@ -116,12 +117,14 @@ class RetryOn(Model):
 
 class Retry(Model):
     attempts: int = Field(default=2, ge=0, le=10, description="Retries after the first attempt.")
-    per_try_timeout: Duration | None = Field(default=None, description="Timeout of each attempt.")
+    per_try_timeout: RequestDuration | None = Field(default=None, description="Timeout of each attempt (1ms to 1h).")
     retry_on: RetryOn | None = Field(default=None, description="What is retried.")
 
 
 class Timeouts(Model):
-    request: Duration | None = Field(default=None, description="Timeout of the whole request, retries included.")
+    request: RequestDuration | None = Field(
+        default=None, description="Timeout of the whole request, retries included (1ms to 1h)."
+    )
 
 
 class LoadBalancer(Model):
@@ -144,8 +147,8 @@ class PassiveHealthCheck(Model):
     consecutive5xx_errors: int | None = Field(
         default=None, alias="consecutive5XxErrors", ge=1, le=1000, description="5xx responses before ejection."
     )
-    interval: Duration | None = Field(default=None, description="How often ejection is evaluated.")
-    base_ejection_time: Duration | None = Field(default=None, description="How long an endpoint is ejected.")
+    interval: RequestDuration | None = Field(default=None, description="How often ejection is evaluated.")
+    base_ejection_time: RequestDuration | None = Field(default=None, description="How long an endpoint is ejected.")
 
 
 class HealthCheck(Model):
@@ -220,8 +223,8 @@ class VirtualModelSpec(Model):
         )
     }
 
-    model_name: str | None = Field(
-        default=None, min_length=1, max_length=256,
+    model_name: HeaderValueText | None = Field(
+        default=None, max_length=256,
         description="Model name clients send (x-ai-eg-model); defaults to metadata.name.",
     )
     gateway_refs: list[GatewayRef] | None = Field(
@@ -263,6 +266,12 @@ class VirtualModelStatus(StatusBase):
     backend_summary: str | None = Field(default=None, description="Ready backends of all, for kubectl get.")
     address: str | None = Field(default=None, description="Address clients call, from the Gateway's status.")
     children: list[ChildRef] = Field(default_factory=list, description="Objects the operator owns for this one.")
+
+
+ROOT_VALIDATIONS = [
+    name_length_rule(MAX_OWNER_NAME_LENGTH, "it is the value of the modeltraffic.io/owner-name label of the "
+                     "AIGatewayRoute and BackendTrafficPolicy written for it"),
+]
 
 
 class VirtualModel(Model):

@@ -675,7 +675,7 @@ def _inference_service(r: _Rollout, version: str, storage_uri: str | None) -> Ch
         return None  # the referenced InferenceService is read, never written
     source = r.spec.inference_service
     if source.template is not None:
-        base = source.template
+        base = source.template.wire()
     elif r.world.ref_inference_service is not None:
         base = r.world.ref_inference_service.get("spec") or {}
     else:
