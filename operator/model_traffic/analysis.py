@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from model_traffic.api.trafficconfig import Metric, MetricResult
+from model_traffic.api.trafficconfig import KNOWN_TEMPLATE_VARIABLES, Metric, MetricResult
 
 Builtin = Literal[
     "ErrorRate", "RequestLatencyP95", "RequestLatencyP99", "TimeToFirstTokenP95",
@@ -71,7 +71,7 @@ def served_model_name(model_name: str, version: str) -> str:
 
 def _label_value(value: str) -> str:
     """A PromQL double-quoted string literal."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return '"' + _escaped(value, '"', "value") + '"'
 
 
 def _quantile(q: float, histogram: str, selector: str, interval: str) -> str:
@@ -107,22 +107,66 @@ def builtin_query(builtin: Builtin, served_model: str, interval: str) -> str:
     raise ValueError(f"unknown builtin metric {builtin!r}")
 
 
-TEMPLATE_VARIABLES = ("Version", "ModelName", "ServedModel", "Interval", "Namespace")
 _TEMPLATE = re.compile(r"\{\{\s*\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+# What a variable may be where no quotes surround it (a range like [{{ .Interval }}], a bare word): one token that
+# cannot end the expression, open a selector or start another one.
+_BARE_VALUE = re.compile(r"[A-Za-z0-9_:.-]+")
 
 
 class TemplateError(ValueError):
     pass
 
 
+def _escaped(value: str, quote: str, name: str) -> str:
+    """``value`` as it may stand inside a PromQL string delimited by ``quote`` (None: outside any string).
+
+    PromQL strings take Go escapes, and only the delimiting quote may be escaped; a raw (backtick) string has no
+    escapes at all, so a value holding a backtick cannot stand in one."""
+    if quote == "`":
+        if "`" in value:
+            raise TemplateError(f"{{{{ .{name} }}}} holds a backtick and cannot stand in a `raw` string")
+        return value
+    if quote in ('"', "'"):
+        out = value.replace("\\", "\\\\").replace(quote, "\\" + quote)
+        return out.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    if not _BARE_VALUE.fullmatch(value):
+        raise TemplateError(f"{{{{ .{name} }}}} is {value!r}, which can only stand inside a quoted string: write "
+                            f"\"{{{{ .{name} }}}}\"")
+    return value
+
+
 def render_query(template: str, variables: dict[str, str]) -> str:
-    """Substitute ``{{ .Version }}``, ``{{ .ModelName }}``, ``{{ .ServedModel }}``, ``{{ .Interval }}``
-    and ``{{ .Namespace }}`` (Go-template spelling, as Flagger's templates). Anything else is refused."""
+    """Substitute ``{{ .Version }}``, ``{{ .ModelName }}``, ``{{ .ServedModel }}``, ``{{ .Interval }}`` and
+    ``{{ .Namespace }}`` (Go-template spelling, as Flagger's templates). Anything else is refused.
+
+    Every value is escaped for where it stands: inside a "double", 'single' or `raw` PromQL string it cannot close
+    the string (a model name like ``x"} or vector(1) #`` stays one label value); outside any string it must be a
+    single bare token (an interval like 5m) or the query is refused."""
     unknown = sorted({m.group(1) for m in _TEMPLATE.finditer(template)} - set(variables))
     if unknown:
-        known = ", ".join(f"{{{{ .{v} }}}}" for v in TEMPLATE_VARIABLES)
-        raise TemplateError(f"unknown template variable(s) {', '.join(unknown)}; known: {known}")
-    return _TEMPLATE.sub(lambda m: variables[m.group(1)], template)
+        raise TemplateError(f"unknown template variable(s) {', '.join(unknown)}; known: {KNOWN_TEMPLATE_VARIABLES}")
+    out: list[str] = []
+    quote = ""  # the delimiter of the PromQL string we are in, "" outside one
+    position = 0
+    while position < len(template):
+        variable = _TEMPLATE.match(template, position)
+        if variable:
+            name = variable.group(1)
+            out.append(_escaped(variables[name], quote, name))
+            position = variable.end()
+            continue
+        char = template[position]
+        if quote and char == "\\" and quote != "`":
+            out.append(template[position:position + 2])  # an escape of the template's own: kept as written
+            position += 2
+            continue
+        if quote and char == quote:
+            quote = ""
+        elif not quote and char in "\"'`":
+            quote = char
+        out.append(char)
+        position += 1
+    return "".join(out)
 
 
 @dataclass(frozen=True)

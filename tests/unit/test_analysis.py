@@ -75,6 +75,40 @@ def test_unknown_template_variable_is_refused() -> None:
         render_query("{{ .Pod }}", {"Version": "v"})
 
 
+INJECTION = 'x"} or vector(1) or up{a="'
+
+
+@pytest.mark.parametrize(("template", "expected"), [
+    ('m{model="{{ .ModelName }}"}', 'm{model="x\\"} or vector(1) or up{a=\\""}'),
+    ("m{model='{{ .ModelName }}'}", "m{model='x\"} or vector(1) or up{a=\"'}"),
+    ('m{a="\\"", model="{{ .ModelName }}"}', 'm{a="\\"", model="x\\"} or vector(1) or up{a=\\""}'),
+])
+def test_an_injection_through_a_variable_stays_one_label_value(template: str, expected: str) -> None:
+    assert render_query(template, {"ModelName": INJECTION}) == expected
+
+
+def test_a_single_quote_cannot_close_a_single_quoted_string() -> None:
+    value = "x'} or vector(1) or up{a='"
+    assert render_query("m{model='{{ .ModelName }}'}", {"ModelName": value}) == \
+        "m{model='x\\'} or vector(1) or up{a=\\''}"
+
+
+def test_a_variable_outside_quotes_must_be_one_bare_token() -> None:
+    assert render_query("rate(m[{{ .Interval }}])", {"Interval": "5m"}) == "rate(m[5m])"
+    with pytest.raises(TemplateError, match="only stand inside a quoted string"):
+        render_query("m{model={{ .ModelName }}}", {"ModelName": INJECTION})
+
+
+def test_a_backtick_cannot_stand_in_a_raw_string() -> None:
+    assert render_query("m{model=`{{ .ModelName }}`}", {"ModelName": 'a"b'}) == 'm{model=`a"b`}'
+    with pytest.raises(TemplateError, match="backtick"):
+        render_query("m{model=`{{ .ModelName }}`}", {"ModelName": "a`b"})
+
+
+def test_builtin_queries_escape_the_served_model() -> None:
+    assert 'gen_ai_request_model="x\\"} or vector(1) or up{a=\\""' in builtin_query("ErrorRate", INJECTION, "1m")
+
+
 def test_served_model_name() -> None:
     assert served_model_name("llama-3", "v2") == "llama-3-v2"
 
