@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 RETRY_ATTEMPTS = 4
 RETRIED_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
+# The API server (its schema, CEL rules or an admission webhook) refused a write: retrying the same write cannot help.
+REFUSED_STATUSES = frozenset({400, 422})
 # After a reconcile that raised, try again after this many seconds, doubling per failure up to the cap.
 ERROR_BACKOFF_SECONDS = 5.0
 ERROR_BACKOFF_CAP_SECONDS = 300.0
@@ -45,6 +47,14 @@ class Result:
 
 
 Reconciler = Callable[[Kube, dict[str, Any]], Result]
+
+
+def rejected_write(error: ApiException, old_status: dict[str, Any]) -> Result:
+    """A write the API server refused, anywhere in a reconcile: Stalled with the server's message, and the status
+    fields the reconcile did not get to recompute kept as they were (a rollout's progress is not lost)."""
+    kept = {k: v for k, v in old_status.items() if k not in ("conditions", "observedGeneration")}
+    return Result(Verdict("Stalled", "ChildRejected", f"the API server refused a write: {api_message(error)}"),
+                  status=kept)
 
 
 def invalid_spec(error: ValidationError) -> Result:
@@ -103,7 +113,7 @@ class Runtime:
                 if isinstance(error, ApiException):
                     metrics.RECONCILE_ERRORS.labels(kind, f"http{error.status}").inc()
                     log.warning("reconcile of %s %s/%s failed: %s %s: %s", kind, namespace, name, error.status,
-                                error.reason, _api_message(error))
+                                error.reason, api_message(error))
                 else:
                     metrics.RECONCILE_ERRORS.labels(kind, type(error).__name__).inc()
                     log.exception("reconcile of %s %s/%s failed", kind, namespace, name)
@@ -116,7 +126,16 @@ class Runtime:
         """Conflicts and transient server errors are retried at once, reading the object again."""
         for attempt in range(1, RETRY_ATTEMPTS + 1):
             try:
-                result = reconciler(self.kube, body)
+                try:
+                    result = reconciler(self.kube, body)
+                except ApiException as error:
+                    if error.status not in REFUSED_STATUSES:
+                        raise
+                    # Reconcilers report refused children themselves; this catches any other refused write, so an
+                    # object is never left without status while the same write fails again and again.
+                    log.warning("%s %s/%s: %s", rtype.kind, body["metadata"]["namespace"], body["metadata"]["name"],
+                                api_message(error))
+                    result = rejected_write(error, body.get("status") or {})
                 return self._write_status(rtype, body, result), result.requeue_after
             except ApiException as error:
                 if error.status == 404 and self.kube.get(rtype, body["metadata"]["namespace"],
@@ -165,7 +184,7 @@ class Runtime:
 
 
 
-def _api_message(error: ApiException) -> str:
+def api_message(error: ApiException) -> str:
     """The API server's own explanation (e.g. which permission is missing), from the error's Status body."""
     try:
         return str(json.loads(error.body or "{}").get("message", ""))[:500]

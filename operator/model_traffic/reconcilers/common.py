@@ -6,17 +6,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+
 from model_traffic import apply
 from model_traffic.conditions import Detail, Verdict
 from model_traffic.kube import Kube
 from model_traffic.render.acceptance import Acceptance, children_accepted, judge
 from model_traffic.render.common import Plan
-from model_traffic.runtime import Result
+from model_traffic.runtime import REFUSED_STATUSES, Result, api_message
 
 
 @dataclass
 class Applied:
     conflicts: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)  # "Kind/name: the API server's message", per refused child
     live: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> the child as the server has it
 
 
@@ -24,7 +27,14 @@ def apply_plan(kube_: Kube, owner: apply.Owner, plan: Plan) -> Applied:
     """Ensure each child, prune what no longer applies; same-named objects we do not own are reported."""
     applied = Applied()
     for child in plan.children:
-        result = apply.ensure(kube_, child.rtype, owner, child.body)
+        try:
+            result = apply.ensure(kube_, child.rtype, owner, child.body)
+        except ApiException as error:
+            # The schema or an admission webhook refused what we wrote: no retry makes it pass, the spec must change.
+            if error.status not in REFUSED_STATUSES:
+                raise
+            applied.rejected.append(f"{child.rtype.kind}/{child.name}: {api_message(error)}")
+            continue
         if result.outcome is apply.Outcome.CONFLICT:
             applied.conflicts.append(result.message)
         elif result.live is not None:
@@ -53,6 +63,12 @@ def result_of(plan: Plan, applied: Applied, also_judged: Iterable[Acceptance] = 
         details.append(Detail("ChildrenOwned", True, "Owned", "every child is owned by this object"))
     judged = [a for a in (judge(live) for live in applied.live.values()) if a is not None]
     acceptance = children_accepted([*judged, *also_judged])
+    if applied.rejected:
+        message = "the API server refused " + "; ".join(applied.rejected)
+        details.append(Detail("ChildrenAccepted", False, "ChildRejected", message))
+        if not applied.conflicts:
+            verdict = Verdict("Stalled", "ChildRejected", message)
+        return Result(verdict, details, status)
     details.append(acceptance.detail)
     if verdict.state == "Ready" and acceptance.verdict is not None:
         verdict = acceptance.verdict
