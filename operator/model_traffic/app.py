@@ -56,7 +56,7 @@ def start(settings: kopf.OperatorSettings, **_: Any) -> None:
     rt = Runtime(kube_)
 
     def reconcile_backend(k: Kube, body: dict[str, Any]) -> Result:
-        return backend_reconciler.reconcile(k, body, config.ai_gateway_version)
+        return backend_reconciler.reconcile(k, body, config.ai_gateway_version, config.outbound)
 
     rt.register(kube.MANAGED_AI_SERVICE_BACKEND, reconcile_backend)
 
@@ -67,7 +67,7 @@ def start(settings: kopf.OperatorSettings, **_: Any) -> None:
     rt.register(virtualmodel_reconciler.VIRTUAL_MODEL, reconcile_virtual_model)
 
     def reconcile_traffic_config(k: Kube, body: dict[str, Any]) -> Result:
-        return trafficconfig_reconciler.reconcile(k, body, config.prometheus_address)
+        return trafficconfig_reconciler.reconcile(k, body, config.prometheus_address, outbound=config.outbound)
 
     rt.register(kube.TRAFFIC_CONFIG, reconcile_traffic_config)
     STATE.runtime = rt

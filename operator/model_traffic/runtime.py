@@ -49,12 +49,16 @@ class Result:
 Reconciler = Callable[[Kube, dict[str, Any]], Result]
 
 
+def kept_status(old_status: dict[str, Any]) -> dict[str, Any]:
+    """The kind's status fields as they were, for a reconcile that stops before recomputing them (a rollout's
+    progress is not lost); conditions and observedGeneration are written anew from the Result."""
+    return {k: v for k, v in old_status.items() if k not in ("conditions", "observedGeneration")}
+
+
 def rejected_write(error: ApiException, old_status: dict[str, Any]) -> Result:
-    """A write the API server refused, anywhere in a reconcile: Stalled with the server's message, and the status
-    fields the reconcile did not get to recompute kept as they were (a rollout's progress is not lost)."""
-    kept = {k: v for k, v in old_status.items() if k not in ("conditions", "observedGeneration")}
+    """A write the API server refused, anywhere in a reconcile: Stalled with the server's message."""
     return Result(Verdict("Stalled", "ChildRejected", f"the API server refused a write: {api_message(error)}"),
-                  status=kept)
+                  status=kept_status(old_status))
 
 
 def invalid_spec(error: ValidationError) -> Result:

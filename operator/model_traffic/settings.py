@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from model_traffic.outbound import DEFAULT_DENY, OutboundPolicy
+
 
 def _list(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
@@ -21,6 +23,9 @@ class Settings:
     leader_elect: bool = False
     leader_election_namespace: str = "default"
     prometheus_address: str | None = None  # TrafficConfig analysis when spec.analysis.prometheus is unset
+    # Where webhooks, Prometheus and backends may be: checked before any call and before a backend's children are
+    # written. Parsed here, so a typo stops the operator at start instead of letting everything through.
+    outbound: OutboundPolicy = field(default_factory=OutboundPolicy)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -36,4 +41,8 @@ class Settings:
             leader_election_namespace=env("MTO_LEADER_ELECTION_NAMESPACE")
             or env("POD_NAMESPACE", "default"),
             prometheus_address=env("MTO_PROMETHEUS_ADDRESS") or None,
+            # Setting MTO_OUTBOUND_DENY replaces the default list (so it can be widened deliberately); empty allow:
+            # everything that is not denied.
+            outbound=OutboundPolicy.parse(_list(env("MTO_OUTBOUND_DENY", ",".join(DEFAULT_DENY))),
+                                          _list(env("MTO_OUTBOUND_ALLOW", ""))),
         )

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from model_traffic import apply, kube
 from model_traffic.api.backend import ManagedAIServiceBackendSpec
 from model_traffic.kube import Kube
+from model_traffic.outbound import DEFAULT_POLICY, OutboundPolicy
 from model_traffic.reconcilers.common import apply_plan, result_of
 from model_traffic.render.backend import BackendWorld, render
 from model_traffic.runtime import Result, invalid_spec
@@ -61,9 +62,9 @@ def pool_accepted_at_backend_level(kube_: Kube, version: str, namespace: str, po
 
 
 def observe(kube_: Kube, spec: ManagedAIServiceBackendSpec, namespace: str, name: str,
-            version_override: str | None = None) -> BackendWorld:
+            version_override: str | None = None, outbound: OutboundPolicy = DEFAULT_POLICY) -> BackendWorld:
     version = ai_gateway_version(kube_, version_override)
-    world = BackendWorld(namespace=namespace, name=name, ai_gateway_version=version)
+    world = BackendWorld(namespace=namespace, name=name, ai_gateway_version=version, outbound=outbound)
     endpoint = spec.endpoint
     if endpoint.inference_service:
         isvc = kube_.get(kube.INFERENCE_SERVICE, namespace, endpoint.inference_service.name) \
@@ -87,7 +88,8 @@ def observe(kube_: Kube, spec: ManagedAIServiceBackendSpec, namespace: str, name
     return world
 
 
-def reconcile(kube_: Kube, body: dict[str, Any], version_override: str | None = None) -> Result:
+def reconcile(kube_: Kube, body: dict[str, Any], version_override: str | None = None,
+              outbound: OutboundPolicy = DEFAULT_POLICY) -> Result:
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     try:
@@ -95,7 +97,7 @@ def reconcile(kube_: Kube, body: dict[str, Any], version_override: str | None = 
     except ValidationError as error:
         return invalid_spec(error)
     owner = apply.Owner.of(body)
-    world = observe(kube_, spec, namespace, name, version_override)
+    world = observe(kube_, spec, namespace, name, version_override, outbound)
     plan = render(spec, world)
     applied = apply_plan(kube_, owner, plan)
     return result_of(plan, applied)

@@ -15,6 +15,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -26,8 +27,9 @@ from model_traffic import apply, events, kube, metrics
 from model_traffic.analysis import HTTPPrometheus, Target, run_metrics, served_model_name
 from model_traffic.api.common import duration_seconds
 from model_traffic.api.trafficconfig import MetricResult, TrafficConfigSpec, Webhook
-from model_traffic.conditions import status_patch
+from model_traffic.conditions import Verdict, status_patch
 from model_traffic.kube import Kube
+from model_traffic.outbound import DEFAULT_POLICY, OutboundPolicy, host_of
 from model_traffic.reconcilers.common import apply_plan, result_of
 from model_traffic.render.common import Plan
 from model_traffic.render.trafficconfig import (
@@ -39,9 +41,10 @@ from model_traffic.render.trafficconfig import (
     TrafficWorld,
     live_weights_from_virtual_model,
     model_name,
+    outbound_refusals,
     step,
 )
-from model_traffic.runtime import Result, invalid_spec
+from model_traffic.runtime import Result, invalid_spec, kept_status
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +110,24 @@ def webhook_payload(request: AnalysisRequest, hook: Webhook, namespace: str, nam
     }
 
 
-def call_webhook(hook: Webhook, payload: dict[str, Any]) -> MetricResult:
+def resolved_refusal(url: str, outbound: OutboundPolicy) -> str | None:
+    """Why ``url`` may not be called once its host name is resolved (a name pointing at a denied address); None when
+    it may, or when it does not resolve (the call then fails as it would anyway). The literal address was checked
+    before the reconcile went this far (``outbound_refusals``)."""
+    host = host_of(url)
+    try:
+        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
+    except (OSError, UnicodeError):
+        return None
+    return outbound.check_resolved(host, addresses)
+
+
+def call_webhook(hook: Webhook, payload: dict[str, Any], outbound: OutboundPolicy = DEFAULT_POLICY) -> MetricResult:
     """POST the payload; any 2xx answer passes, anything else (or no answer in time) fails the check."""
     name = f"webhook/{hook.name}"
+    refused = resolved_refusal(hook.url, outbound)
+    if refused:
+        return MetricResult(name=name, passed=False, message=f"not called: {refused}")
     request = urllib.request.Request(hook.url, data=json.dumps(payload).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
     try:
@@ -124,7 +142,7 @@ def call_webhook(hook: Webhook, payload: dict[str, Any]) -> MetricResult:
 
 
 def run_analysis(request: AnalysisRequest, namespace: str, name: str, model: str,
-                 default_prometheus: str | None) -> list[MetricResult]:
+                 default_prometheus: str | None, outbound: OutboundPolicy = DEFAULT_POLICY) -> list[MetricResult]:
     results: list[MetricResult] = []
     if request.metrics:
         address = request.prometheus or default_prometheus
@@ -132,12 +150,15 @@ def run_analysis(request: AnalysisRequest, namespace: str, name: str, model: str
             results += [MetricResult(name=m.name, passed=False,
                                      message="no Prometheus: set spec.analysis.prometheus.address")
                         for m in request.metrics]
+        elif refused := resolved_refusal(address, outbound):
+            results += [MetricResult(name=m.name, passed=False, message=f"Prometheus not queried: {refused}")
+                        for m in request.metrics]
         else:
             results += run_metrics(request.metrics, HTTPPrometheus(address), candidate=request.candidate,
                                    stable=request.stable, model_name=model, namespace=namespace,
                                    interval=request.interval)
     for hook in request.webhooks:
-        results.append(call_webhook(hook, webhook_payload(request, hook, namespace, name, model)))
+        results.append(call_webhook(hook, webhook_payload(request, hook, namespace, name, model), outbound))
     return results
 
 
@@ -190,7 +211,7 @@ def _children_plan(plan: RolloutPlan, kserve_served: bool) -> Plan:
 
 
 def _take_step(spec: TrafficConfigSpec, status: dict[str, Any], world: TrafficWorld, now: datetime.datetime,
-               default_prometheus: str | None) -> RolloutPlan:
+               default_prometheus: str | None, outbound: OutboundPolicy) -> RolloutPlan:
     """One step of the state machine; when it asks for measurements, take them and step again."""
     plan = step(spec, status, world, now)
     request, name, namespace = plan.analysis, world.name, world.namespace
@@ -199,15 +220,15 @@ def _take_step(spec: TrafficConfigSpec, status: dict[str, Any], world: TrafficWo
     model = model_name(spec, name)
     if request.purpose == "Observe":
         measured = {target.version: run_analysis(dataclasses.replace(request, candidate=target), namespace, name,
-                                                 model, default_prometheus)
+                                                 model, default_prometheus, outbound)
                     for target in request.variants}
         return step(spec, status, dataclasses.replace(world, variant_results=measured), now)
-    results = run_analysis(request, namespace, name, model, default_prometheus)
+    results = run_analysis(request, namespace, name, model, default_prometheus, outbound)
     return step(spec, status, dataclasses.replace(world, analysis=results), now)
 
 
 def _post_rollout(plan: RolloutPlan, spec: TrafficConfigSpec, namespace: str, name: str,
-                  previous: dict[str, Any]) -> None:
+                  previous: dict[str, Any], outbound: OutboundPolicy) -> None:
     """PostRollout webhooks, at most once: called after the progress that triggers them is recorded. The
     payload names the rollout that ended (the candidate and the stable it ran against); ``outcome`` says how."""
     model = model_name(spec, name)
@@ -218,29 +239,35 @@ def _post_rollout(plan: RolloutPlan, spec: TrafficConfigSpec, namespace: str, na
                               webhooks=[], prometheus=None)
     for hook in plan.post_rollout:
         payload = {**webhook_payload(request, hook, namespace, name, model), "outcome": plan.status.get("phase")}
-        outcome = call_webhook(hook, payload)
+        outcome = call_webhook(hook, payload, outbound)
         if not outcome.passed:  # too late to act on: logged
             log.warning("PostRollout webhook %s of %s/%s: %s", hook.name, namespace, name, outcome.message)
 
 
 def reconcile(kube_: Kube, body: dict[str, Any], default_prometheus: str | None = None,
-              clock: Clock = _utcnow) -> Result:
+              clock: Clock = _utcnow, outbound: OutboundPolicy = DEFAULT_POLICY) -> Result:
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     try:
         spec = TrafficConfigSpec.model_validate(body.get("spec") or {})
     except ValidationError as error:
         return invalid_spec(error)
+    refusals = outbound_refusals(spec, default_prometheus, outbound)
+    if refusals:
+        # Nothing is called and no step is taken; the rollout stays where it is (children and progress untouched)
+        # until the address changes or the policy allows it.
+        return Result(Verdict("Stalled", "AddressNotAllowed", "; ".join(refusals)),
+                      status=kept_status(body.get("status") or {}))
     owner = apply.Owner.of(body)
     world = observe(kube_, spec, body)
     previous = dict(body.get("status") or {})
-    plan = _take_step(spec, previous, world, clock(), default_prometheus)
+    plan = _take_step(spec, previous, world, clock(), default_prometheus, outbound)
     announced = False
     if record_progress(kube_, body, plan):
         announced = bool(plan.events)
         for event in plan.events:
             events.emit(kube_, body, event.type, event.reason, event.message)
-        _post_rollout(plan, spec, namespace, name, previous)
+        _post_rollout(plan, spec, namespace, name, previous, outbound)
     export_metrics(namespace, name, plan.status)
 
     kserve_served = bool(kube_.served_versions(kube.INFERENCE_SERVICE.group))

@@ -6,7 +6,7 @@ Pure: no client, no clock. The reconciler gathers :class:`BackendWorld` and writ
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,6 +18,7 @@ from model_traffic.api.backend import (
 )
 from model_traffic.conditions import Detail, Verdict
 from model_traffic.kube import ResourceType
+from model_traffic.outbound import OutboundPolicy
 from model_traffic.render.common import Child, Plan
 
 
@@ -34,6 +35,7 @@ class BackendWorld:
     pool_at_backend_level: bool = False  # the cluster's AIServiceBackend accepts an InferencePool reference
     referenced_backend_exists: bool | None = None
     secret_keys: frozenset[str] | None = None  # keys of the credentials Secret; None when it does not exist
+    outbound: OutboundPolicy = field(default_factory=OutboundPolicy)  # the operator's, from its settings
 
 
 def _meta(name: str) -> dict[str, Any]:
@@ -104,6 +106,12 @@ def _backend_tls(spec: ManagedAIServiceBackendSpec) -> dict[str, Any] | None:
     if tls.insecure_skip_verify:
         out["insecureSkipVerify"] = True
     return out
+
+
+def _refused_endpoint(endpoint: dict[str, Any], policy: OutboundPolicy) -> str | None:
+    """Why an Envoy Gateway Backend endpoint ({"fqdn": {...}} or {"ip": {...}}) may not be written; None if it may."""
+    target = endpoint.get("fqdn") or endpoint.get("ip") or {}
+    return policy.refusal(str(target.get("hostname") or target.get("address") or ""))
 
 
 def render(spec: ManagedAIServiceBackendSpec, world: BackendWorld) -> Plan:
@@ -183,6 +191,17 @@ def render(spec: ManagedAIServiceBackendSpec, world: BackendWorld) -> Plan:
             backend_ref = {"group": kube.BACKEND.group, "kind": "Backend", "name": existing}
             details.append(Detail("EndpointResolved", True, "Resolved", f"existing Backend {existing}"))
     status["routing"] = routing
+
+    if backend_endpoint is not None:
+        refused = _refused_endpoint(backend_endpoint, world.outbound)
+        if refused is not None:
+            # Nothing is handed to the gateway for an address it must not reach; a Backend written for an earlier,
+            # allowed address goes too, so no route keeps sending traffic on the strength of an outdated spec.
+            message = f"{refused}: no Backend or AIServiceBackend is written for this endpoint"
+            details = [d for d in details if d.type != "EndpointResolved"]
+            details.append(Detail("EndpointResolved", False, "AddressNotAllowed", message))
+            return Plan(Verdict("Stalled", "AddressNotAllowed", message), details, [],
+                        [kube.BACKEND, aisb_type, bsp_type, kube.QUOTA_POLICY], status)
 
     children: list[Child] = []
     prune: list[ResourceType] = []

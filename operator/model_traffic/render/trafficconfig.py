@@ -44,6 +44,7 @@ from model_traffic.api.trafficconfig import (
 )
 from model_traffic.conditions import Detail, Verdict
 from model_traffic.kube import ResourceType
+from model_traffic.outbound import OutboundPolicy
 from model_traffic.render.common import Child
 
 MANAGED_AI_SERVICE_BACKEND = kube.MANAGED_AI_SERVICE_BACKEND
@@ -200,6 +201,26 @@ def _utc(now: datetime.datetime) -> datetime.datetime:
 
 def _fmt(value: float | None) -> str:
     return "none" if value is None else f"{value:.6g}"
+
+
+def outbound_refusals(spec: TrafficConfigSpec, default_prometheus: str | None, policy: OutboundPolicy) -> list[str]:
+    """Why the addresses this TrafficConfig would call may not be called: each webhook's URL and, when there are
+    metrics, the Prometheus address (the spec's, else the operator's default). Empty when all may."""
+    analysis = spec.analysis
+    if analysis is None:
+        return []
+    refusals = []
+    if analysis.metrics:
+        prometheus = analysis.prometheus.address if analysis.prometheus else default_prometheus
+        refused = policy.url_refusal(prometheus) if prometheus else None
+        if refused:
+            where = "spec.analysis.prometheus.address" if analysis.prometheus else "the operator's Prometheus address"
+            refusals.append(f"{where}: {refused}")
+    for hook in analysis.webhooks or []:
+        refused = policy.url_refusal(hook.url)
+        if refused:
+            refusals.append(f"webhook {hook.name}: {refused}")
+    return refusals
 
 
 def describe_failures(results: list[MetricResult]) -> str:
