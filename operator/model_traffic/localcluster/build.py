@@ -131,7 +131,7 @@ def ensure_kubernetes(cache: Path, log: Log) -> Path:
         # Another process may have finished the build while we waited for the lock.
         if is_complete(bin_dir, KUBERNETES_COMMANDS):
             return bin_dir
-        go = _go()
+        go = find_go()
         src = cache / "src" / f"kubernetes-{KUBERNETES_VERSION}"
         src.mkdir(parents=True, exist_ok=True)
         # It is regenerated below; a half-written one from an interrupted run must not trip `go mod download`.
@@ -159,7 +159,7 @@ def ensure_etcd(cache: Path, log: Log) -> Path:
     with _build_lock(cache, bin_dir.name):
         if is_complete(bin_dir, ("etcd",)):
             return bin_dir
-        go = _go()
+        go = find_go()
         src = cache / "src" / f"etcd-{ETCD_VERSION}"
         src.mkdir(parents=True, exist_ok=True)
         (src / "go.mod").unlink(missing_ok=True)
@@ -185,7 +185,7 @@ def ensure_helm(cache: Path | None = None, log: Log | None = None) -> Path:
     with _build_lock(cache, bin_dir.name):
         if is_complete(bin_dir, ("helm",)):
             return bin_dir / "helm"
-        go = _go()
+        go = find_go()
         src = cache / "src" / f"helm-{HELM_VERSION}"
         src.mkdir(parents=True, exist_ok=True)
         (src / "go.mod").unlink(missing_ok=True)
@@ -196,6 +196,95 @@ def ensure_helm(cache: Path | None = None, log: Log | None = None) -> Path:
         _build_into(go, src, bin_dir, ["-o", "{out}/helm", HELM_PACKAGE],
                     helm_ldflags(helm_gomod, info["OriginHash"]), ("helm",), log, verify=_verify_helm_version)
         return bin_dir / "helm"
+
+
+@dataclass(frozen=True)
+class GoCommand:
+    """One command of a released Go module, built into cache/bin/<name>-<version>/<name>."""
+
+    name: str
+    module: str
+    version: str
+    package: str
+    # Linker -X settings as the project's own Makefile stamps them; {commit} is the release's commit, {commit7}
+    # its short form ("unknown" when the module proxy does not say; a setting with an empty value is left out).
+    version_vars: tuple[str, ...] = ()
+    # Arguments that make the binary print its version, when it has such a command.
+    version_args: tuple[str, ...] = ()
+
+    def bin_dir(self, cache: Path | None = None) -> Path:
+        return (cache or cache_dir()) / "bin" / f"{self.name}-{self.version}"
+
+    def binary(self, cache: Path | None = None) -> Path:
+        return self.bin_dir(cache) / self.name
+
+
+def envoy_gateway_command() -> GoCommand:
+    from .upstream import ENVOY_GATEWAY, ENVOY_GATEWAY_PACKAGE
+
+    # What Envoy Gateway's tools/make/golang.mk stamps (internal/cmd/version/version.go reads them).
+    version_package = f"{ENVOY_GATEWAY.module}/internal/cmd/version"
+    return GoCommand("envoy-gateway", ENVOY_GATEWAY.module, ENVOY_GATEWAY.version, ENVOY_GATEWAY_PACKAGE,
+                     (f"{version_package}.envoyGatewayVersion={ENVOY_GATEWAY.version}",
+                      f"{version_package}.gitCommitID={{commit}}"),
+                     version_args=("version",))
+
+
+def ai_gateway_controller_command() -> GoCommand:
+    from .upstream import ENVOY_AI_GATEWAY, ENVOY_AI_GATEWAY_PACKAGE
+
+    # AI Gateway's Makefile stamps `git describe --tags --long` (<tag>-<commits since>-g<sha>) here.
+    return GoCommand("ai-gateway-controller", ENVOY_AI_GATEWAY.module, ENVOY_AI_GATEWAY.version,
+                     ENVOY_AI_GATEWAY_PACKAGE,
+                     (f"{ENVOY_AI_GATEWAY.module}/internal/version.version={ENVOY_AI_GATEWAY.version}-0-g{{commit7}}",))
+
+
+def ensure_controllers(cache: Path | None = None, log: Log | None = None) -> tuple[Path, Path]:
+    """Envoy Gateway's and Envoy AI Gateway's controllers, built the first time (minutes). Returns their paths."""
+    cache = cache or cache_dir()
+    log = log or _stderr
+    return (ensure_go_command(envoy_gateway_command(), cache, log),
+            ensure_go_command(ai_gateway_controller_command(), cache, log))
+
+
+def ensure_go_command(command: GoCommand, cache: Path, log: Log) -> Path:
+    """Build one command of a released module into the version-stamped cache (once); returns the binary."""
+    bin_dir = command.bin_dir(cache)
+    if is_complete(bin_dir, (command.name,)):
+        return bin_dir / command.name
+    with _build_lock(cache, bin_dir.name):
+        if is_complete(bin_dir, (command.name,)):
+            return bin_dir / command.name
+        go = find_go()
+        src = cache / "src" / bin_dir.name
+        src.mkdir(parents=True, exist_ok=True)
+        (src / "go.mod").unlink(missing_ok=True)
+        info = go_mod_download(go, command.module, command.version, src)
+        (src / "go.mod").write_text(released_module_gomod(command, Path(info["GoMod"]).read_text()))
+        commit = info["OriginHash"]
+        ldflags = ["-s", "-w"]
+        for var in command.version_vars:
+            setting = var.format(commit=commit, commit7=commit[:7] or "unknown")
+            if not setting.endswith("="):
+                ldflags.append(f"-X={setting}")
+        log(f"building {command.name} {command.version} from Go modules into {bin_dir} (minutes the first time)")
+        _build_into(go, src, bin_dir, ["-o", f"{{out}}/{command.name}", command.package], ldflags,
+                    (command.name,), log, verify=lambda built: _verify_module_version(go, command, built))
+        return bin_dir / command.name
+
+
+def released_module_gomod(command: GoCommand, module_gomod: str) -> str:
+    """A throw-away main module requiring the release, for a module whose go.mod has no replace directives.
+
+    A dependency's replace directives are ignored, so a module that needed them would build differently
+    from its own repository; refuse rather than build something else.
+    """
+    if re.search(r"^replace\b", module_gomod, re.MULTILINE):
+        raise BuildError(f"{command.module}@{command.version}'s go.mod has replace directives; reproduce them here")
+    lines = ["// Generated by model_traffic.localcluster.build; safe to delete.", "module modeltraffic.local/build", ""]
+    lines += _go_directives(module_gomod)
+    lines += ["", f"require {command.module} {command.version}", ""]
+    return "\n".join(lines)
 
 
 def staging_modules(gomod_text: str) -> list[str]:
@@ -345,7 +434,7 @@ def go_mod_download(go: str, module: str, version: str, cwd: Path) -> dict[str, 
     }
 
 
-def _go() -> str:
+def find_go() -> str:
     go = shutil.which("go")
     if go is None:
         raise GoNotFoundError(
@@ -448,6 +537,18 @@ def _verify_helm_version(bin_dir: Path) -> None:
                             env={**os.environ, "HELM_CONFIG_HOME": str(bin_dir / ".config")})
     if result.stdout.strip() != HELM_VERSION:
         raise BuildError(f"built helm reports version {result.stdout.strip()!r}, not {HELM_VERSION}: {result.stderr}")
+
+
+def _verify_module_version(go: str, command: GoCommand, bin_dir: Path) -> None:
+    # The build info Go embeds names the main package's module ("mod" when the package is the main package's,
+    # else "dep") and its version: proof of what was built.
+    result = subprocess.run([go, "version", "-m", str(bin_dir / command.name)],
+                            capture_output=True, text=True, check=False)
+    fields = [line.split() for line in result.stdout.splitlines()]
+    if ["path", command.package] not in [f[:2] for f in fields] or \
+            not any(f[:1] in (["mod"], ["dep"]) and f[1:3] == [command.module, command.version] for f in fields):
+        raise BuildError(f"built {command.name} is not {command.package} of {command.module} {command.version}:\n"
+                         f"{result.stdout}{result.stderr}")
 
 
 def _go_version(go: str) -> str:
