@@ -1,4 +1,4 @@
-"""A local Kubernetes control plane built from Go modules, for tests and the demo (like envtest)."""
+"""A local Kubernetes control plane and the real gateway controllers, built from Go modules, for tests and the demo."""
 
 from __future__ import annotations
 
@@ -10,11 +10,15 @@ from .build import (
     GoNotFoundError,
     cache_dir,
     ensure_binaries,
+    ensure_controllers,
 )
 from .controlplane import EXISTING_CLUSTER_ENV, ControlPlane, ControlPlaneError, existing_cluster_from_env
 from .manifests import ManifestError, install_manifests
+from .stack import DEFAULT_GATEWAY, LocalStack, StackError
+from .upstream import UpstreamError, crd_files
 
 __all__ = [
+    "DEFAULT_GATEWAY",
     "ETCD_VERSION",
     "EXISTING_CLUSTER_ENV",
     "KUBERNETES_VERSION",
@@ -23,9 +27,14 @@ __all__ = [
     "ControlPlane",
     "ControlPlaneError",
     "GoNotFoundError",
+    "LocalStack",
     "ManifestError",
+    "StackError",
+    "UpstreamError",
     "cache_dir",
+    "crd_files",
     "ensure_binaries",
+    "ensure_controllers",
     "existing_cluster_from_env",
     "install_manifests",
 ]

@@ -7,8 +7,11 @@
     bin/kubectl             link to the built kubectl
     cluster/supervisor.pid  the supervisor's pid
     cluster/supervisor.log  its output
-    cluster/ready.json      written by the supervisor once the control plane is ready
-    cluster/plane/          the control plane's workdir: pki, etcd data, logs/, pids.json
+    cluster/ready.json      written by the supervisor once the stack is ready
+    cluster/plane/          the stack's workdir: pki, etcd data, logs/, pids.json, the controllers' config
+
+The stack is the control plane, the upstream CRDs, the CRDs given with --crds, and Envoy Gateway and the AI
+Gateway controller with an accepted Gateway (see stack.py).
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .build import BuildError, GoNotFoundError, ensure_binaries
-from .controlplane import PIDS_FILE, ControlPlane, ControlPlaneError, pid_alive, tail
-from .manifests import ManifestError, install_manifests
+from .build import BuildError, GoNotFoundError, ensure_binaries, ensure_controllers
+from .controlplane import PIDS_FILE, ControlPlaneError, pid_alive, tail
+from .manifests import ManifestError
+from .stack import DEFAULT_GATEWAY, LocalStack, require_root
+from .upstream import UpstreamError
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,13 +72,16 @@ class Layout:
 
 
 def env_lines(layout: Layout) -> list[str]:
-    return [f"export KUBECONFIG={layout.kubeconfig}", f"export PATH={layout.bin}:$PATH"]
+    return [f"export KUBECONFIG={layout.kubeconfig}", f"export PATH={layout.bin}:$PATH",
+            f"export MTO_DEFAULT_GATEWAY={DEFAULT_GATEWAY}"]
 
 
 def cmd_build(args: argparse.Namespace) -> int:
     binaries = ensure_binaries()
     for name, path in binaries.all().items():
         print(f"{name}: {path}")
+    for path in ensure_controllers():
+        print(f"{path.name}: {path}")
     return 0
 
 
@@ -100,14 +108,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # A fresh cluster every time: new certificates would not match state from an earlier run anyway.
     shutil.rmtree(layout.plane, ignore_errors=True)
     binaries = ensure_binaries()
-    plane = ControlPlane(layout.plane, binaries)
+    plane = LocalStack(layout.plane, binaries, crds=[Path(p) for p in args.crds])
     try:
         started = time.monotonic()
         plane.start()
-        print(f"control plane ready in {time.monotonic() - started:.1f}s at {plane.server}", flush=True)
-        if args.crds:
-            install_manifests(binaries.kubectl, plane.kubeconfig, [Path(p) for p in args.crds])
-        _write_json(layout.ready, {"server": plane.server, "kubeconfig": str(plane.kubeconfig), "pids": plane.pids})
+        print(f"stack ready in {time.monotonic() - started:.1f}s at {plane.server} ({plane.timings})", flush=True)
+        _write_json(layout.ready, {"server": plane.server, "kubeconfig": str(plane.kubeconfig), "pids": plane.pids,
+                                   "default_gateway": plane.default_gateway})
         serving = True
         while not stopping.wait(1.0):
             exited = [name for name, pid in plane.pids.items() if not pid_alive(pid)]
@@ -116,7 +123,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 return 1
         print("stopping", flush=True)
         return 0
-    except (ControlPlaneError, ManifestError) as error:
+    except (ControlPlaneError, ManifestError, UpstreamError, BuildError) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
@@ -141,14 +148,18 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"the local control plane is already running (supervisor pid {pid}); `down --dir {args.dir}` stops it")
         print("\n".join(env_lines(layout)))
         return 0
+    require_root()
+    # Built here, in the foreground, so that a first build's progress shows on the terminal.
     binaries = ensure_binaries()
+    ensure_controllers()
     layout.cluster.mkdir(parents=True, exist_ok=True)
     layout.ready.unlink(missing_ok=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))}
     started = time.monotonic()
     with layout.log.open("ab") as log:
         supervisor = subprocess.Popen(
-            [sys.executable, "-m", "model_traffic.localcluster", "serve", "--dir", str(layout.base)],
+            [sys.executable, "-m", "model_traffic.localcluster", "serve", "--dir", str(layout.base),
+             *(f"--crds={path.resolve()}" for path in crds)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
             # Its own session: it survives this command and the terminal it ran in.
             start_new_session=True,
@@ -166,16 +177,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             return 1
         time.sleep(0.2)
     ready = json.loads(layout.ready.read_text())
-    print(f"control plane ready in {time.monotonic() - started:.1f}s at {ready['server']} "
-          f"(supervisor pid {supervisor.pid}, logs in {layout.plane / 'logs'})")
-    if crds:
-        try:
-            names = install_manifests(binaries.kubectl, Path(ready["kubeconfig"]), crds)
-        except ManifestError as error:
-            print(f"error: {error}\n(the control plane keeps running; `down --dir {args.dir}` stops it)",
-                  file=sys.stderr)
-            return 1
-        print(f"applied {len(names)} objects from {', '.join(map(str, crds))}")
+    print(f"stack ready in {time.monotonic() - started:.1f}s at {ready['server']}, Gateway "
+          f"{ready['default_gateway']} accepted by Envoy Gateway (supervisor pid {supervisor.pid}, "
+          f"logs in {layout.plane / 'logs'})")
     shutil.copyfile(ready["kubeconfig"], layout.kubeconfig)
     layout.kubeconfig.chmod(0o600)
     layout.bin.mkdir(parents=True, exist_ok=True)
@@ -223,8 +227,8 @@ def cmd_env(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="python -m model_traffic.localcluster",
-        description="A local Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager) built from "
-        "Go modules.",
+        description="A local Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager) with Envoy "
+        "Gateway and the Envoy AI Gateway controller, all built from Go modules.",
     )
     commands = root.add_subparsers(dest="command", required=True)
     commands.add_parser("build", help="build (or find cached) binaries and print their paths").set_defaults(
@@ -236,10 +240,10 @@ def parser() -> argparse.ArgumentParser:
         command.add_argument("--dir", type=Path, default=Path(".local"), help="state directory (default .local)")
         return command
 
-    up = with_dir("up", "start the control plane in the background, apply --crds, print export lines")
+    up = with_dir("up", "start the stack in the background, apply --crds, print export lines")
     up.add_argument("--crds", action="append", default=[], metavar="PATH",
-                    help="YAML file or directory to apply server-side (repeatable)")
-    up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness")
+                    help="YAML file or directory to apply server-side with the upstream CRDs (repeatable)")
+    up.add_argument("--timeout", type=float, default=240.0, help="seconds to wait for readiness")
     up.set_defaults(run=cmd_up)
     serve = with_dir("serve", "run the control plane in the foreground until SIGTERM/SIGINT")
     serve.add_argument("--crds", action="append", default=[], metavar="PATH")
@@ -255,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         result: Any = args.run(args)
-    except (GoNotFoundError, BuildError) as error:
+    except (GoNotFoundError, BuildError, UpstreamError, ControlPlaneError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return int(result)

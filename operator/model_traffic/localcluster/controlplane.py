@@ -108,12 +108,15 @@ class ControlPlane:
 
     def __init__(
         self, workdir: Path, binaries: Binaries | None = None, *, existing_kubeconfig: Path | None = None,
+        apiserver_bind_address: str = "127.0.0.1",
     ) -> None:
         if binaries is None and existing_kubeconfig is None:
             raise ValueError("ControlPlane needs the binaries (localcluster.ensure_binaries()) or an existing cluster")
         self._workdir = Path(workdir).resolve()
         self._binaries = binaries
         self._existing = existing_kubeconfig
+        # 0.0.0.0 when controllers in network namespaces of their own must reach it (see stack.py).
+        self._bind_address = apiserver_bind_address
         self._components: list[_Component] = []
         self._server = ""
         self._kubeconfig = existing_kubeconfig or self._workdir / "kubeconfig"
@@ -140,6 +143,15 @@ class ControlPlane:
     @property
     def log_dir(self) -> Path:
         return self._logs
+
+    @property
+    def pki_dir(self) -> Path:
+        """ca.crt/ca.key of the cluster's CA, which also signs the serving certificates of local webhooks."""
+        return self._pki
+
+    @property
+    def api_port(self) -> int:
+        return int(self.server.rsplit(":", 1)[1])
 
     @property
     def is_existing(self) -> bool:
@@ -217,9 +229,19 @@ class ControlPlane:
             with contextlib.suppress(OSError):
                 (self._workdir / PIDS_FILE).unlink()
 
+    def spawn(self, name: str, command: list[str], env: dict[str, str] | None = None) -> int:
+        """Run one more component (stopped by stop(), before the ones started earlier); returns its pid."""
+        if not self._components:
+            raise ControlPlaneError("start the control plane before adding components to it")
+        return self._spawn(name, Path(command[0]), command[1:], env)
+
+    def wait_ready(self, name: str, deadline: float, ready: Callable[[], bool]) -> None:
+        """Poll `ready` until it holds; fail early, with its log, when any component exits meanwhile."""
+        self._wait(name, deadline, ready)
+
     # -- internals ------------------------------------------------------------------------------------
 
-    def _spawn(self, name: str, binary: Path, args: list[str]) -> None:
+    def _spawn(self, name: str, binary: Path, args: list[str], env: dict[str, str] | None = None) -> int:
         if not os.access(binary, os.X_OK):
             raise ControlPlaneError(
                 f"{name} binary not found at {binary}: run `python -m model_traffic.localcluster build`"
@@ -231,12 +253,13 @@ class ControlPlane:
             process = subprocess.Popen(
                 [str(binary), *args], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 # SIGKILL when we die, even by SIGKILL: no etcd/apiserver outlives a killed test run.
-                cwd=self._workdir, preexec_fn=die_with_parent(signal.SIGKILL),
+                cwd=self._workdir, preexec_fn=die_with_parent(signal.SIGKILL), env=env,
                 # Own session: a Ctrl-C on the terminal reaches us, and we stop the components in order.
                 start_new_session=True,
             )
         self._components.append(_Component(name, process, log_path))
         (self._workdir / PIDS_FILE).write_text(json.dumps(self.pids))
+        return process.pid
 
     def _wait(self, name: str, deadline: float, ready: Callable[[], bool]) -> None:
         component = next(c for c in self._components if c.name == name)
@@ -275,7 +298,7 @@ class ControlPlane:
         pki = self._pki
         return [
             f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-            "--bind-address=127.0.0.1",
+            f"--bind-address={self._bind_address}",
             "--advertise-address=127.0.0.1",
             # Since 1.37 the endpoint reconciler refuses a loopback advertise address, and nothing here needs
             # Endpoints for the `kubernetes` Service (no pods run), so it is switched off.
@@ -405,6 +428,24 @@ def _write_pki(pki: Path) -> None:
     (pki / "sa.pub").write_bytes(sa_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo,
     ))
+
+
+def issue_serving_cert(
+    pki: Path, name: str, dns_names: list[str], ip_addresses: list[str],
+) -> tuple[Path, Path]:
+    """A serving certificate signed by the cluster's CA (pki/ca.*), written as pki/<name>.crt and .key."""
+    ca_cert = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ControlPlaneError(f"{pki / 'ca.key'} is not the EC key this module writes")
+    sans = x509.SubjectAlternativeName(
+        [x509.DNSName(dns) for dns in dns_names]
+        + [x509.IPAddress(ipaddress.ip_address(address)) for address in ip_addresses]
+    )
+    common_name = dns_names[0] if dns_names else name
+    _leaf(pki, name, ca_cert, ca_key, [x509.NameAttribute(NameOID.COMMON_NAME, common_name)],
+          ExtendedKeyUsageOID.SERVER_AUTH, sans)
+    return pki / f"{name}.crt", pki / f"{name}.key"
 
 
 def _leaf(

@@ -43,11 +43,11 @@ def install_manifests(kubectl: Path, kubeconfig: Path, paths: list[Path], *, tim
     args = ["apply", "--server-side", "--force-conflicts", "-o", "name"]
     for file in files:
         args += ["-f", str(file)]
-    result = _kubectl(kubectl, kubeconfig, args, timeout)
+    result = run_kubectl(kubectl, kubeconfig, args, timeout)
     if result.returncode != 0 and any(marker in result.stderr for marker in _NOT_YET_SERVED):
         # Custom resources next to their CRDs: the CRDs were created; once they serve, apply again.
         _wait_established(kubectl, kubeconfig, _crds(result.stdout), timeout)
-        result = _kubectl(kubectl, kubeconfig, args, timeout)
+        result = run_kubectl(kubectl, kubeconfig, args, timeout)
     if result.returncode != 0:
         raise ManifestError(f"kubectl apply --server-side failed ({result.returncode}):\n{result.stderr}")
     names = result.stdout.split()
@@ -62,14 +62,14 @@ def _crds(output: str) -> list[str]:
 def _wait_established(kubectl: Path, kubeconfig: Path, crds: list[str], timeout: float) -> None:
     if not crds:
         return
-    result = _kubectl(
+    result = run_kubectl(
         kubectl, kubeconfig, ["wait", "--for=condition=Established", f"--timeout={int(timeout)}s", *crds], timeout + 10,
     )
     if result.returncode != 0:
         raise ManifestError(f"CRDs did not become Established ({result.returncode}):\n{result.stderr}")
 
 
-def _kubectl(kubectl: Path, kubeconfig: Path, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+def run_kubectl(kubectl: Path, kubeconfig: Path, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
     try:
         return subprocess.run(
