@@ -5,8 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 LOCAL := .local
 export KUBECONFIG ?= $(CURDIR)/$(LOCAL)/kubeconfig
-UPSTREAM_CRDS ?= $(or $(MODEL_TRAFFIC_UPSTREAM_CRDS),$(CURDIR)/../shared/upstream-crds)
-export MODEL_TRAFFIC_UPSTREAM_CRDS := $(UPSTREAM_CRDS)
+# The Gateway the local stack (make cluster, make demo) has Envoy Gateway accept: model_traffic.localcluster.DEFAULT_GATEWAY.
+LOCAL_GATEWAY := envoy-gateway-system/ai-gateway
 PYTEST_ARGS ?=
 
 IMAGE ?= model-traffic-operator:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
@@ -17,8 +17,10 @@ help:
 	@echo "make demo          local control plane + operator + examples, ends with kubectl get"
 	@echo "make test          lint, unit and cluster tests (what CI runs)"
 	@echo "make bench         render speed, time to Ready for 100 backends + 20 VirtualModels, memory, resync"
-	@echo "make cluster       keep a local control plane running (.local/kubeconfig); make cluster-down stops it"
-	@echo "make run           run the operator in the foreground against \$$KUBECONFIG"
+	@echo "make cluster       keep a local stack running: control plane, Envoy Gateway, AI Gateway (.local/kubeconfig);"
+	@echo "                   make cluster-down stops it"
+	@echo "make run           run the operator in the foreground against \$$KUBECONFIG (MTO_DEFAULT_GATEWAY defaults to"
+	@echo "                   $(LOCAL_GATEWAY), the local stack's Gateway)"
 	@echo "make chart-lint    helm lint + template of charts/model-traffic-operator (builds helm from Go modules)"
 	@echo "make crds          regenerate crds/ from operator/model_traffic/api (and docs/api.md)"
 	@echo "make docs          regenerate the generated parts of docs/"
@@ -63,19 +65,19 @@ test: lint binaries helm
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 demo: binaries
-	$(PY) -m model_traffic.demo
+	MTO_DEFAULT_GATEWAY="$${MTO_DEFAULT_GATEWAY:-$(LOCAL_GATEWAY)}" $(PY) -m model_traffic.demo
 
 bench: binaries
 	$(PY) -m model_traffic.bench $(BENCH_ARGS)
 
 cluster: binaries
-	$(PY) -m model_traffic.localcluster up --dir $(LOCAL) --crds crds --crds $(UPSTREAM_CRDS)
+	$(PY) -m model_traffic.localcluster up --dir $(LOCAL) --crds crds
 
 cluster-down: venv
 	$(PY) -m model_traffic.localcluster down --dir $(LOCAL)
 
 run: venv
-	$(PY) -m model_traffic run
+	MTO_DEFAULT_GATEWAY="$${MTO_DEFAULT_GATEWAY:-$(LOCAL_GATEWAY)}" $(PY) -m model_traffic run
 
 image:
 	docker build --tag $(IMAGE) .

@@ -1,10 +1,13 @@
-"""Fixtures: one real control plane per test session, the operator running against it, a namespace a test.
+"""Fixtures: one real cluster per test session, the operator running against it, a namespace a test.
 
-The control plane is built and started by ``model_traffic.localcluster`` (etcd, kube-apiserver and
-kube-controller-manager from Go modules), or is an existing cluster when
-``MODEL_TRAFFIC_USE_EXISTING_CLUSTER=1`` and ``KUBECONFIG`` are set. Our CRDs and the upstream CRDs from
-``$MODEL_TRAFFIC_UPSTREAM_CRDS`` (default ``../shared/upstream-crds``) are installed, so every object the
-operator writes is validated by the real schemas.
+The cluster is the local stack of ``model_traffic.localcluster`` (etcd, kube-apiserver and
+kube-controller-manager, plus the real Envoy Gateway and Envoy AI Gateway controllers, all built from
+released Go modules), or an existing cluster when ``MODEL_TRAFFIC_USE_EXISTING_CLUSTER=1`` and
+``KUBECONFIG`` are set. Our CRDs and the upstream CRDs (read from the released modules of Envoy Gateway, AI
+Gateway, KServe and the Gateway API Inference Extension, see ``localcluster/upstream.py``) are installed, so
+every object the operator writes is validated by the real schemas. On the local stack, Envoy Gateway has
+accepted the Gateway ``Cluster.default_gateway`` (``envoy-gateway-system/ai-gateway``), which routes from
+all namespaces may attach to; on an existing cluster that is ``$MTO_DEFAULT_GATEWAY`` or the same name.
 
 The operator runs with exactly the permissions the Helm chart (``charts/model-traffic-operator``) grants:
 each start renders the chart for the operator's settings with the built ``helm``, applies it server-side and
@@ -39,7 +42,6 @@ from model_traffic.kube import Kube
 from model_traffic.localcluster.process import die_with_parent, stop
 
 ROOT = Path(__file__).resolve().parents[1]
-UPSTREAM_CRDS = Path(os.environ.get("MODEL_TRAFFIC_UPSTREAM_CRDS", ROOT.parent / "shared" / "upstream-crds"))
 T = TypeVar("T")
 CHART = ROOT / "charts" / "model-traffic-operator"
 # Where the tests install the chart; a real install would use its own namespace the same way.
@@ -53,6 +55,8 @@ class Cluster:
     kubeconfig: Path
     kubectl_path: Path
     workdir: Path
+    # `namespace/name` of a Gateway that Envoy Gateway accepted: what MTO_DEFAULT_GATEWAY should say.
+    default_gateway: str
 
     def kubectl(self, *args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         """The real kubectl, as a user would run it."""
@@ -85,29 +89,28 @@ def wait_for(check: Callable[[], T | None], timeout: float = 30.0, what: str = "
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    if not UPSTREAM_CRDS.is_dir():
-        pytest.skip(f"upstream CRDs not found at {UPSTREAM_CRDS}: set MODEL_TRAFFIC_UPSTREAM_CRDS")
+    from model_traffic import localcluster
+
     if os.environ.get("MODEL_TRAFFIC_USE_EXISTING_CLUSTER") == "1":
         existing = Cluster(Path(os.environ["KUBECONFIG"]), Path(os.environ.get("KUBECTL", "kubectl")),
-                           tmp_path_factory.mktemp("existing"))
+                           tmp_path_factory.mktemp("existing"),
+                           os.environ.get("MTO_DEFAULT_GATEWAY") or localcluster.DEFAULT_GATEWAY)
         install_crds(existing)
         yield existing
         return
-    from model_traffic import localcluster
-
     binaries = localcluster.ensure_binaries()
     workdir = tmp_path_factory.mktemp("controlplane")
-    with localcluster.ControlPlane(workdir, binaries) as plane:
-        local = Cluster(plane.kubeconfig, binaries.kubectl, workdir)
-        install_crds(local)
-        yield local
+    # The stack installs our CRDs and the upstream ones before it starts the gateway controllers.
+    with localcluster.LocalStack(workdir, binaries, crds=[ROOT / "crds"]) as stack:
+        yield Cluster(stack.kubeconfig, binaries.kubectl, workdir, stack.default_gateway)
 
 
 def install_crds(cluster: Cluster) -> None:
     """Our CRDs and the upstream ones."""
     from model_traffic import localcluster
 
-    localcluster.install_manifests(cluster.kubectl_path, cluster.kubeconfig, [ROOT / "crds", UPSTREAM_CRDS])
+    localcluster.install_manifests(cluster.kubectl_path, cluster.kubeconfig,
+                                   [ROOT / "crds", *localcluster.crd_files()])
 
 
 @pytest.fixture(scope="session")

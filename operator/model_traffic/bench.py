@@ -114,12 +114,11 @@ def rss_mib(pid: int) -> float:
 
 
 def cluster_figures(count: int) -> list[tuple[str, str]]:
-    upstream = Path(os.environ.get("MODEL_TRAFFIC_UPSTREAM_CRDS", ROOT.parent / "shared" / "upstream-crds"))
     binaries = localcluster.ensure_binaries()
     figures: list[tuple[str, str]] = []
+    # The whole local stack (upstream CRDs and gateway controllers too), as the operator meets it in the tests.
     with (tempfile.TemporaryDirectory(prefix="mto-bench-") as tmp,
-          localcluster.ControlPlane(Path(tmp), binaries) as plane):
-        localcluster.install_manifests(binaries.kubectl, plane.kubeconfig, [ROOT / "crds", upstream])
+          localcluster.LocalStack(Path(tmp), binaries, crds=[ROOT / "crds"]) as plane):
         port = 18080
         env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig), "MTO_METRICS_PORT": str(port),
                "MTO_RESYNC_SECONDS": "3600"}

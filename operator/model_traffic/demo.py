@@ -1,4 +1,8 @@
-"""``make demo``: a local control plane, the operator, the examples, and what kubectl shows.
+"""``make demo``: the local stack, the operator, the examples, and what kubectl shows.
+
+The local stack is a control plane with the real Envoy Gateway and AI Gateway controllers, which accepted
+the Gateway ``envoy-gateway-system/ai-gateway``: the operator's default gateway unless MTO_DEFAULT_GATEWAY says
+otherwise.
 
 Everything is started here and stopped at the end (``--keep`` leaves it running until Ctrl-C).
 """
@@ -25,17 +29,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--keep", action="store_true", help="keep everything running until Ctrl-C")
     args = parser.parse_args(argv)
-    upstream = Path(os.environ.get("MODEL_TRAFFIC_UPSTREAM_CRDS", ROOT.parent / "shared" / "upstream-crds"))
-    if not upstream.is_dir():
-        print(f"upstream CRDs not found at {upstream}: set MODEL_TRAFFIC_UPSTREAM_CRDS", file=sys.stderr)
-        return 2
-
     binaries = localcluster.ensure_binaries()
+    print("== starting the local stack: control plane, our CRDs and the upstream ones, Envoy Gateway, AI Gateway",
+          flush=True)
     with (
         tempfile.TemporaryDirectory(prefix="mto-demo-") as tmp,
-        localcluster.ControlPlane(Path(tmp), binaries) as plane,
+        localcluster.LocalStack(Path(tmp), binaries, crds=[ROOT / "crds"]) as plane,
     ):
-        env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig), "MTO_METRICS_PORT": "0"}
+        print(f"== Envoy Gateway accepted the Gateway {plane.default_gateway} (stack ready: {plane.timings})",
+              flush=True)
+        env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig), "MTO_METRICS_PORT": "0",
+               "MTO_DEFAULT_GATEWAY": os.environ.get("MTO_DEFAULT_GATEWAY") or plane.default_gateway}
 
         def kubectl(*kubectl_args: str, check: bool = True) -> str:
             result = subprocess.run([str(binaries.kubectl), *kubectl_args], env=env, capture_output=True, text=True)
@@ -43,8 +47,6 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"kubectl {' '.join(kubectl_args)} failed:\n{result.stderr}")
             return result.stdout
 
-        print("== installing our CRDs and the upstream CRDs", flush=True)
-        localcluster.install_manifests(binaries.kubectl, plane.kubeconfig, [ROOT / "crds", upstream])
         log_path = Path(tmp) / "operator.log"
         print(f"== starting the operator (log: {log_path})", flush=True)
         with log_path.open("wb") as log:
