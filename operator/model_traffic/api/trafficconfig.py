@@ -105,7 +105,7 @@ class Metric(Model):
         | None
     ) = Field(default=None, description="A builtin LLM metric on the AI Gateway's gen_ai_* metrics.")
     query: str | None = Field(
-        default=None, max_length=8192,
+        default=None, max_length=4096,  # the CEL rule on its template variables must fit the API server's budget
         description=f"A PromQL query; {KNOWN_TEMPLATE_VARIABLES} are substituted, escaped for where they stand.",
     )
     min: float | None = Field(default=None, description="Fail below this value.")
