@@ -30,6 +30,14 @@ RETRY_ATTEMPTS = 4
 RETRIED_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
 # The API server (its schema, CEL rules or an admission webhook) refused a write: retrying the same write cannot help.
 REFUSED_STATUSES = frozenset({400, 422})
+# A server-side apply naming a field the schema does not declare is answered with HTTP 500 and this message
+# (k8s.io/apiserver's fieldmanager), not 422: it is a refusal all the same, and retrying it loops forever.
+UNDECLARED_FIELD_MESSAGE = "failed to create typed patch object"
+
+
+def is_refused_write(error: ApiException) -> bool:
+    """Whether the API server refused a write for what it contains (no retry makes it pass)."""
+    return error.status in REFUSED_STATUSES or (error.status == 500 and UNDECLARED_FIELD_MESSAGE in api_message(error))
 # After a reconcile that raised, try again after this many seconds, doubling per failure up to the cap.
 ERROR_BACKOFF_SECONDS = 5.0
 ERROR_BACKOFF_CAP_SECONDS = 300.0
@@ -133,7 +141,7 @@ class Runtime:
                 try:
                     result = reconciler(self.kube, body)
                 except ApiException as error:
-                    if error.status not in REFUSED_STATUSES:
+                    if not is_refused_write(error):
                         raise
                     # Reconcilers report refused children themselves; this catches any other refused write, so an
                     # object is never left without status while the same write fails again and again.

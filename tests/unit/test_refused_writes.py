@@ -12,7 +12,7 @@ from model_traffic import apply, kube
 from model_traffic.conditions import Verdict, find
 from model_traffic.reconcilers.common import apply_plan, result_of
 from model_traffic.render.common import Child, Plan
-from model_traffic.runtime import Result, Runtime
+from model_traffic.runtime import Result, Runtime, is_refused_write
 
 OWNER_BODY: dict[str, Any] = {
     "apiVersion": "modeltraffic.io/v1alpha1", "kind": "TrafficConfig",
@@ -67,6 +67,16 @@ def test_a_refused_child_is_a_stalled_condition_with_the_servers_message() -> No
     assert MESSAGE in result.verdict.message
     accepted = next(d for d in result.details if d.type == "ChildrenAccepted")
     assert (accepted.ok, accepted.reason) == (False, "ChildRejected")
+
+
+def test_an_undeclared_field_is_a_refusal_though_the_server_answers_500() -> None:
+    error = ApiException(status=500, reason="Internal Server Error")
+    error.body = json.dumps({"message": "failed to create typed patch object (llm/llama-v2; serving.kserve.io/v1beta1, "
+                                        "Kind=InferenceService): .spec.predictor.args: field not declared in schema"})
+    assert is_refused_write(error) and is_refused_write(refusal(422)) and is_refused_write(refusal(400))
+    transient = ApiException(status=500, reason="Internal Server Error")
+    transient.body = json.dumps({"message": "etcdserver: request timed out"})
+    assert not is_refused_write(transient)
 
 
 def test_any_other_refused_write_still_ends_in_a_status_that_keeps_the_rollout() -> None:

@@ -13,7 +13,7 @@ from model_traffic.conditions import Detail, Verdict
 from model_traffic.kube import Kube
 from model_traffic.render.acceptance import Acceptance, children_accepted, judge
 from model_traffic.render.common import Plan
-from model_traffic.runtime import REFUSED_STATUSES, Result, api_message
+from model_traffic.runtime import Result, api_message, is_refused_write
 
 
 @dataclass
@@ -31,7 +31,7 @@ def apply_plan(kube_: Kube, owner: apply.Owner, plan: Plan) -> Applied:
             result = apply.ensure(kube_, child.rtype, owner, child.body)
         except ApiException as error:
             # The schema or an admission webhook refused what we wrote: no retry makes it pass, the spec must change.
-            if error.status not in REFUSED_STATUSES:
+            if not is_refused_write(error):
                 raise
             applied.rejected.append(f"{child.rtype.kind}/{child.name}: {api_message(error)}")
             continue
