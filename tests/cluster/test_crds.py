@@ -90,7 +90,7 @@ INVALID = [
         schema: {name: OpenAI}
         endpoint: {fqdn: {hostname: a.example.com, port: 443}}
         headerMutation: {set: [{name: Authorization, value: Bearer sk-123}]}
-     """, "headerMutation must not set credential headers"),
+     """, "headerMutation must not set credential or session headers"),
     ("ManagedAIServiceBackend", """\
         schema: {name: AWSBedrock}
         endpoint: {fqdn: {hostname: bedrock-runtime.us-east-1.amazonaws.com, port: 443}}
