@@ -11,6 +11,7 @@ import pytest
 
 from model_traffic import kube as k
 from model_traffic.kube import Kube
+from tests.cluster.conftest import AI_GATEWAY_MANAGER, status_writers
 from tests.conftest import POOL, Cluster, Operator, apply_yaml, condition, get_json, our_yaml, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -32,7 +33,7 @@ MAISB = k.MANAGED_AI_SERVICE_BACKEND
 
 
 def wait_ready(kube: Kube, namespace: str, name: str, status: str = "True", reason: str | None = None,
-               timeout: float = 30) -> dict[str, Any]:
+               timeout: float = 60) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         obj = kube.get(MAISB, namespace, name)
         cond = condition(obj, "Ready")
@@ -69,7 +70,10 @@ def test_openai_backend_becomes_ready_with_owned_children(
     assert condition(obj, "CredentialsResolved")["status"] == "True"
     assert condition(obj, "Reconciling")["status"] == "False"
     assert condition(obj, "Stalled")["status"] == "False"
-    assert condition(obj, "Accepted")["status"] == "Unknown"
+    # Ready only once the AI Gateway controller accepted the AIServiceBackend and BackendSecurityPolicy.
+    assert condition(obj, "ChildrenAccepted")["status"] == "True"
+    for rtype in (k.AI_SERVICE_BACKEND, k.BACKEND_SECURITY_POLICY):
+        assert status_writers(kube.get(rtype, namespace, "openai")) == {AI_GATEWAY_MANAGER}, rtype.kind
 
     uid = obj["metadata"]["uid"]
     for rtype in (k.BACKEND, k.AI_SERVICE_BACKEND, k.BACKEND_SECURITY_POLICY):
@@ -146,6 +150,12 @@ def test_missing_secret_stalls_then_heals_when_the_secret_appears(
     wait_ready(kube, namespace, "openai")
 
 
+# Credentials the AI Gateway controller exchanges for tokens at the cloud's identity service when it accepts the
+# BackendSecurityPolicy (its rotators, internal/controller/rotators/): the local stack reaches no cloud, so the
+# controller refuses them here, and the backend says so with the controller's own message.
+EXCHANGED_AT_THE_CLOUD = {"AzureCredentials", "GCPCredentials"}
+
+
 @pytest.mark.parametrize(("schema", "credentials", "key"), [
     ("Anthropic", "{type: AnthropicAPIKey, secretRef: {name: c}}", "apiKey"),
     ("AzureOpenAI", "{type: AzureAPIKey, secretRef: {name: c}}", "apiKey"),
@@ -164,7 +174,13 @@ def test_each_credential_type_is_accepted_by_the_upstream_schema(
         endpoint: {{fqdn: {{hostname: llm.example.com, port: 443}}}}
         credentials: {credentials}
     """))
-    wait_ready(kube, namespace, "b")
+    if any(kind in credentials for kind in EXCHANGED_AT_THE_CLOUD):
+        obj = wait_ready(kube, namespace, "b", "False", "ChildRefused", timeout=60)
+        message = condition(obj, "ChildrenAccepted")["message"]
+        assert message.startswith("refused: BackendSecurityPolicy/b: ReconciliationFailed: "), message
+    else:
+        obj = wait_ready(kube, namespace, "b", timeout=60)
+    assert condition(obj, "CredentialsResolved")["status"] == "True"
     policy = kube.get(k.BACKEND_SECURITY_POLICY, namespace, "b")
     assert policy is not None and policy["spec"]["type"] in credentials
 
@@ -361,27 +377,3 @@ def test_kubectl_patch_updates_the_children(cluster: Cluster, kube: Kube, operat
     obj = wait_ready(kube, namespace, "p")
     assert obj["status"]["endpointSummary"] == "api.openai.com:8443"
     assert obj["status"]["observedGeneration"] == 2
-
-
-def test_upstream_acceptance_is_mirrored(cluster: Cluster, kube: Kube, operator: Operator, namespace: str) -> None:
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=backend_yaml("acc", """\
-        schema: {name: OpenAI}
-        endpoint: {fqdn: {hostname: api.openai.com, port: 443}}
-    """))
-    wait_ready(kube, namespace, "acc")
-
-    def report(status: str, ctype: str, message: str) -> None:
-        # What the Envoy AI Gateway controller writes (simulated: it does not run here).
-        kube.custom.patch_namespaced_custom_object_status(
-            "aigateway.envoyproxy.io", "v1beta1", namespace, "aiservicebackends", "acc",
-            {"status": {"conditions": [{"type": ctype, "status": status, "reason": ctype, "message": message,
-                                        "lastTransitionTime": "2026-01-01T00:00:00Z"}]}},
-            _content_type="application/merge-patch+json",
-        )
-
-    report("True", "NotAccepted", "schema OpenAI does not match the backend")
-    obj = wait_ready(kube, namespace, "acc", "False", "NotAccepted")
-    assert "schema OpenAI does not match the backend" in condition(obj, "Ready")["message"]
-    report("True", "Accepted", "accepted")
-    obj = wait_ready(kube, namespace, "acc")
-    assert condition(obj, "Accepted")["status"] == "True"

@@ -577,13 +577,22 @@ def test_the_operator_is_never_refused_while_serving_all_kinds(
 
 
 def test_namespaced_install_serves_its_namespaces_only(
-    cluster: Cluster, kube: Kube, operator: Operator, namespaces: list[str], tmp_path: Path
+    cluster: Cluster, kube: Kube, operator: Operator, namespaces: list[str], tmp_path: Path, gateway_class: str,
 ) -> None:
     """watchNamespaces: Roles in each, the Gateway read across namespaces; the operator works in it."""
     watched, gateway_ns, unwatched = namespaces
     stop_operator(operator)  # the session operator watches everything; this one must be alone
     scoped: Operator | None = None
     try:
+        # The default gateway, in a namespace the operator does not watch, admitting routes from all namespaces.
+        cluster.kubectl("apply", "-n", gateway_ns, "-f", "-", stdin=f"""\
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: ai-gateway}}
+spec:
+  gatewayClassName: {gateway_class}
+  listeners: [{{name: http, protocol: HTTP, port: 80, allowedRoutes: {{namespaces: {{from: All}}}}}}]
+""")
         scoped = start_operator(cluster, tmp_path / "namespaced.log", MTO_NAMESPACES=watched,
                                 MTO_DEFAULT_GATEWAY=f"{gateway_ns}/ai-gateway", MTO_RESYNC_SECONDS="300")
         identity = scoped.identity

@@ -31,7 +31,6 @@ EXAMPLES = ROOT / "examples"
 NAMESPACE = "llm"
 GATEWAY_NAMESPACE = "envoy-gateway-system"
 GATEWAY = "ai-gateway"
-GATEWAY_ADDRESS = "203.0.113.10"  # TEST-NET-3: documentation only
 
 
 def example_files() -> list[Path]:
@@ -56,7 +55,7 @@ class Walkthrough:
     def __init__(self, cluster: Cluster, kube: Kube) -> None:
         self.cluster, self.kube = cluster, kube
 
-    def ready(self, rtype: k.ResourceType, name: str, reason: str | None = None, timeout: float = 30) -> dict[str, Any]:
+    def ready(self, rtype: k.ResourceType, name: str, reason: str | None = None, timeout: float = 60) -> dict[str, Any]:
         """The object once Ready=True (with this reason) for its current generation (what `kubectl wait` waits
         for)."""
         def check() -> dict[str, Any] | None:
@@ -94,6 +93,7 @@ def backend(name: str, children: set[str], summary: str) -> Check:
         assert status["endpointSummary"] == summary
         assert {c["kind"] for c in status["children"]} == children
         assert condition(obj, "ChildrenOwned")["status"] == "True"
+        assert condition(obj, "ChildrenAccepted")["status"] == "True"
         assert condition(obj, "Stalled")["status"] == "False"
         for child in children:
             rtype = {"Backend": k.BACKEND, "AIServiceBackend": k.AI_SERVICE_BACKEND,
@@ -122,9 +122,12 @@ def virtual_model_gpt4(w: Walkthrough) -> None:
         ("openai", "gpt-4o", 0), ("vllm", "llama-3-70b", 0), ("anthropic", "claude-sonnet-4", 1)]
     policy = w.kube.get(k.BACKEND_TRAFFIC_POLICY, NAMESPACE, "gpt-4")
     assert policy is not None and "rateLimit" in policy["spec"] and "retry" in policy["spec"]
-    # The Gateway's address (written below as Envoy Gateway would) is what clients call.
+    # The address Envoy Gateway reports for the Gateway is what clients call.
+    addresses = wait_for(lambda: ((w.kube.get(k.GATEWAY, GATEWAY_NAMESPACE, GATEWAY) or {}).get("status") or {})
+                         .get("addresses"), 30, "Envoy Gateway's address for the stack's Gateway")
     wait_for(lambda: (w.kube.get(k.VIRTUAL_MODEL, NAMESPACE, "gpt-4") or {}).get("status", {}).get("address")
-             == GATEWAY_ADDRESS, 30, "VirtualModel gpt-4 status.address from the Gateway")
+             == addresses[0]["value"], 30, "VirtualModel gpt-4 status.address from the Gateway (port 80 implied)")
+    assert condition(obj, "ChildrenAccepted")["status"] == "True"
 
 
 def report_ready(kube: Kube, name: str) -> None:
@@ -232,29 +235,13 @@ def stage(cluster: Cluster, kube: Kube) -> Iterator[None]:
             pytest.skip(f"namespace {NAMESPACE} exists in this cluster; the examples would change it")
         cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false")  # left by an interrupted run
         _namespace_gone(kube, NAMESPACE)
-    created: list[tuple[str, ...]] = []
-    if cluster.kubectl("get", "namespace", GATEWAY_NAMESPACE, check=False).returncode != 0:
-        cluster.kubectl("create", "namespace", GATEWAY_NAMESPACE)
-        created.append(("namespace", GATEWAY_NAMESPACE))
-    if cluster.kubectl("get", "gateway", GATEWAY, "-n", GATEWAY_NAMESPACE, check=False).returncode != 0:
-        cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump({
-            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-            "metadata": {"name": GATEWAY, "namespace": GATEWAY_NAMESPACE},
-            "spec": {"gatewayClassName": "envoy-ai-gateway",
-                     "listeners": [{"name": "http", "protocol": "HTTP", "port": 80}]},
-        }))
-        created.append(("gateway", GATEWAY, "-n", GATEWAY_NAMESPACE))
-        # Envoy Gateway, simulated: the address of the Gateway's load balancer.
-        kube.custom.patch_namespaced_custom_object_status(
-            k.GATEWAY.group, k.GATEWAY.version, GATEWAY_NAMESPACE, k.GATEWAY.plural, GATEWAY,
-            {"status": {"addresses": [{"type": "IPAddress", "value": GATEWAY_ADDRESS}]}},
-            _content_type="application/merge-patch+json")
+    # The examples attach to the local stack's Gateway, which the real Envoy Gateway accepted.
+    gateway = kube.get(k.GATEWAY, GATEWAY_NAMESPACE, GATEWAY)
+    assert gateway is not None, f"the stack has no Gateway {GATEWAY_NAMESPACE}/{GATEWAY}"
     try:
         yield
     finally:
         cluster.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=false", check=False)
-        for what in reversed(created):
-            cluster.kubectl("delete", *what, "--ignore-not-found", "--wait=false", check=False)
         _namespace_gone(kube, NAMESPACE)
 
 

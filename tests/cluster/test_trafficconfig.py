@@ -50,7 +50,7 @@ def serve(kube: Kube, namespace: str, name: str, ready: bool = True) -> None:
     )
 
 
-def serve_when_created(kube: Kube, namespace: str, name: str, timeout: float = 30) -> dict[str, Any]:
+def serve_when_created(kube: Kube, namespace: str, name: str, timeout: float = 60) -> dict[str, Any]:
     isvc = wait_for(lambda: kube.get(k.INFERENCE_SERVICE, namespace, name), timeout, f"InferenceService {name}")
     serve(kube, namespace, name)
     return isvc
@@ -75,7 +75,7 @@ def status(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
     return dict((kube.get(k.TRAFFIC_CONFIG, namespace, name) or {}).get("status") or {})
 
 
-def wait_phase(kube: Kube, namespace: str, name: str, phase: str, timeout: float = 30) -> dict[str, Any]:
+def wait_phase(kube: Kube, namespace: str, name: str, phase: str, timeout: float = 60) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         current = status(kube, namespace, name)
         return current if current.get("phase") == phase else None
@@ -90,7 +90,7 @@ def weights(kube: Kube, namespace: str, name: str) -> dict[str, int]:
             if not b.get("matches")}
 
 
-def wait_weights(kube: Kube, namespace: str, name: str, expected: dict[str, int], timeout: float = 30) -> None:
+def wait_weights(kube: Kube, namespace: str, name: str, expected: dict[str, int], timeout: float = 60) -> None:
     wait_for(lambda: weights(kube, namespace, name) == expected, timeout,
              f"weights {expected} (now {weights(kube, namespace, name)})")
 

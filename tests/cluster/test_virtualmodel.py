@@ -20,6 +20,7 @@ from model_traffic.api.virtualmodel import VirtualModelSpec
 from model_traffic.kube import Kube
 from model_traffic.reconcilers.virtualmodel import MANAGED_AI_SERVICE_BACKEND, VIRTUAL_MODEL
 from model_traffic.render.virtualmodel import ObservedBackend, VirtualModelWorld, render
+from tests.cluster.conftest import AI_GATEWAY_MANAGER, ENVOY_GATEWAY_MANAGER, status_writers
 from tests.conftest import POOL, Cluster, Operator, condition, our_yaml, wait_for
 from tests.unit.test_render_virtualmodel import http_route_of
 
@@ -46,7 +47,7 @@ def backend_yaml(name: str, host: str = "api.example.com") -> str:
 
 
 def wait_vm(kube: Kube, namespace: str, name: str, status: str = "True", reason: str | None = None,
-            timeout: float = 30) -> dict[str, Any]:
+            timeout: float = 60) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         obj = kube.get(VIRTUAL_MODEL, namespace, name)
         cond = condition(obj, "Ready")
@@ -176,8 +177,11 @@ def test_weighted_tiers_with_default_fallback_retry(
     assert [(b["name"], b["tier"], b["sharePercent"], b["ready"]) for b in status["backends"]] == [
         ("openai", 0, 80.0, True), ("azure", 0, 20.0, True), ("anthropic", 1, 100.0, True)]
     assert condition(obj, "BackendsResolved")["status"] == "True"
-    assert condition(obj, "Accepted")["status"] == "Unknown"
     assert condition(obj, "RetryPolicy")["reason"] == "FallbackDefault"
+    # Ready means the real controllers accepted every child: AI Gateway the route, Envoy Gateway the HTTPRoute
+    # the AI Gateway generated from it, the BackendTrafficPolicy with its global rate limit, and the Backends.
+    accepted = condition(obj, "ChildrenAccepted")
+    assert (accepted["status"], accepted["reason"]) == ("True", "Accepted"), accepted
 
     live = route(kube, namespace, "gpt-4")
     assert live is not None and live["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
@@ -199,14 +203,10 @@ def test_weighted_tiers_with_default_fallback_retry(
     assert table[1].split()[:4] == ["gpt-4", "gpt-4", "3/3", "True"]
     cluster.kubectl("wait", "--for=condition=Ready", "vmodel/gpt-4", "-n", namespace, "--timeout=10s")
 
-    # The controller accepts the route: mirrored.
-    kube.custom.patch_namespaced_custom_object_status(
-        k.AI_GATEWAY_ROUTE.group, k.AI_GATEWAY_ROUTE.version, namespace, k.AI_GATEWAY_ROUTE.plural, "gpt-4",
-        {"status": {"conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted",
-                                    "message": "route accepted", "lastTransitionTime": "2025-01-01T00:00:00Z"}]}},
-        _content_type="application/merge-patch+json")
-    wait_for(lambda: condition(kube.get(VIRTUAL_MODEL, namespace, "gpt-4"), "Accepted").get("status") == "True",
-             30, "Accepted=True mirrored")
+    # Those reports are the controllers' own: their field managers wrote the status, no test did.
+    assert status_writers(kube.get(k.AI_GATEWAY_ROUTE, namespace, "gpt-4")) == {AI_GATEWAY_MANAGER}
+    assert status_writers(kube.get(k.HTTP_ROUTE, namespace, "gpt-4")) == {ENVOY_GATEWAY_MANAGER}
+    assert status_writers(kube.get(k.BACKEND_TRAFFIC_POLICY, namespace, "gpt-4")) == {ENVOY_GATEWAY_MANAGER}
 
     # Editing the spec (a backend removed, the fallback tier gone, no policy left) prunes the policy.
     cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=vm_yaml("gpt-4", f"""\
@@ -244,7 +244,7 @@ def test_missing_backend_is_left_out_then_added_when_it_appears(
           schema: {name: OpenAI}
           backendRef: {group: gateway.envoyproxy.io, kind: Backend, name: raw}
         """))
-    obj = wait_vm(kube, namespace, "chat", reason="Ready", timeout=15)
+    obj = wait_vm(kube, namespace, "chat", reason="Ready", timeout=60)
     assert condition(obj, "BackendsResolved")["status"] == "True"
     live = route(kube, namespace, "chat")
     assert live is not None
@@ -262,7 +262,7 @@ def test_no_backend_resolves_no_route_until_one_does(
     assert condition(obj, "Stalled")["status"] == "True"
     assert route(kube, namespace, "solo") is None
     cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=POOL)
-    wait_vm(kube, namespace, "solo", timeout=15)
+    wait_vm(kube, namespace, "solo", timeout=60)
     live = route(kube, namespace, "solo")
     assert live is not None
     [ref] = live["spec"]["rules"][0]["backendRefs"]
@@ -288,7 +288,7 @@ def test_duplicate_model_name_is_refused_until_the_owner_goes(
     assert condition(kube.get(VIRTUAL_MODEL, namespace, "first"), "Ready")["status"] == "True"
 
     cluster.kubectl("delete", "vmodel", "first", "-n", namespace)
-    wait_vm(kube, namespace, "second", timeout=15)
+    wait_vm(kube, namespace, "second", timeout=60)
     assert route(kube, namespace, "second") is not None
 
 
@@ -346,25 +346,109 @@ def test_gateway_address_is_reported(
     cluster: Cluster, kube: Kube, operator: Operator, namespace: str
 ) -> None:
     make_backends(cluster, kube, namespace, "openai")
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=textwrap.dedent("""\
-        apiVersion: gateway.networking.k8s.io/v1
-        kind: Gateway
-        metadata: {name: gw}
-        spec:
-          gatewayClassName: eg
-          listeners: [{name: http, protocol: HTTP, port: 8080}]
-        """))
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=vm_yaml("addr", """\
-        gatewayRefs: [{name: gw}]
-        backends: [{name: openai}]
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=vm_yaml("addr", f"""\
+        gatewayRefs: [{{name: {GATEWAY}}}]
+        backends: [{{name: openai}}]
     """))
     wait_vm(kube, namespace, "addr")
-    kube.custom.patch_namespaced_custom_object_status(
-        k.GATEWAY.group, k.GATEWAY.version, namespace, k.GATEWAY.plural, "gw",
-        {"status": {"addresses": [{"type": "IPAddress", "value": "10.0.0.9"}]}},
-        _content_type="application/merge-patch+json")
+
+    # Envoy Gateway writes the address of the Service it made for the Gateway (a ClusterIP in the local stack).
+    def address() -> str | None:
+        addresses = ((kube.get(k.GATEWAY, namespace, GATEWAY) or {}).get("status") or {}).get("addresses") or []
+        return str(addresses[0]["value"]) if addresses else None
+
+    ip = wait_for(address, 30, "Envoy Gateway's address for the Gateway")
+    # Port 80 is implied, as clients write it.
     wait_for(lambda: (kube.get(VIRTUAL_MODEL, namespace, "addr") or {}).get("status", {}).get("address")
-             == "10.0.0.9:8080", 15, "the Gateway's address")
+             == ip, 15, "the Gateway's address")
+
+
+# --- refusals by the real controllers -------------------------------------------------------------------------
+
+def test_a_route_the_ai_gateway_refuses_is_not_ready_until_its_cause_goes(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    make_backends(cluster, kube, namespace, "openai")
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=vm_yaml("lost", """\
+        gatewayRefs: [{name: no-such-gateway}]
+        backends: [{name: openai}]
+    """))
+    obj = wait_vm(kube, namespace, "lost", status="False", reason="ChildRefused")
+    accepted = condition(obj, "ChildrenAccepted")
+    assert accepted["status"] == "False"
+    assert "AIGatewayRoute/lost" in accepted["message"] and "no-such-gateway not found" in accepted["message"]
+    assert condition(obj, "Stalled")["status"] == "True"
+    events = cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
+                             "involvedObject.kind=VirtualModel,involvedObject.name=lost", "-o", "json").stdout
+    assert "no-such-gateway not found" in events
+
+    # The Gateway appears: the AI Gateway accepts the route, and the VirtualModel follows by itself.
+    gateway = kube.get(k.GATEWAY, namespace, GATEWAY)
+    assert gateway is not None
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=textwrap.dedent(f"""\
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: Gateway
+        metadata: {{name: no-such-gateway}}
+        spec:
+          gatewayClassName: {gateway["spec"]["gatewayClassName"]}
+          listeners: [{{name: http, protocol: HTTP, port: 80}}]
+        """))
+    obj = wait_vm(kube, namespace, "lost", timeout=60)
+    assert condition(obj, "ChildrenAccepted")["status"] == "True"
+
+
+def test_a_backend_envoy_gateway_refuses_is_not_ready_until_it_is_fixed(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    def loopback(address: str) -> str:
+        return textwrap.dedent(f"""\
+            apiVersion: modeltraffic.io/v1alpha1
+            kind: ManagedAIServiceBackend
+            metadata: {{name: local}}
+            spec:
+              schema: {{name: OpenAI}}
+              endpoint: {{ip: {{address: {address}, port: 8000}}}}
+            """)
+
+    # Envoy Gateway refuses a loopback Backend in Kubernetes (internal/gatewayapi/backend.go), once a route uses it.
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=loopback("127.0.0.1"))
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=vm_yaml("local", f"""\
+        gatewayRefs: [{{name: {GATEWAY}}}]
+        backends: [{{name: local}}]
+    """))
+
+    def refused() -> dict[str, Any] | None:
+        obj = kube.get(MANAGED_AI_SERVICE_BACKEND, namespace, "local")
+        return obj if condition(obj, "Ready").get("reason") == "ChildRefused" else None
+
+    obj = wait_for(refused, 60, "the backend refused by Envoy Gateway")
+    assert "Backend/local" in condition(obj, "ChildrenAccepted")["message"]
+    assert "loopback" in condition(obj, "ChildrenAccepted")["message"]
+
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=loopback("10.0.0.7"))
+    wait_for(lambda: condition(kube.get(MANAGED_AI_SERVICE_BACKEND, namespace, "local"), "Ready").get("status")
+             == "True", 60, "the fixed backend Ready")
+    obj = wait_vm(kube, namespace, "local", timeout=60)
+    assert obj["status"]["backendSummary"] == "1/1"
+    assert status_writers(kube.get(k.BACKEND, namespace, "local")) == {ENVOY_GATEWAY_MANAGER}
+
+
+def test_deleting_a_virtual_model_collects_every_child_despite_the_ai_gateway_finalizers(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    make_backends(cluster, kube, namespace, "openai")
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=vm_yaml("gone", f"""\
+        gatewayRefs: [{{name: {GATEWAY}}}]
+        backends: [{{name: openai}}]
+        rateLimit: {{tenantHeader: x-tenant-id, tokens: {{limit: 1000, unit: Hour}}}}
+    """))
+    wait_vm(kube, namespace, "gone", timeout=60)
+    live = kube.get(k.AI_GATEWAY_ROUTE, namespace, "gone")
+    assert live is not None and "aigateway.envoyproxy.io/finalizer" in live["metadata"].get("finalizers", [])
+    cluster.kubectl("delete", "vmodel", "gone", "-n", namespace)
+    for rtype in (k.AI_GATEWAY_ROUTE, k.HTTP_ROUTE, k.BACKEND_TRAFFIC_POLICY):
+        wait_for(lambda: kube.get(rtype, namespace, "gone") is None, 60,  # noqa: B023 (called at once)
+                 f"{rtype.kind} gone collected")
 
 
 # --- header-matched backends ----------------------------------------------------------------------------------

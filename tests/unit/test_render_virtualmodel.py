@@ -7,10 +7,9 @@ enums, patterns, limits, unknown fields) and, by hand, against the upstream CEL 
 from __future__ import annotations
 
 import copy
-import os
 import re
+import shutil
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ from pydantic import ValidationError
 from model_traffic import crdgen
 from model_traffic.api.common import GatewayRef
 from model_traffic.api.virtualmodel import VirtualModelSpec
+from model_traffic.localcluster import upstream
 from model_traffic.reconcilers import virtualmodel as reconciler
 from model_traffic.render.common import Child, Plan
 from model_traffic.render.virtualmodel import (
@@ -31,9 +31,7 @@ from model_traffic.render.virtualmodel import (
     parse_gateway,
     render,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
-UPSTREAM_CRDS = Path(os.environ.get("MODEL_TRAFFIC_UPSTREAM_CRDS", ROOT.parent / "shared" / "upstream-crds"))
+from tests.support import prerequisites
 
 READY = ObservedBackend(ready=True)
 GATEWAY = GatewayRef(name="ai-gateway", namespace="envoy-gateway-system")
@@ -80,18 +78,21 @@ def shares(plan: Plan) -> dict[str, float]:
 
 # --- a small checker of the upstream OpenAPI schemas --------------------------------------------------
 
+# Read out of the released Go modules the local stack installs (fetched once into the Go module cache).
 CRD_FILES = {
-    "AIGatewayRoute": "envoy-ai-gateway/aigateway.envoyproxy.io_aigatewayroutes.yaml",
-    "BackendTrafficPolicy": "envoy-gateway/gateway.envoyproxy.io_backendtrafficpolicies.yaml",
-    "HTTPRoute": "gateway-api/gatewayapi-crds.yaml",
+    "AIGatewayRoute": (upstream.ENVOY_AI_GATEWAY,
+                       "manifests/charts/ai-gateway-crds-helm/templates/aigateway.envoyproxy.io_aigatewayroutes.yaml"),
+    "BackendTrafficPolicy": (upstream.ENVOY_GATEWAY, "charts/gateway-helm/charts/crds/crds/generated/"
+                                                     "gateway.envoyproxy.io_backendtrafficpolicies.yaml"),
+    "HTTPRoute": (upstream.ENVOY_GATEWAY, "charts/gateway-helm/charts/crds/crds/gatewayapi-crds.yaml"),
 }
 
 
 @cache
 def upstream_schema(kind: str, version: str) -> dict[str, Any]:
-    path = UPSTREAM_CRDS / CRD_FILES[kind]
-    if not path.is_file():
-        pytest.skip(f"upstream CRDs not found at {UPSTREAM_CRDS}: set MODEL_TRAFFIC_UPSTREAM_CRDS")
+    if shutil.which("go") is None:
+        prerequisites.missing("go (the upstream CRDs are read from their Go modules)")
+    path = upstream.crd_file(*CRD_FILES[kind])
     crd = next(d for d in yaml.safe_load_all(path.read_text()) if d and d["spec"]["names"]["kind"] == kind)
     served = {v["name"]: v for v in crd["spec"]["versions"]}
     schema: dict[str, Any] = served[version]["schema"]["openAPIV3Schema"]

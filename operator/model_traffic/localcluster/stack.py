@@ -46,6 +46,7 @@ from .manifests import install_manifests
 ENVOY_GATEWAY_NAMESPACE = "envoy-gateway-system"
 AI_GATEWAY_NAMESPACE = "envoy-ai-gateway-system"
 GATEWAY_CLASS = "envoy-gateway"
+ENVOY_PROXY = "cluster-ip"
 GATEWAY_NAME = "ai-gateway"
 DEFAULT_GATEWAY = f"{ENVOY_GATEWAY_NAMESPACE}/{GATEWAY_NAME}"
 # The field managers of the controllers' writes (client-go names them after the binary, as the images run it).
@@ -395,8 +396,16 @@ class LocalStack:
 
     def _apply_gateway(self, deadline: float) -> None:
         self._apply(
+            # No load balancer runs here, so EG's default LoadBalancer Service never gets an address; with a
+            # ClusterIP Service EG reports the Service's cluster IP as each Gateway's address
+            # (internal/gatewayapi/status/gateway.go), which the VirtualModels then show.
+            {"apiVersion": "gateway.envoyproxy.io/v1alpha1", "kind": "EnvoyProxy",
+             "metadata": {"name": ENVOY_PROXY, "namespace": ENVOY_GATEWAY_NAMESPACE},
+             "spec": {"provider": {"type": "Kubernetes", "kubernetes": {"envoyService": {"type": "ClusterIP"}}}}},
             {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "metadata": {"name": GATEWAY_CLASS},
-             "spec": {"controllerName": GATEWAY_CONTROLLER_NAME}},
+             "spec": {"controllerName": GATEWAY_CONTROLLER_NAME, "parametersRef": {
+                 "group": "gateway.envoyproxy.io", "kind": "EnvoyProxy", "name": ENVOY_PROXY,
+                 "namespace": ENVOY_GATEWAY_NAMESPACE}}},
             {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
              "metadata": {"name": GATEWAY_NAME, "namespace": ENVOY_GATEWAY_NAMESPACE},
              "spec": {"gatewayClassName": GATEWAY_CLASS, "listeners": [{
