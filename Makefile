@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 IMAGE ?= model-traffic-operator:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
-.PHONY: help venv binaries helm chart-lint crds docs lint unit test demo cluster cluster-down run bench clean image
+.PHONY: help prerequisites venv binaries helm chart-lint crds docs lint unit test demo cluster cluster-down run bench clean image
 
 help:
 	@echo "make demo          local control plane + operator + examples, ends with kubectl get"
@@ -61,7 +61,11 @@ lint: venv
 unit: venv
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
 
-test: lint binaries helm
+# Prometheus, Lua and iproute2 from Debian when missing (as root), or a clear refusal naming the command.
+prerequisites:
+	bash tools/test-prerequisites.sh
+
+test: prerequisites lint binaries helm
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 demo: binaries
