@@ -7,6 +7,7 @@ work without cache invalidation. Writes are server-side apply with one field man
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from dataclasses import dataclass
@@ -106,12 +107,15 @@ class Kube:
     def apply(self, obj: dict[str, Any], *, force: bool = True, dry_run: bool = False) -> dict[str, Any]:
         """Server-side apply of a whole custom object under our field manager."""
         group, _, version = str(obj["apiVersion"]).rpartition("/")
-        result = self.custom.patch_namespaced_custom_object(
+        response = self.custom.patch_namespaced_custom_object(
             group, version, obj["metadata"]["namespace"], _plural_of(obj["kind"]), obj["metadata"]["name"], obj,
             field_manager=FIELD_MANAGER, force=force, dry_run="All" if dry_run else None,
             _content_type="application/apply-patch+yaml",
+            # The client maps only HTTP 200 to a body: an apply that creates (201) would return None, and the
+            # reconcile would not see the child it just made. The body is read here for either.
+            _preload_content=False,
         )
-        return cast(dict[str, Any], result)
+        return cast(dict[str, Any], json.loads(response.data))
 
     def delete(self, rtype: ResourceType, namespace: str, name: str, *, uid: str | None = None) -> bool:
         """Delete, only if the uid still matches (so a same-named newcomer is never deleted)."""
