@@ -71,12 +71,21 @@ def start(settings: kopf.OperatorSettings, **_: Any) -> None:
 
     rt.register(kube.TRAFFIC_CONFIG, reconcile_traffic_config)
     STATE.runtime = rt
+    rt.start()
 
     settings.posting.level = logging.WARNING
-    settings.execution.max_workers = 8
+    # Handlers only enqueue (they are async and return at once); kopf's threads run nothing of ours.
+    settings.execution.max_workers = 2
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
     threading.Thread(target=_resync_forever, args=(rt, config), name="resync", daemon=True).start()
+
+
+@kopf.on.cleanup()
+def stop(**_: Any) -> None:
+    """SIGTERM: take no more work, let the reconciles in progress finish (bounded), then let kopf exit."""
+    if not STATE.runtime.shutdown():
+        log.warning("reconciles still running after the shutdown grace period; exiting anyway")
 
 
 def _resync_forever(rt: Runtime, config: Settings) -> None:
@@ -93,18 +102,11 @@ def _resync_forever(rt: Runtime, config: Settings) -> None:
                     continue
                 for obj in objects:
                     meta = obj["metadata"]
-                    try:
-                        rt.reconcile(kind, meta["namespace"], meta["name"])
-                    except Exception:
-                        continue  # logged and counted by the runtime
+                    rt.enqueue(kind, meta["namespace"], meta["name"])
 
 
-def _reconcile_quietly(kind: str, namespace: str, name: str) -> None:
-    """From a secondary trigger: errors are logged and counted; the resync will come back to it."""
-    try:
-        STATE.runtime.reconcile(kind, namespace, name)
-    except Exception:
-        log.debug("secondary reconcile of %s %s/%s failed", kind, namespace, name, exc_info=True)
+def _enqueue(kind: str, namespace: str, name: str) -> None:
+    STATE.runtime.enqueue(kind, namespace, name)
 
 
 # --- ManagedAIServiceBackend ----------------------------------------------------------------------
@@ -123,19 +125,20 @@ def is_status_echo(event_type: str | None, body: kopf.Body) -> bool:
 
 
 @kopf.on.event(GROUP, VERSION, backend.PLURAL)
-def backend_event(type: str, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
+async def backend_event(type: str, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
     namespace = namespace or ""
     if type == "DELETED":
         STATE.runtime.forget(backend.KIND, namespace, name)
         return
     if not is_status_echo(type, body):
-        STATE.runtime.reconcile(backend.KIND, namespace, name)
+        STATE.runtime.enqueue(backend.KIND, namespace, name)
 
 
 @kopf.index(GROUP, VERSION, backend.PLURAL)
-def backend_references(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str, str], str]:
-    namespace = namespace or ""
+async def backend_references(namespace: str | None, name: str, spec: kopf.Spec,
+                             **_: Any) -> dict[tuple[str, str, str], str]:
     """(namespace, kind, name) of every object a backend reads -> the backend's name."""
+    namespace = namespace or ""
     refs: dict[tuple[str, str, str], str] = {}
     endpoint = spec.get("endpoint") or {}
     for field, kind in (("inferenceService", "InferenceService"), ("inferencePool", "InferencePool"),
@@ -154,36 +157,36 @@ def _reconcile_referencing(index: kopf.Index[Any, Any], owner_kind: str, namespa
     if not namespace:
         return
     for owner in sorted(set(index.get((namespace, kind, name), []))):
-        _reconcile_quietly(owner_kind, namespace, owner)
+        _enqueue(owner_kind, namespace, owner)
 
 
 @kopf.on.event("", "v1", "secrets")
-def secret_event(namespace: str | None, name: str, **kwargs: Any) -> None:
+async def secret_event(namespace: str | None, name: str, **kwargs: Any) -> None:
     _reconcile_referencing(kwargs["backend_references"], backend.KIND, namespace, "Secret", name)
 
 
 @kopf.on.event(kube.INFERENCE_SERVICE.group, kube.INFERENCE_SERVICE.version, kube.INFERENCE_SERVICE.plural)
-def inference_service_event(namespace: str | None, name: str, **kwargs: Any) -> None:
+async def inference_service_event(namespace: str | None, name: str, **kwargs: Any) -> None:
     _reconcile_referencing(kwargs["backend_references"], backend.KIND, namespace, "InferenceService", name)
     _reconcile_referencing(kwargs["traffic_config_references"], trafficconfig.KIND, namespace, "InferenceService",
                            name)
 
 
 @kopf.on.event(kube.INFERENCE_POOL.group, kube.INFERENCE_POOL.version, kube.INFERENCE_POOL.plural)
-def inference_pool_event(namespace: str | None, name: str, **kwargs: Any) -> None:
+async def inference_pool_event(namespace: str | None, name: str, **kwargs: Any) -> None:
     _reconcile_referencing(kwargs["backend_references"], backend.KIND, namespace, "InferencePool", name)
 
 
 @kopf.on.event(kube.BACKEND.group, kube.BACKEND.version, kube.BACKEND.plural)
-def referenced_backend_event(namespace: str | None, name: str, **kwargs: Any) -> None:
+async def referenced_backend_event(namespace: str | None, name: str, **kwargs: Any) -> None:
     _reconcile_referencing(kwargs["backend_references"], backend.KIND, namespace, "Backend", name)
 
 
-def _on_child_event(labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
+async def _on_child_event(labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
     kind = labels.get(apply.LABEL_OWNER_KIND)
     owner = labels.get(apply.LABEL_OWNER_NAME)
     if kind in STATE.runtime.kinds and owner and namespace:
-        _reconcile_quietly(kind, namespace, owner)
+        _enqueue(kind, namespace, owner)
 
 
 for _child in CHILD_TYPES:
@@ -194,79 +197,80 @@ for _child in CHILD_TYPES:
 # --- VirtualModel ---------------------------------------------------------------------------------
 
 @kopf.index(GROUP, VERSION, virtualmodel.PLURAL)
-def virtual_model_references(namespace: str | None, name: str, spec: kopf.Spec,
+async def virtual_model_references(namespace: str | None, name: str, spec: kopf.Spec,
                              **_: Any) -> dict[tuple[str, str, str], str]:
     """(namespace, kind, name) of each backend a VirtualModel routes to -> the VirtualModel's name."""
     return virtualmodel_reconciler.references(namespace or "", name, spec)
 
 
 @kopf.index(GROUP, VERSION, virtualmodel.PLURAL)
-def virtual_model_gateways(namespace: str | None, name: str, spec: kopf.Spec,
+async def virtual_model_gateways(namespace: str | None, name: str, spec: kopf.Spec,
                            **_: Any) -> dict[tuple[str, str, str], tuple[str, str]]:
     """(namespace, "Gateway", name) -> (namespace, name) of each VirtualModel attached to it."""
     return virtualmodel_reconciler.gateway_references(namespace or "", name, spec, STATE.settings.default_gateway)
 
 
 @kopf.index(GROUP, VERSION, virtualmodel.PLURAL)
-def virtual_model_names(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[str, tuple[str, str]]:
+async def virtual_model_names(namespace: str | None, name: str, spec: kopf.Spec,
+                              **_: Any) -> dict[str, tuple[str, str]]:
     """modelName -> (namespace, name) of each VirtualModel claiming it."""
     return virtualmodel_reconciler.model_names(namespace or "", name, spec)
 
 
 @kopf.on.event(GROUP, VERSION, virtualmodel.PLURAL)
-def virtual_model_event(type: str, body: kopf.Body, namespace: str | None, name: str, **kwargs: Any) -> None:
+async def virtual_model_event(type: str, body: kopf.Body, namespace: str | None, name: str, **kwargs: Any) -> None:
     namespace = namespace or ""
     if type == "DELETED":
         STATE.runtime.forget(virtualmodel.KIND, namespace, name)
     elif is_status_echo(type, body):
         return
     else:
-        STATE.runtime.reconcile(virtualmodel.KIND, namespace, name)
+        STATE.runtime.enqueue(virtualmodel.KIND, namespace, name)
     # The others claiming the same model name: a refused one may now own it (or must now be refused).
     model = (body.get("spec") or {}).get("modelName") or name
     for other in sorted(set(kwargs["virtual_model_names"].get(model, []))):
         if other != (namespace, name):
-            _reconcile_quietly(virtualmodel.KIND, *other)
+            _enqueue(virtualmodel.KIND, *other)
 
 
 @kopf.on.event(GROUP, VERSION, backend.PLURAL, id="virtual-models-of-managed-backend")
-def managed_backend_event_for_virtual_models(namespace: str | None, name: str, **kwargs: Any) -> None:
+async def managed_backend_event_for_virtual_models(namespace: str | None, name: str, **kwargs: Any) -> None:
     _reconcile_referencing(kwargs["virtual_model_references"], virtualmodel.KIND, namespace, backend.KIND, name)
 
 
 @kopf.on.event(kube.AI_SERVICE_BACKEND.group, kube.AI_SERVICE_BACKEND.version, kube.AI_SERVICE_BACKEND.plural,
                id="virtual-models-of-aiservicebackend")
-def ai_service_backend_event_for_virtual_models(namespace: str | None, name: str, **kwargs: Any) -> None:
+async def ai_service_backend_event_for_virtual_models(namespace: str | None, name: str, **kwargs: Any) -> None:
     _reconcile_referencing(kwargs["virtual_model_references"], virtualmodel.KIND, namespace, "AIServiceBackend", name)
 
 
 @kopf.on.event(kube.INFERENCE_POOL.group, kube.INFERENCE_POOL.version, kube.INFERENCE_POOL.plural,
                id="virtual-models-of-inferencepool")
-def inference_pool_event_for_virtual_models(namespace: str | None, name: str, **kwargs: Any) -> None:
+async def inference_pool_event_for_virtual_models(namespace: str | None, name: str, **kwargs: Any) -> None:
     _reconcile_referencing(kwargs["virtual_model_references"], virtualmodel.KIND, namespace, "InferencePool", name)
 
 
 @kopf.on.event(kube.GATEWAY.group, kube.GATEWAY.version, kube.GATEWAY.plural)
-def gateway_event(namespace: str | None, name: str, **kwargs: Any) -> None:
+async def gateway_event(namespace: str | None, name: str, **kwargs: Any) -> None:
     """A Gateway changed (its address): reconcile the VirtualModels attached to it, in any namespace."""
     for owner in sorted(set(kwargs["virtual_model_gateways"].get((namespace or "", "Gateway", name), []))):
-        _reconcile_quietly(virtualmodel.KIND, *owner)
+        _enqueue(virtualmodel.KIND, *owner)
 
 
 # --- TrafficConfig --------------------------------------------------------------------------------
 
 @kopf.index(GROUP, VERSION, trafficconfig.PLURAL)
-def traffic_config_references(namespace: str | None, name: str, spec: kopf.Spec,
+async def traffic_config_references(namespace: str | None, name: str, spec: kopf.Spec,
                               **_: Any) -> dict[tuple[str, str, str], str]:
     """(namespace, "InferenceService", name) of a brownfield ref -> the TrafficConfig's name."""
     return trafficconfig_reconciler.references(namespace or "", name, dict(spec))
 
 
 @kopf.on.event(GROUP, VERSION, trafficconfig.PLURAL)
-def traffic_config_event(type: str, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
+async def traffic_config_event(type: str, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
     namespace = namespace or ""
     if type == "DELETED":
         STATE.runtime.forget(trafficconfig.KIND, namespace, name)
         trafficconfig_reconciler.forget_metrics(namespace, name)
     elif not is_status_echo(type, body):
-        STATE.runtime.reconcile(trafficconfig.KIND, namespace, name)
+        STATE.runtime.enqueue(trafficconfig.KIND, namespace, name)

@@ -32,3 +32,23 @@ ANALYSIS_PASSED = Gauge(
     "model_traffic_analysis_passed", "1 when the last check of an analysis metric passed.",
     ["namespace", "name", "metric"],
 )
+WORKQUEUE_DEPTH = Gauge(
+    "model_traffic_workqueue_depth", "Objects waiting for a worker (each once, however often triggered)."
+)
+WORKQUEUE_DELAYED = Gauge(
+    "model_traffic_workqueue_delayed", "Objects with a delayed reconcile pending (a rollout's next check, a retry)."
+)
+WORKQUEUE_IN_PROGRESS = Gauge(
+    "model_traffic_workqueue_in_progress", "Objects being reconciled by a worker now."
+)
+WORKQUEUE_WAIT_SECONDS = Histogram(
+    "model_traffic_workqueue_wait_seconds", "Time an object waited in the queue before a worker took it.",
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+WORKQUEUE_WORK_SECONDS = Histogram(
+    "model_traffic_workqueue_work_seconds", "Time a worker spent on one object (one reconcile).",
+    buckets=(0.001, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+WORKQUEUE_RETRIES = Counter(
+    "model_traffic_workqueue_retries_total", "Reconciles that raised and were put back with a backoff."
+)

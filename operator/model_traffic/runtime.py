@@ -1,8 +1,13 @@
-"""Running reconciles: one at a time per object, status written only when it changed.
+"""Running reconciles: every trigger enqueues a key, a pool of workers reconciles, status written only when
+it changed.
 
-Every trigger (the object's own watch events, events of the objects it references, the periodic resync)
-ends in :meth:`Runtime.reconcile`, which reads the object fresh, so whichever trigger runs last sees the
-latest world. Reconcilers are plain functions ``(kube, body) -> Result``.
+Every trigger (the object's own watch events, events of the objects it references or of its children, the
+periodic resync, a rollout's next check) ends in :meth:`Runtime.enqueue`, which returns at once: the key
+(kind, namespace, name) goes into one deduplicating :class:`~model_traffic.workqueue.WorkQueue`, so a burst
+of triggers is one reconcile and an object is never reconciled twice at once. A worker reads the object
+(from the watch cache when one is wired in, see :mod:`model_traffic.cache`), so whichever run comes last
+sees the latest world. Reconcilers are plain functions ``(kube, body) -> Result``. Conflicts and server
+errors are not retried in place: the key goes back into the queue with a delay (:func:`retry_delay`).
 """
 
 from __future__ import annotations
@@ -10,10 +15,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,10 +26,10 @@ from pydantic import ValidationError
 from model_traffic import conditions, events, metrics
 from model_traffic.conditions import Detail, Verdict
 from model_traffic.kube import Kube, ResourceType
+from model_traffic.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
-RETRY_ATTEMPTS = 4
 RETRIED_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
 # The API server (its schema, CEL rules or an admission webhook) refused a write: retrying the same write cannot help.
 REFUSED_STATUSES = frozenset({400, 422})
@@ -75,14 +78,40 @@ def invalid_spec(error: ValidationError) -> Result:
     return Result(Verdict("Stalled", "InvalidSpec", f"spec.{where}: {first.get('msg')}"))
 
 
+ObjectKey = tuple[str, str, str]  # (kind, namespace, name)
+
+# Conflicts (our view was stale) and transient server errors: tried again soon, this many times, before the
+# slow error backoff takes over.
+FAST_RETRIES = 4
+FAST_RETRY_SECONDS = 0.2
+# Workers reconciling at once. Reconciles mostly wait on the API server, so a few threads keep it busy; more
+# only add contention (the GIL) on a small machine.
+DEFAULT_WORKERS = 8
+# How long SIGTERM waits for the reconciles in progress before the process exits anyway.
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+def retry_delay(failures: int, error: BaseException) -> float:
+    """Seconds before a failed reconcile is tried again, after ``failures`` consecutive failures.
+
+    A conflict or a transient server error is tried again soon (0.4 s doubling, FAST_RETRIES times): the run
+    reads the object again, which is all a conflict needs. Anything else, or a transient error that persists:
+    ERROR_BACKOFF_SECONDS doubling up to ERROR_BACKOFF_CAP_SECONDS.
+    """
+    transient = isinstance(error, ApiException) and error.status in RETRIED_STATUSES
+    if transient and failures <= FAST_RETRIES:
+        return float(FAST_RETRY_SECONDS * 2 ** failures)
+    slow_failures = failures - FAST_RETRIES if transient else failures
+    return float(min(ERROR_BACKOFF_CAP_SECONDS, ERROR_BACKOFF_SECONDS * 2 ** (slow_failures - 1)))
+
+
 class Runtime:
-    def __init__(self, kube: Kube) -> None:
+    """The reconcilers by kind, the work queue that runs them, and the status write they share."""
+
+    def __init__(self, kube: Kube, workers: int = DEFAULT_WORKERS) -> None:
         self.kube = kube
-        self._locks: dict[tuple[str, str, str], threading.Lock] = {}
-        self._locks_guard = threading.Lock()
         self._reconcilers: dict[str, tuple[ResourceType, Reconciler]] = {}
-        self._failures: dict[tuple[str, str, str], int] = {}  # consecutive failures, for the error backoff
-        self.scheduler = Scheduler(self.reconcile)
+        self.queue: WorkQueue[ObjectKey] = WorkQueue(self._run, self._after_failure, workers=workers)
 
     def register(self, rtype: ResourceType, reconciler: Reconciler) -> None:
         self._reconcilers[rtype.kind] = (rtype, reconciler)
@@ -91,78 +120,80 @@ class Runtime:
     def kinds(self) -> dict[str, ResourceType]:
         return {kind: rtype for kind, (rtype, _) in self._reconcilers.items()}
 
-    def _lock(self, key: tuple[str, str, str]) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks.setdefault(key, threading.Lock())
+    def start(self) -> None:
+        self.queue.start()
+
+    def shutdown(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> bool:
+        """Take no more work; let the reconciles in progress finish within ``grace`` seconds."""
+        return self.queue.shutdown(grace)
+
+    def enqueue(self, kind: str, namespace: str, name: str, delay: float = 0.0) -> None:
+        """Reconcile the object soon (or in ``delay`` seconds). Returns at once; safe from any thread."""
+        if kind in self._reconcilers:
+            self.queue.add_after((kind, namespace, name), delay)
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
-        with self._locks_guard:
-            self._locks.pop((kind, namespace, name), None)
-            self._failures.pop((kind, namespace, name), None)
-        self.scheduler.cancel((kind, namespace, name))
+        self.queue.forget((kind, namespace, name))
         with contextlib.suppress(KeyError):
             metrics.READY.remove(kind, namespace, name)
 
-    def reconcile(self, kind: str, namespace: str, name: str) -> None:
-        """Reconcile one object now. Safe from any thread; serialised per object."""
+    def _run(self, key: ObjectKey) -> float | None:
+        return self.reconcile(*key)
+
+    def _after_failure(self, failures: int, error: BaseException) -> float:
+        delay = retry_delay(failures, error)
+        if isinstance(error, ApiException) and error.status in RETRIED_STATUSES and failures <= FAST_RETRIES:
+            log.info("reconcile got HTTP %s; trying again in %.1f s", error.status, delay)
+        return delay
+
+    def reconcile(self, kind: str, namespace: str, name: str) -> float | None:
+        """Reconcile one object now, on the calling thread; the seconds after which to look again, if any.
+
+        The queue calls this (never two at once for one object); tests call it directly. Errors propagate
+        (after being counted and logged) for the queue to retry with a backoff.
+        """
         rtype, reconciler = self._reconcilers[kind]
-        key = (kind, namespace, name)
-        with self._lock(key):
-            body = self.kube.get(rtype, namespace, name)
-            if body is None or body["metadata"].get("deletionTimestamp"):
-                return
-            started = time.monotonic()
-            try:
-                outcome, requeue_after = self._reconcile_with_retries(rtype, reconciler, body)
-                metrics.RECONCILES.labels(kind, outcome).inc()
-                self._failures.pop(key, None)
-                if requeue_after is not None:
-                    self.scheduler.schedule(key, requeue_after)
-            except Exception as error:
-                failures = self._failures[key] = self._failures.get(key, 0) + 1
-                self.scheduler.schedule(key, min(ERROR_BACKOFF_CAP_SECONDS,
-                                                 ERROR_BACKOFF_SECONDS * 2 ** (failures - 1)))
-                if isinstance(error, ApiException):
-                    metrics.RECONCILE_ERRORS.labels(kind, f"http{error.status}").inc()
+        body = self.kube.get(rtype, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return None
+        started = time.monotonic()
+        try:
+            outcome, requeue_after = self._reconcile_once(rtype, reconciler, body)
+            metrics.RECONCILES.labels(kind, outcome).inc()
+            return requeue_after
+        except Exception as error:
+            if isinstance(error, ApiException):
+                if error.status in RETRIED_STATUSES:
+                    log.info("reconcile of %s %s/%s: HTTP %s %s", kind, namespace, name, error.status, error.reason)
+                else:
                     log.warning("reconcile of %s %s/%s failed: %s %s: %s", kind, namespace, name, error.status,
                                 error.reason, api_message(error))
-                else:
-                    metrics.RECONCILE_ERRORS.labels(kind, type(error).__name__).inc()
-                    log.exception("reconcile of %s %s/%s failed", kind, namespace, name)
-                raise
-            finally:
-                metrics.RECONCILE_SECONDS.labels(kind).observe(time.monotonic() - started)
+                metrics.RECONCILE_ERRORS.labels(kind, f"http{error.status}").inc()
+            else:
+                metrics.RECONCILE_ERRORS.labels(kind, type(error).__name__).inc()
+                log.exception("reconcile of %s %s/%s failed", kind, namespace, name)
+            raise
+        finally:
+            metrics.RECONCILE_SECONDS.labels(kind).observe(time.monotonic() - started)
 
-    def _reconcile_with_retries(self, rtype: ResourceType, reconciler: Reconciler,
-                                body: dict[str, Any]) -> tuple[str, float | None]:
-        """Conflicts and transient server errors are retried at once, reading the object again."""
-        for attempt in range(1, RETRY_ATTEMPTS + 1):
+    def _reconcile_once(self, rtype: ResourceType, reconciler: Reconciler,
+                        body: dict[str, Any]) -> tuple[str, float | None]:
+        meta = body["metadata"]
+        try:
             try:
-                try:
-                    result = reconciler(self.kube, body)
-                except ApiException as error:
-                    if not is_refused_write(error):
-                        raise
-                    # Reconcilers report refused children themselves; this catches any other refused write, so an
-                    # object is never left without status while the same write fails again and again.
-                    log.warning("%s %s/%s: %s", rtype.kind, body["metadata"]["namespace"], body["metadata"]["name"],
-                                api_message(error))
-                    result = rejected_write(error, body.get("status") or {})
-                return self._write_status(rtype, body, result), result.requeue_after
+                result = reconciler(self.kube, body)
             except ApiException as error:
-                if error.status == 404 and self.kube.get(rtype, body["metadata"]["namespace"],
-                                                         body["metadata"]["name"]) is None:
-                    return "gone", None  # deleted while we worked on it (e.g. a retired child): nothing to report
-                if error.status not in RETRIED_STATUSES or attempt == RETRY_ATTEMPTS:
+                if not is_refused_write(error):
                     raise
-                log.info("retrying %s %s after HTTP %s", rtype.kind, body["metadata"]["name"], error.status)
-                time.sleep(0.2 * 2**attempt)
-                meta = body["metadata"]
-                fresh = self.kube.get(rtype, meta["namespace"], meta["name"])
-                if fresh is None:
-                    return "gone", None
-                body = fresh
-        raise AssertionError("unreachable")
+                # Reconcilers report refused children themselves; this catches any other refused write, so an
+                # object is never left without status while the same write fails again and again.
+                log.warning("%s %s/%s: %s", rtype.kind, meta["namespace"], meta["name"], api_message(error))
+                result = rejected_write(error, body.get("status") or {})
+            return self._write_status(rtype, body, result), result.requeue_after
+        except ApiException as error:
+            if error.status == 404 and self.kube.get(rtype, meta["namespace"], meta["name"]) is None:
+                return "gone", None  # deleted while we worked on it (e.g. a retired child): nothing to report
+            raise
 
     def _write_status(self, rtype: ResourceType, body: dict[str, Any], result: Result) -> str:
         meta = body["metadata"]
@@ -176,7 +207,11 @@ class Runtime:
         patch = conditions.status_patch(old_status, new_status)
         if patch is None:
             return "unchanged"
-        self.kube.patch_status(rtype, meta["namespace"], meta["name"], patch)
+        # Guarded by the resourceVersion the status was computed from: when the object changed since (a spec
+        # edit, or the body came from a cache a step behind), the write fails with a conflict and the queue
+        # runs the reconcile again soon on the newer object, instead of writing a status for an old one.
+        self.kube.patch_status(rtype, meta["namespace"], meta["name"], patch,
+                               resource_version=meta.get("resourceVersion"))
         if not result.announced:
             self._announce(body, old_conditions, new_conditions)
         return "updated"
@@ -195,62 +230,9 @@ class Runtime:
                  body["metadata"]["name"], after["status"], after["reason"], after["message"])
 
 
-
 def api_message(error: ApiException) -> str:
     """The API server's own explanation (e.g. which permission is missing), from the error's Status body."""
     try:
         return str(json.loads(error.body or "{}").get("message", ""))[:500]
     except (ValueError, AttributeError):
         return ""
-
-
-class Scheduler:
-    """Delayed reconciles (a rollout's next check, a retry after an error): one pending entry per object, the
-    earliest wins. Timing only: what to do is always decided by the reconcile from the object's status, so
-    losing this queue in a restart loses nothing (the initial listing reconciles everything)."""
-
-    def __init__(self, reconcile: Callable[[str, str, str], None], workers: int = 4) -> None:
-        self._reconcile = reconcile
-        self._due: dict[tuple[str, str, str], float] = {}
-        self._wake = threading.Condition()
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scheduled")
-        self._thread: threading.Thread | None = None
-
-    def schedule(self, key: tuple[str, str, str], delay: float) -> None:
-        due = time.monotonic() + max(0.0, delay)
-        with self._wake:
-            if key in self._due and self._due[key] <= due:
-                return
-            self._due[key] = due
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
-                self._thread.start()
-            self._wake.notify()
-
-    def cancel(self, key: tuple[str, str, str]) -> None:
-        with self._wake:
-            self._due.pop(key, None)
-
-    def pending(self) -> dict[tuple[str, str, str], float]:
-        """Seconds until each pending reconcile."""
-        now = time.monotonic()
-        with self._wake:
-            return {key: max(0.0, due - now) for key, due in self._due.items()}
-
-    def _loop(self) -> None:
-        while True:
-            with self._wake:
-                now = time.monotonic()
-                ready = [key for key, due in self._due.items() if due <= now]
-                for key in ready:
-                    del self._due[key]
-                if not ready:
-                    nearest = min(self._due.values(), default=now + 60.0)
-                    self._wake.wait(timeout=max(0.01, nearest - now))
-                    continue
-            for key in ready:
-                self._pool.submit(self._run, key)
-
-    def _run(self, key: tuple[str, str, str]) -> None:
-        with contextlib.suppress(Exception):  # logged, counted and rescheduled by the runtime
-            self._reconcile(*key)
