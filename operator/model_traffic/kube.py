@@ -107,7 +107,7 @@ class Kube:
     def apply(self, obj: dict[str, Any], *, force: bool = True, dry_run: bool = False) -> dict[str, Any]:
         """Server-side apply of a whole custom object under our field manager."""
         group, _, version = str(obj["apiVersion"]).rpartition("/")
-        response = self.custom.patch_namespaced_custom_object(
+        response: Any = self.custom.patch_namespaced_custom_object(
             group, version, obj["metadata"]["namespace"], _plural_of(obj["kind"]), obj["metadata"]["name"], obj,
             field_manager=FIELD_MANAGER, force=force, dry_run="All" if dry_run else None,
             _content_type="application/apply-patch+yaml",
