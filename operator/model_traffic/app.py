@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import kopf
@@ -19,6 +18,7 @@ import kopf
 from model_traffic import apply, kube
 from model_traffic.api import backend, trafficconfig, virtualmodel
 from model_traffic.api.common import GROUP, VERSION
+from model_traffic.cache import CachedKube, Caches
 from model_traffic.kube import Kube
 from model_traffic.reconcilers import backend as backend_reconciler
 from model_traffic.reconcilers import trafficconfig as trafficconfig_reconciler
@@ -37,6 +37,46 @@ CHILD_TYPES = (kube.BACKEND, kube.AI_SERVICE_BACKEND, kube.BACKEND_SECURITY_POLI
                kube.INFERENCE_SERVICE, kube.MANAGED_AI_SERVICE_BACKEND, kube.VIRTUAL_MODEL)
 OUR_LABELS = {apply.LABEL_MANAGED_BY: apply.MANAGED_BY}
 
+# What reconciles read instead of the API server (see model_traffic.cache): all objects of the kinds we reconcile
+# or reference, our labelled objects of the kinds we only write.
+COMPLETELY_CACHED = (kube.MANAGED_AI_SERVICE_BACKEND, kube.VIRTUAL_MODEL, kube.TRAFFIC_CONFIG, kube.SECRET,
+                     kube.INFERENCE_SERVICE, kube.INFERENCE_POOL, kube.GATEWAY, kube.BACKEND, kube.AI_SERVICE_BACKEND)
+CACHED_BY_OUR_LABELS = (kube.BACKEND_SECURITY_POLICY, kube.QUOTA_POLICY, kube.AI_GATEWAY_ROUTE,
+                        kube.BACKEND_TRAFFIC_POLICY, kube.HTTP_ROUTE)
+CACHES = Caches()
+
+
+def _claimed_model_names(obj: Any) -> list[str]:
+    meta = obj.get("metadata") or {}
+    return [virtualmodel_reconciler.model_name_of(str(meta.get("name") or ""), obj.get("spec") or {})]
+
+
+def _register_cache(rtype: kube.ResourceType, complete: bool) -> None:
+    """Feed the cache from kopf's watch of the kind: an index function sees every event but deletions before any
+    handler does (and kopf fills indexes before the first handler runs); the deletion handler is registered
+    before every other handler of the kind, and kopf runs them in order."""
+    labels = None if complete else OUR_LABELS
+    CACHES.register(rtype, complete=complete,
+                    secondary=_claimed_model_names if rtype == kube.VIRTUAL_MODEL else None)
+    cache_id = f"cache-{rtype.plural}.{rtype.group or 'core'}"
+
+    async def cache_object(body: kopf.Body, **_: Any) -> dict[str, str]:
+        CACHES.put(rtype, body)
+        return {}  # the cache holds the object; kopf's index only provides the wait for the initial listing
+
+    async def forget_deleted(type: str, body: kopf.Body, **_: Any) -> None:
+        if type == "DELETED":
+            CACHES.drop(rtype, body)
+
+    kopf.index(rtype.group, rtype.version, rtype.plural, labels=labels, id=cache_id)(cache_object)
+    kopf.on.event(rtype.group, rtype.version, rtype.plural, labels=labels, id=f"{cache_id}-deletions")(forget_deleted)
+
+
+for _rtype in COMPLETELY_CACHED:
+    _register_cache(_rtype, complete=True)
+for _rtype in CACHED_BY_OUR_LABELS:
+    _register_cache(_rtype, complete=False)
+
 
 class State:
     """Process-wide wiring, built once at start-up."""
@@ -52,7 +92,7 @@ STATE = State()
 def start(settings: kopf.OperatorSettings, **_: Any) -> None:
     config = Settings.from_env()
     STATE.settings = config
-    kube_ = Kube()
+    kube_ = CachedKube(CACHES)
     rt = Runtime(kube_)
 
     def reconcile_backend(k: Kube, body: dict[str, Any]) -> Result:
@@ -62,7 +102,7 @@ def start(settings: kopf.OperatorSettings, **_: Any) -> None:
 
     def reconcile_virtual_model(k: Kube, body: dict[str, Any]) -> Result:
         return virtualmodel_reconciler.reconcile(k, body, config.ai_gateway_version, config.default_gateway,
-                                                 config.namespaces)
+                                                 config.namespaces, rivals=_virtual_models_claiming)
 
     rt.register(virtualmodel_reconciler.VIRTUAL_MODEL, reconcile_virtual_model)
 
@@ -88,21 +128,18 @@ def stop(**_: Any) -> None:
         log.warning("reconciles still running after the shutdown grace period; exiting anyway")
 
 
+def _virtual_models_claiming(model_name: str) -> list[dict[str, Any]]:
+    return CACHES.find(kube.VIRTUAL_MODEL, model_name)
+
+
 def _resync_forever(rt: Runtime, config: Settings) -> None:
-    """Reconcile every object now and then: heals what no watch event announced."""
+    """Reconcile every object now and then: heals what no watch event announced. The keys come from the watch
+    cache (a watch that missed an object would have missed it in a LIST's resourceVersion too)."""
     while True:
         time.sleep(config.resync_seconds)
         for kind, rtype in rt.kinds.items():
-            namespaces: Iterable[str | None] = config.namespaces or [None]
-            for namespace in namespaces:
-                try:
-                    objects = rt.kube.list_objects(rtype, namespace)
-                except Exception:
-                    log.exception("resync could not list %s", rtype.plural)
-                    continue
-                for obj in objects:
-                    meta = obj["metadata"]
-                    rt.enqueue(kind, meta["namespace"], meta["name"])
+            for namespace, name in CACHES.keys(rtype):
+                rt.enqueue(kind, namespace, name)
 
 
 def _enqueue(kind: str, namespace: str, name: str) -> None:

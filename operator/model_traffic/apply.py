@@ -128,7 +128,7 @@ def ensure(kube: Kube, rtype: ResourceType, owner: Owner, desired: dict[str, Any
 
 def prune(kube: Kube, rtype: ResourceType, owner: Owner, name: str) -> bool:
     """Delete a child that no longer applies, if it is ours. True when something was deleted."""
-    live = kube.get(rtype, owner.namespace, name)
+    live = kube.get_ours(rtype, owner.namespace, name)
     if live is None or not owned_by(live, owner):
         return False
     return kube.delete(rtype, owner.namespace, name, uid=live["metadata"]["uid"])

@@ -58,6 +58,10 @@ def run(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN,
     )
+    if not args.verbose:
+        # kopf logs every handler of every watch event at INFO: thousands of lines a second at scale, for nothing
+        # the operator's own log (a reconcile's outcome, a readiness change) does not say better.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     liveness_port = args.liveness_port if args.liveness_port is not None else settings.liveness_port
     if settings.metrics_port:
         start_http_server(settings.metrics_port)  # a standby's metrics too (model_traffic_* stay empty there)

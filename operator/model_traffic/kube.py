@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -17,6 +18,9 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 FIELD_MANAGER = "model-traffic-operator"
+# An API group the server did not serve is looked up again after this long (KServe installed after us): in
+# between, asking costs no request.
+MISSING_GROUP_RECHECK_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class Kube:
         self.custom = kubernetes.client.CustomObjectsApi(self.api_client)
         self.core = kubernetes.client.CoreV1Api(self.api_client)
         self._served: dict[str, list[str]] = {}
+        self._missing_checked: dict[str, float] = {}  # group -> when /apis last did not list it
         self._served_lock = threading.Lock()
 
     # -- reads -------------------------------------------------------------------------------
@@ -92,6 +97,11 @@ class Kube:
             if error.status == 404:
                 return None
             raise
+
+    def get_ours(self, rtype: ResourceType, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object when it may be ours (it carries our labels): a cache of our labelled objects answers
+        this without asking the server. Here, the object whoever's it is; callers check ownership."""
+        return self.get(rtype, namespace, name)
 
     def list_objects(self, rtype: ResourceType, namespace: str | None = None,
                      label_selector: str | None = None) -> list[dict[str, Any]]:
@@ -150,6 +160,9 @@ class Kube:
         with self._served_lock:
             if group in self._served:
                 return self._served[group]
+            checked = self._missing_checked.get(group)
+            if checked is not None and time.monotonic() - checked < MISSING_GROUP_RECHECK_SECONDS:
+                return []
         groups = kubernetes.client.ApisApi(self.api_client).get_api_versions().groups or []
         found: dict[str, list[str]] = {}
         for api_group in groups:
@@ -162,15 +175,15 @@ class Kube:
         with self._served_lock:
             # Only positive answers are cached: a missing group may be installed later.
             self._served.update(found)
+            if group not in found:
+                self._missing_checked[group] = time.monotonic()
         return found.get(group, [])
 
 
-_PLURALS = {
-    rtype.kind: rtype.plural
-    for rtype in (BACKEND, BACKEND_TRAFFIC_POLICY, AI_SERVICE_BACKEND, BACKEND_SECURITY_POLICY, AI_GATEWAY_ROUTE,
-                  QUOTA_POLICY, INFERENCE_SERVICE, INFERENCE_POOL, GATEWAY, SECRET, HTTP_ROUTE,
-                  MANAGED_AI_SERVICE_BACKEND, VIRTUAL_MODEL, TRAFFIC_CONFIG)
-}
+ALL_TYPES = (BACKEND, BACKEND_TRAFFIC_POLICY, AI_SERVICE_BACKEND, BACKEND_SECURITY_POLICY, AI_GATEWAY_ROUTE,
+             QUOTA_POLICY, INFERENCE_SERVICE, INFERENCE_POOL, GATEWAY, SECRET, HTTP_ROUTE,
+             MANAGED_AI_SERVICE_BACKEND, VIRTUAL_MODEL, TRAFFIC_CONFIG)
+_PLURALS = {rtype.kind: rtype.plural for rtype in ALL_TYPES}
 
 
 def _plural_of(kind: str) -> str:

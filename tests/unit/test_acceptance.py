@@ -368,7 +368,7 @@ class _OneHTTPRoute:
     def __init__(self, http_route: dict[str, Any] | None) -> None:
         self.http_route = http_route
 
-    def get(self, rtype: Any, namespace: str, name: str) -> dict[str, Any] | None:
+    def get_ours(self, rtype: Any, namespace: str, name: str) -> dict[str, Any] | None:
         assert (rtype.kind, namespace, name) == ("HTTPRoute", "llm", "gpt-4")
         return self.http_route
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -38,6 +38,15 @@ REFERENCED_KINDS = ("ManagedAIServiceBackend", "AIServiceBackend", "InferencePoo
 
 def _raw_model_name(name: str, spec: Mapping[str, Any]) -> str:
     return str(spec.get("modelName") or name)
+
+
+def model_name_of(name: str, spec: Mapping[str, Any]) -> str:
+    """The model name a VirtualModel claims, from its raw spec (so an invalid spec still counts)."""
+    return _raw_model_name(name, spec)
+
+
+# The VirtualModels claiming a model name (a watch cache's answer); without one, they are listed.
+Rivals = Callable[[str], list[dict[str, Any]]]
 
 
 def _raw_gateways(namespace: str, spec: Mapping[str, Any], default_gateway: str | None) -> set[tuple[str, str]]:
@@ -130,7 +139,8 @@ def _observe_backend(kube_: Kube, namespace: str, kind: str, name: str, version:
 
 
 def observe(kube_: Kube, spec: VirtualModelSpec, body: dict[str, Any], version_override: str | None,
-            default_gateway: str | None, namespaces: list[str] | None = None) -> VirtualModelWorld:
+            default_gateway: str | None, namespaces: list[str] | None = None,
+            rivals: Rivals | None = None) -> VirtualModelWorld:
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     version = ai_gateway_version(kube_, version_override)
@@ -143,8 +153,12 @@ def observe(kube_: Kube, spec: VirtualModelSpec, body: dict[str, Any], version_o
         for ref in spec.backends
     }
     # Rivals for the model name: everywhere, or only where the operator watches (and has permissions).
-    others = [o for ns in namespaces for o in kube_.list_objects(VIRTUAL_MODEL, ns)] if namespaces \
-        else kube_.list_objects(VIRTUAL_MODEL)
+    if rivals is not None:
+        others = rivals(_raw_model_name(name, body.get("spec") or {}))
+    elif namespaces:
+        others = [o for ns in namespaces for o in kube_.list_objects(VIRTUAL_MODEL, ns)]
+    else:
+        others = kube_.list_objects(VIRTUAL_MODEL)
     taken = claimant(body, others, default_gateway)
     address = None
     parents = gateway_refs(spec, default)
@@ -156,7 +170,8 @@ def observe(kube_: Kube, spec: VirtualModelSpec, body: dict[str, Any], version_o
 
 
 def reconcile(kube_: Kube, body: dict[str, Any], ai_gateway_version_override: str | None = None,
-              default_gateway: str | None = None, namespaces: list[str] | None = None) -> Result:
+              default_gateway: str | None = None, namespaces: list[str] | None = None,
+              rivals: Rivals | None = None) -> Result:
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     try:
@@ -164,7 +179,7 @@ def reconcile(kube_: Kube, body: dict[str, Any], ai_gateway_version_override: st
     except ValidationError as error:
         return invalid_spec(error)
     owner = apply.Owner.of(body)
-    world = observe(kube_, spec, body, ai_gateway_version_override, default_gateway, namespaces)
+    world = observe(kube_, spec, body, ai_gateway_version_override, default_gateway, namespaces, rivals)
     plan = render(spec, world)
     applied = apply_plan(kube_, owner, plan)
     return result_of(plan, applied, generated_route(kube_, applied, namespace, name))
@@ -176,7 +191,7 @@ def generated_route(kube_: Kube, applied: Applied, namespace: str, name: str) ->
     status events reach us through the AIGatewayRoute's labels, which the AI Gateway copies onto it."""
     if "AIGatewayRoute" not in applied.live:
         return []
-    http_route = kube_.get(HTTP_ROUTE, namespace, name)
+    http_route = kube_.get_ours(HTTP_ROUTE, namespace, name)  # it carries our labels, copied from the route
     if http_route is None:
         return [not_generated(HTTP_ROUTE.kind, name)]
     judged = judge(http_route)

@@ -1,0 +1,99 @@
+"""The watch caches reconciles read from: projections, newest wins, deletions, secondary keys, and the read seam
+(a cache miss of a kind cached only by our labels still asks the server)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from model_traffic import kube
+from model_traffic.cache import CachedKube, Caches, project, selector_matches
+
+
+def obj(kind_type: kube.ResourceType, name: str, rv: str, namespace: str = "llm", **fields: Any) -> dict[str, Any]:
+    return {"apiVersion": kind_type.api_version, "kind": kind_type.kind,
+            "metadata": {"name": name, "namespace": namespace, "resourceVersion": rv,
+                         "managedFields": [{"manager": "x"}], "labels": fields.pop("labels", {})}, **fields}
+
+
+def caches() -> Caches:
+    c = Caches()
+    c.register(kube.BACKEND, complete=True)
+    c.register(kube.SECRET, complete=True)
+    c.register(kube.AI_GATEWAY_ROUTE, complete=False)
+    c.register(kube.VIRTUAL_MODEL, complete=True,
+               secondary=lambda o: [str((o.get("spec") or {}).get("modelName"))])
+    return c
+
+
+def test_a_secret_is_kept_as_its_key_names_only_and_managed_fields_are_dropped() -> None:
+    secret = obj(kube.SECRET, "key", "1", data={"apiKey": "c2VjcmV0"}, stringData={"other": "plain"})
+    kept = project(kube.SECRET, secret)
+    assert kept["data"] == {"apiKey": "", "other": ""}
+    assert "c2VjcmV0" not in repr(kept) and "plain" not in repr(kept)
+    assert "managedFields" not in kept["metadata"]
+
+
+def test_an_older_event_never_replaces_what_our_write_returned() -> None:
+    c = caches()
+    c.put(kube.BACKEND, obj(kube.BACKEND, "b", "105", spec={"v": "written"}))
+    c.put(kube.BACKEND, obj(kube.BACKEND, "b", "103", spec={"v": "older event"}))
+    assert c.get(kube.BACKEND, "llm", "b")["spec"] == {"v": "written"}  # type: ignore[index]
+    c.put(kube.BACKEND, obj(kube.BACKEND, "b", "110", spec={"v": "newer"}))
+    assert c.get(kube.BACKEND, "llm", "b")["spec"] == {"v": "newer"}  # type: ignore[index]
+
+
+def test_a_deletion_drops_the_entry_unless_a_newer_object_took_the_name() -> None:
+    c = caches()
+    c.put(kube.BACKEND, obj(kube.BACKEND, "b", "5"))
+    c.drop(kube.BACKEND, obj(kube.BACKEND, "b", "6"))
+    assert c.get(kube.BACKEND, "llm", "b") is None
+    c.put(kube.BACKEND, obj(kube.BACKEND, "b", "9"))  # recreated (our write) before the old deletion arrived
+    c.drop(kube.BACKEND, obj(kube.BACKEND, "b", "7"))
+    assert c.get(kube.BACKEND, "llm", "b") is not None
+
+
+def test_readers_get_copies() -> None:
+    c = caches()
+    c.put(kube.BACKEND, obj(kube.BACKEND, "b", "1", status={"x": 1}))
+    got = c.get(kube.BACKEND, "llm", "b")
+    assert got is not None
+    got["status"]["x"] = 2
+    assert c.get(kube.BACKEND, "llm", "b")["status"] == {"x": 1}  # type: ignore[index]
+
+
+def test_secondary_keys_follow_changes_and_deletions() -> None:
+    c = caches()
+    c.put(kube.VIRTUAL_MODEL, obj(kube.VIRTUAL_MODEL, "a", "1", spec={"modelName": "gpt-4"}))
+    c.put(kube.VIRTUAL_MODEL, obj(kube.VIRTUAL_MODEL, "b", "2", namespace="other", spec={"modelName": "gpt-4"}))
+    assert [o["metadata"]["name"] for o in c.find(kube.VIRTUAL_MODEL, "gpt-4")] == ["a", "b"]
+    c.put(kube.VIRTUAL_MODEL, obj(kube.VIRTUAL_MODEL, "a", "3", spec={"modelName": "llama"}))
+    assert [o["metadata"]["name"] for o in c.find(kube.VIRTUAL_MODEL, "gpt-4")] == ["b"]
+    c.drop(kube.VIRTUAL_MODEL, obj(kube.VIRTUAL_MODEL, "b", "4", namespace="other"))
+    assert c.find(kube.VIRTUAL_MODEL, "gpt-4") == []
+    assert sorted(c.keys(kube.VIRTUAL_MODEL)) == [("llm", "a")]
+
+
+def test_label_selectors_of_equalities() -> None:
+    assert selector_matches("a=b,c=d", {"a": "b", "c": "d", "e": "f"})
+    assert selector_matches("a==b", {"a": "b"})
+    assert not selector_matches("a=b", {"a": "c"})
+    assert selector_matches(None, {})
+
+
+
+
+def test_reads_of_cached_kinds_never_reach_the_server_but_a_miss_of_a_label_filtered_kind_does(
+        monkeypatch: Any) -> None:
+    c = caches()
+    reads: list[str] = []
+    monkeypatch.setattr(kube.Kube, "get", lambda self, rtype, ns, name: reads.append(f"{rtype.kind}/{name}"))
+    cached = CachedKube.__new__(CachedKube)
+    cached.caches = c
+    c.put(kube.BACKEND, obj(kube.BACKEND, "b", "1"))
+    assert cached.get(kube.BACKEND, "llm", "b") is not None
+    assert cached.get(kube.BACKEND, "llm", "absent") is None  # complete: a miss means absent
+    assert reads == []
+    assert cached.get_ours(kube.AI_GATEWAY_ROUTE, "llm", "r") is None  # ours would be cached: no read
+    assert reads == []
+    cached.get(kube.AI_GATEWAY_ROUTE, "llm", "r")  # before creating it: someone else's may exist
+    assert reads == ["AIGatewayRoute/r"]
