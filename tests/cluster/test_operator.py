@@ -6,15 +6,20 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
+from typing import Any
 
 import kubernetes
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from model_traffic.kube import Kube
+from model_traffic import apply as apply_layer
+from model_traffic import kube as kube_types
+from model_traffic.app import CHILD_TYPES
+from model_traffic.kube import Kube, ResourceType
 from tests.cluster.test_backend import backend_yaml, wait_ready
-from tests.conftest import ROOT, Cluster, Operator, start_operator, stop_operator, wait_for
+from tests.conftest import ROOT, Cluster, Operator, our_yaml, start_operator, stop_operator, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -91,3 +96,101 @@ def test_metrics_endpoint_reports_reconciles(cluster: Cluster, kube: Kube, names
     assert 'model_traffic_reconcile_total{kind="ManagedAIServiceBackend"' in text
     assert "model_traffic_reconcile_duration_seconds_bucket" in text
     assert f'model_traffic_object_ready{{kind="ManagedAIServiceBackend",name="m",namespace="{namespace}"}} 1.0' in text
+
+
+# --- a settled object reconciled again writes nothing ---------------------------------------------------------
+
+def _children(kube: Kube, namespace: str, kind: str, name: str) -> dict[str, dict[str, Any]]:
+    """Our children of an object, by "Kind/name"."""
+    found: dict[str, dict[str, Any]] = {}
+    selector = f"{apply_layer.LABEL_OWNER_KIND}={kind},{apply_layer.LABEL_OWNER_NAME}={name}"
+    for rtype in CHILD_TYPES:
+        for obj in kube.list_objects(rtype, namespace, selector):
+            found[f"{rtype.kind}/{obj['metadata']['name']}"] = obj
+    return found
+
+
+def _events_about(kube: Kube, namespace: str, name: str) -> int:
+    return len(kube.core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items)
+
+
+def _versions(kube: Kube, rtype: ResourceType, namespace: str, name: str) -> dict[str, str]:
+    """resourceVersion of the object and of each of its children."""
+    owner = kube.get(rtype, namespace, name)
+    assert owner is not None
+    versions = {"self": str(owner["metadata"]["resourceVersion"])}
+    versions.update({key: str(child["metadata"]["resourceVersion"])
+                     for key, child in _children(kube, namespace, rtype.kind, name).items()})
+    return versions
+
+
+def assert_reconcile_writes_nothing(kube: Kube, operator: Operator, rtype: ResourceType, namespace: str, name: str,
+                                    poke: str) -> None:
+    """Once the object and its children stopped changing, a reconcile of it (triggered by a no-op annotation on
+    its child ``poke``, "Kind/name") changes no resourceVersion of it or its other children and posts no Event."""
+    def settled() -> dict[str, str] | None:
+        first = _versions(kube, rtype, namespace, name)
+        time.sleep(3)
+        return first if _versions(kube, rtype, namespace, name) == first else None
+
+    before = wait_for(settled, 60, f"{rtype.kind} {name} and its children to stop changing")
+    assert poke in before, f"{poke} is not a child: {sorted(before)}"
+    events = _events_about(kube, namespace, name)
+    unchanged = operator.counter("model_traffic_reconcile_total", kind=rtype.kind, result="unchanged")
+    updated = operator.counter("model_traffic_reconcile_total", kind=rtype.kind, result="updated")
+    child_kind, child_name = poke.split("/")
+    child_type = next(t for t in CHILD_TYPES if t.kind == child_kind)
+    kube.custom.patch_namespaced_custom_object(
+        child_type.group, child_type.version, namespace, child_type.plural, child_name,
+        {"metadata": {"annotations": {"test.modeltraffic.io/poke": str(time.time())}}},
+        _content_type="application/merge-patch+json")
+    wait_for(lambda: operator.counter("model_traffic_reconcile_total", kind=rtype.kind, result="unchanged")
+             > unchanged, 30, f"a reconcile of {rtype.kind} {name} after the child event")
+    time.sleep(2)  # anything it would write would be written by now
+    after = _versions(kube, rtype, namespace, name)
+    del before[poke], after[poke]
+    assert after == before
+    assert _events_about(kube, namespace, name) == events
+    assert operator.counter("model_traffic_reconcile_total", kind=rtype.kind, result="updated") == updated
+
+
+def test_a_settled_backend_reconciled_again_writes_nothing(
+        cluster: Cluster, kube: Kube, namespace: str, operator: Operator) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=backend_yaml("quiet", PLAIN))
+    wait_ready(kube, namespace, "quiet")
+    assert_reconcile_writes_nothing(kube, operator, kube_types.MANAGED_AI_SERVICE_BACKEND, namespace, "quiet",
+                                    poke="Backend/quiet")
+
+
+def test_a_settled_virtual_model_reconciled_again_writes_nothing(
+        cluster: Cluster, kube: Kube, namespace: str, operator: Operator) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=backend_yaml("quiet-backend", PLAIN))
+    wait_ready(kube, namespace, "quiet-backend")
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=our_yaml("VirtualModel", "quiet", """\
+        gatewayRefs: [{name: ai-gateway}]
+        backends: [{name: quiet-backend}]
+        rateLimit: {tenantHeader: x-tenant-id, tokens: {limit: 1000, unit: Hour}}
+    """))
+    assert_reconcile_writes_nothing(kube, operator, kube_types.VIRTUAL_MODEL, namespace, "quiet",
+                                    poke="AIGatewayRoute/quiet")
+
+
+def test_a_settled_traffic_config_reconciled_again_writes_nothing(
+        cluster: Cluster, kube: Kube, namespace: str, operator: Operator) -> None:
+    """Its status.children is declared in the CRD: before, the API server pruned it, so every reconcile found
+    the status changed and wrote it again."""
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=our_yaml("TrafficConfig", "quiet", """\
+        inferenceService:
+          template:
+            predictor:
+              model:
+                modelFormat: {name: huggingface}
+        stable: {version: v1}
+    """))
+    wait_for(lambda: kube.get(kube_types.VIRTUAL_MODEL, namespace, "quiet"), 60, "the TrafficConfig's VirtualModel")
+    status = wait_for(lambda: (kube.get(kube_types.TRAFFIC_CONFIG, namespace, "quiet") or {}).get("status"), 60,
+                      "the TrafficConfig's status")
+    assert_reconcile_writes_nothing(kube, operator, kube_types.TRAFFIC_CONFIG, namespace, "quiet",
+                                    poke="VirtualModel/quiet")
+    written = (kube.get(kube_types.TRAFFIC_CONFIG, namespace, "quiet") or {}).get("status") or {}
+    assert {c["kind"] for c in written.get("children") or []} >= {"VirtualModel"}, status

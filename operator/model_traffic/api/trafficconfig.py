@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from model_traffic.api.backend import APISchema
+from model_traffic.api.backend import APISchema, ChildRef
 from model_traffic.api.common import (
     DurationBetween,
     GatewayRef,
@@ -246,6 +246,13 @@ class TrafficConfigStatus(StatusBase):
     last_step_time: str | None = Field(default=None, description="When the last step was taken.")
     last_results: list[MetricResult] = Field(default_factory=list, description="Last analysis results.")
     versions: list[VersionStatus] = Field(default_factory=list, description="Each live version.")
+    # Declared like the other kinds' (the operator writes it for all three): undeclared, the API server pruned it
+    # and every reconcile found the status changed and wrote it again.
+    children: list[ChildRef] = Field(
+        default_factory=list,
+        description="Objects the operator owns for this one (the InferenceServices, ManagedAIServiceBackends and "
+        "VirtualModel it writes).",
+    )
 
 
 _VERSION_FITS = f"size(self.metadata.name) + 1 + size(v.version) <= {MAX_INFERENCE_SERVICE_NAME_LENGTH}"
