@@ -16,7 +16,7 @@ IMAGE ?= model-traffic-operator:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pypr
 help:
 	@echo "make demo          local control plane + operator + examples, ends with kubectl get"
 	@echo "make test          lint, unit and cluster tests (what CI runs)"
-	@echo "make bench         render speed, time to Ready for 100 backends + 20 VirtualModels, memory, resync"
+	@echo "make bench         time to Ready for 2,000 backends + 2,000 VirtualModels + 200 TrafficConfigs, the floor, requests (BENCH_ARGS)"
 	@echo "make cluster       keep a local stack running: control plane, Envoy Gateway, AI Gateway (.local/kubeconfig);"
 	@echo "                   make cluster-down stops it"
 	@echo "make run           run the operator in the foreground against \$$KUBECONFIG (MTO_DEFAULT_GATEWAY defaults to"
@@ -72,7 +72,7 @@ demo: binaries
 	MTO_DEFAULT_GATEWAY="$${MTO_DEFAULT_GATEWAY:-$(LOCAL_GATEWAY)}" $(PY) -m model_traffic.demo
 
 bench: binaries
-	$(PY) -m model_traffic.bench $(BENCH_ARGS)
+	$(PY) tools/bench.py $(BENCH_ARGS)
 
 cluster: binaries
 	$(PY) -m model_traffic.localcluster up --dir $(LOCAL) --crds crds

@@ -1,0 +1,335 @@
+"""``make bench``: figures on the local stack, printed and saved as JSON (never asserted: a 2-core machine is noisy).
+
+- the pure render functions: renders per second of a backend, a VirtualModel and a rollout step;
+- end to end (real API server, Envoy Gateway and AI Gateway controllers, the operator as a process): N
+  ManagedAIServiceBackends, N VirtualModels (one backend each) and N/10 TrafficConfigs applied at once. Their
+  InferenceServices are given a Ready status by this script (KServe simulated, as tests/cluster do without it).
+  Printed: time until every object is reconciled (status written for its generation) and until every one is
+  Ready; the floor (the same children written by a bare server-side-apply loop with the same client and
+  concurrency) and the ratio; API requests per object by verb (the API server's ``apiserver_request_total``);
+  mutating requests while idle and across an operator restart (both should be 0) and reads on restart; peak
+  RSS; p95 of spec change -> child updated over 20 changes; SIGTERM -> exit.
+
+``BENCH_ARGS="--objects 200 --idle 30"`` for a quick run. Not shipped: it lives in tools/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from model_traffic.api.backend import ManagedAIServiceBackendSpec
+from model_traffic.api.trafficconfig import TrafficConfigSpec
+from model_traffic.api.virtualmodel import VirtualModelSpec
+from model_traffic.render import backend as render_backend
+from model_traffic.render import trafficconfig as render_traffic
+from model_traffic.render import virtualmodel as render_vm
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMESPACE = "bench"
+
+
+def per_second(function: Callable[[], object], seconds: float = 1.0) -> float:
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        function()
+        count += 1
+    return count / (time.perf_counter() - started)
+
+
+def render_figures() -> list[tuple[str, str]]:
+    backend_spec = ManagedAIServiceBackendSpec.model_validate(
+        {"schema": {"name": "OpenAI"}, "endpoint": {"fqdn": {"hostname": "api.openai.com", "port": 443}},
+         "credentials": {"type": "APIKey", "secretRef": {"name": "key"}}})
+    backend_world = render_backend.BackendWorld(namespace="b", name="openai", ai_gateway_version="v1beta1",
+                                                secret_keys=frozenset({"apiKey"}))
+    vm_spec = VirtualModelSpec.model_validate(
+        {"gatewayRefs": [{"name": "gw"}], "backends": [{"name": f"b{i}", "weight": 10} for i in range(5)],
+         "rateLimit": {"tenantHeader": "x-tenant", "tokens": {"limit": 1000, "unit": "Hour"}}})
+    vm_world = render_vm.VirtualModelWorld(
+        namespace="b", name="m", ai_gateway_version="v1beta1",
+        backends={("ManagedAIServiceBackend", f"b{i}"): render_vm.ObservedBackend(ready=True) for i in range(5)})
+    tc_spec = TrafficConfigSpec.model_validate(
+        {"inferenceService": {"template": {"predictor": {}}}, "stable": {"version": "v1"},
+         "canary": {"version": "v2"}, "analysis": {"stepWeights": [10, 50]}})
+    tc_world = render_traffic.TrafficWorld(namespace="b", name="m", versions={
+        v: render_traffic.ObservedVersion(ready=True) for v in ("v1", "v2")})
+    now = datetime.datetime.now(datetime.UTC)
+    rates = {
+        "render ManagedAIServiceBackend": per_second(lambda: render_backend.render(backend_spec, backend_world)),
+        "render VirtualModel (5 backends, rate limit)": per_second(lambda: render_vm.render(vm_spec, vm_world)),
+        "TrafficConfig rollout step": per_second(lambda: render_traffic.step(tc_spec, None, tc_world, now)),
+    }
+    return [(name, f"{rate:,.0f}/s") for name, rate in rates.items()]
+
+
+MUTATING = ("POST", "PUT", "PATCH", "DELETE", "APPLY", "CREATE", "UPDATE", "DELETECOLLECTION")
+
+
+def manifests(count: int, gateway: str) -> list[dict[str, Any]]:
+    gw_namespace, gw_name = gateway.split("/")
+    docs: list[dict[str, Any]] = []
+    for i in range(count):
+        docs.append({"apiVersion": "modeltraffic.io/v1alpha1", "kind": "ManagedAIServiceBackend",
+                     "metadata": {"name": f"b{i}", "namespace": NAMESPACE},
+                     "spec": {"schema": {"name": "OpenAI"},
+                              "endpoint": {"ip": {"address": f"10.0.{i // 250}.{i % 250 + 1}", "port": 8000}}}})
+        docs.append({"apiVersion": "modeltraffic.io/v1alpha1", "kind": "VirtualModel",
+                     "metadata": {"name": f"m{i}", "namespace": NAMESPACE},
+                     "spec": {"gatewayRefs": [{"name": gw_name, "namespace": gw_namespace}],
+                              "backends": [{"name": f"b{i}"}]}})
+    for i in range(count // 10):
+        docs.append({"apiVersion": "modeltraffic.io/v1alpha1", "kind": "TrafficConfig",
+                     "metadata": {"name": f"t{i}", "namespace": NAMESPACE},
+                     "spec": {"modelName": f"tc-model-{i}",
+                              "gatewayRefs": [{"name": gw_name, "namespace": gw_namespace}],
+                              "inferenceService": {"template": {"predictor": {"model": {
+                                  "modelFormat": {"name": "huggingface"}}}}},
+                              "stable": {"version": "v1"}}})
+    return docs
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and labels in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def series(text: str, name: str, labels: str = "") -> int:
+    return sum(1 for line in text.splitlines() if line.startswith(name + "{") and labels in line)
+
+
+def requests_by_verb(text: str) -> dict[str, float]:
+    """apiserver_request_total summed by verb (all clients)."""
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        found = re.match(r'apiserver_request_total\{(.*)\} (\S+)', line)
+        if found:
+            verb = re.search(r'verb="([^"]+)"', found.group(1))
+            if verb:
+                totals[verb.group(1)] = totals.get(verb.group(1), 0.0) + float(found.group(2))
+    return totals
+
+
+def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {verb: after[verb] - before.get(verb, 0.0) for verb in after if after[verb] - before.get(verb, 0.0)}
+
+
+def mutating(requests: dict[str, float]) -> float:
+    return sum(v for verb, v in requests.items() if verb in MUTATING)
+
+
+def rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] if ordered else float("nan")
+
+
+def cluster_figures(count: int, idle: float, figures: dict[str, Any]) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    from model_traffic import apply as apply_layer
+    from model_traffic import kube as k
+    from model_traffic import localcluster
+    from model_traffic.kube import Kube
+    from model_traffic.localcluster.process import stop
+
+    binaries = localcluster.ensure_binaries()
+    with (tempfile.TemporaryDirectory(prefix="mto-bench-") as tmp,
+          localcluster.LocalStack(Path(tmp), binaries, crds=[ROOT / "crds"]) as stack):
+        port = 18080
+        env = {**os.environ, "KUBECONFIG": str(stack.kubeconfig), "MTO_METRICS_PORT": str(port),
+               "MTO_RESYNC_SECONDS": "3600", "MTO_DEFAULT_GATEWAY": stack.default_gateway}
+        os.environ["KUBECONFIG"] = str(stack.kubeconfig)
+        kube = Kube()
+
+        def kubectl(*args: str, stdin: str | None = None) -> str:
+            return subprocess.run([str(binaries.kubectl), *args], env=env, input=stdin, capture_output=True,
+                                  text=True, check=True).stdout
+
+        def server_requests() -> dict[str, float]:
+            return requests_by_verb(kubectl("get", "--raw", "/metrics"))
+
+        def scrape() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                return str(response.read().decode())
+
+        peak = {"rss": 0.0}
+        log = (Path(tmp) / "operator.log").open("wb")
+
+        def start() -> subprocess.Popen[bytes]:
+            process = subprocess.Popen([sys.executable, "-m", "model_traffic", "run", "--liveness-port", "18081"],
+                                       env=env, stdout=log, stderr=subprocess.STDOUT)
+            while True:
+                try:
+                    scrape()
+                    return process
+                except OSError:
+                    time.sleep(0.2)
+
+        kubectl("create", "namespace", NAMESPACE)
+        docs = manifests(count, stack.default_gateway)
+        total = len(docs)
+        operator = start()
+        stop_watching = threading.Event()
+
+        def watch_rss_and_serve() -> None:
+            """Peak RSS, and KServe simulated: each new InferenceService of ours reports Ready."""
+            served: set[str] = set()
+            while not stop_watching.is_set():
+                peak["rss"] = max(peak["rss"], rss_mib(operator.pid))
+                try:
+                    for isvc in kube.list_objects(k.INFERENCE_SERVICE, NAMESPACE):
+                        name = isvc["metadata"]["name"]
+                        if name not in served:
+                            url = f"http://{name}-predictor.{NAMESPACE}.svc.cluster.local"
+                            kube.patch_status(k.INFERENCE_SERVICE, NAMESPACE, name, {
+                                "url": url, "address": {"url": url},
+                                "components": {"predictor": {"address": {"url": url}}},
+                                "conditions": [{"type": "Ready", "status": "True",
+                                                "lastTransitionTime": "2026-01-01T00:00:00Z"}]})
+                            served.add(name)
+                except ApiException:
+                    pass
+                time.sleep(1)
+
+        threading.Thread(target=watch_rss_and_serve, daemon=True).start()
+        before = server_requests()
+        started = time.monotonic()
+        for chunk in range(0, total, 500):
+            batch = "\n---\n".join(json.dumps(d) for d in docs[chunk:chunk + 500])
+            kubectl("apply", "--server-side", "-f", "-", stdin=batch)
+        reconciled_at = ready_at = None
+        while time.monotonic() - started < 1800:
+            text = scrape()
+            reconciled = series(text, "model_traffic_object_ready", f'namespace="{NAMESPACE}"')
+            ready = metric(text, "model_traffic_object_ready", f'namespace="{NAMESPACE}"')
+            if reconciled_at is None and reconciled >= total:
+                reconciled_at = time.monotonic() - started
+            if ready >= total:
+                ready_at = time.monotonic() - started
+                break
+            if reconciled_at is not None and time.monotonic() - started > reconciled_at + 300:
+                break  # the gateway controllers have not accepted everything in 5 more minutes: report what is known
+            time.sleep(1)
+        figures["objects"] = {"ManagedAIServiceBackend": count, "VirtualModel": count, "TrafficConfig": count // 10}
+        figures["seconds_to_all_reconciled"] = reconciled_at
+        figures["seconds_to_all_ready"] = ready_at
+        figures["ready_at_end"] = metric(scrape(), "model_traffic_object_ready", f'namespace="{NAMESPACE}"')
+        converge = delta(server_requests(), before)
+        figures["api_requests_per_object_during_convergence_all_clients"] = {
+            verb: round(v / total, 2) for verb, v in sorted(converge.items())}
+
+        before = server_requests()
+        time.sleep(idle)
+        figures[f"mutating_requests_idle_{idle:.0f}s_all_clients"] = mutating(delta(server_requests(), before))
+
+        # Spec change -> child updated, 20 times.
+        latencies: list[float] = []
+        for i in range(20):
+            name = f"b{i}"
+            new_port = 9000 + i
+            change = time.monotonic()
+            kube.custom.patch_namespaced_custom_object(
+                "modeltraffic.io", "v1alpha1", NAMESPACE, "managedaiservicebackends", name,
+                {"spec": {"endpoint": {"ip": {"port": new_port}}}}, _content_type="application/merge-patch+json")
+            while time.monotonic() - change < 60:
+                child = kube.get(k.BACKEND, NAMESPACE, name) or {}
+                ports = [e.get("ip", {}).get("port") for e in (child.get("spec") or {}).get("endpoints") or []]
+                if new_port in ports:
+                    latencies.append(time.monotonic() - change)
+                    break
+                time.sleep(0.02)
+        figures["spec_change_to_child_p95_seconds"] = round(p95(latencies), 3)
+        time.sleep(5)
+
+        stopping = time.monotonic()
+        operator.send_signal(signal.SIGTERM)
+        try:
+            operator.wait(60)
+        except subprocess.TimeoutExpired:
+            stop(operator, grace=1)
+        figures["sigterm_to_exit_seconds"] = round(time.monotonic() - stopping, 1)
+        figures["peak_rss_mib"] = round(peak["rss"])
+
+        before = server_requests()
+        restarted = time.monotonic()
+        operator = start()
+        while time.monotonic() - restarted < 600:
+            if metric(scrape(), "model_traffic_reconcile_total") >= total:
+                break
+            time.sleep(1)
+        figures["restart_seconds_to_all_reconciled"] = round(time.monotonic() - restarted, 1)
+        time.sleep(5)
+        restart = delta(server_requests(), before)
+        figures["restart_requests_by_verb_all_clients"] = restart
+        figures["restart_mutating_requests_all_clients"] = mutating(restart)
+        stop_watching.set()
+        stop(operator, grace=15)
+
+        # The floor: the same children, written by a bare server-side-apply loop, same client, same concurrency.
+        kubectl("create", "namespace", FLOOR_NAMESPACE)
+        children = []
+        for rtype in (k.BACKEND, k.AI_SERVICE_BACKEND, k.AI_GATEWAY_ROUTE):
+            for obj in kube.list_objects(rtype, NAMESPACE, f"{apply_layer.LABEL_MANAGED_BY}={apply_layer.MANAGED_BY}"):
+                children.append({"apiVersion": obj["apiVersion"], "kind": obj["kind"],
+                                 "metadata": {"name": obj["metadata"]["name"], "namespace": FLOOR_NAMESPACE},
+                                 "spec": obj["spec"]})
+        floor_started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda c: kube.apply(c), children))
+        figures["floor_children"] = len(children)
+        figures["floor_seconds"] = round(time.monotonic() - floor_started, 1)
+        if reconciled_at:
+            figures["ratio_reconciled_to_floor"] = round(reconciled_at / max(0.001, figures["floor_seconds"]), 1)
+        log.close()
+
+
+FLOOR_NAMESPACE = "bench-floor"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--objects", type=int, default=2000,
+                        help="ManagedAIServiceBackends and VirtualModels each (TrafficConfigs: /10)")
+    parser.add_argument("--idle", type=float, default=120.0, help="seconds of idle to count mutating requests in")
+    parser.add_argument("--render-only", action="store_true")
+    parser.add_argument("--out", type=Path, default=None, help="where to save the figures (JSON)")
+    args = parser.parse_args(argv)
+    figures: dict[str, Any] = {"render": dict(render_figures())}
+    if not args.render_only:
+        cluster_figures(args.objects, args.idle, figures)
+    out = args.out or Path(tempfile.gettempdir()) / f"mto-bench-{int(time.time())}.json"
+    out.write_text(json.dumps(figures, indent=2))
+    print(json.dumps(figures, indent=2))
+    print(f"figures saved to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
