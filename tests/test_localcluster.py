@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from model_traffic import localcluster
+from model_traffic.localcluster import build, kserve, nodes
 from model_traffic.localcluster.build import kubernetes_build_gomod, staging_modules
 from model_traffic.localcluster.controlplane import pid_alive
 
@@ -80,6 +82,59 @@ def test_staging_modules_come_from_kubernetes_gomod() -> None:
     assert "\tk8s.io/client-go => k8s.io/client-go v0.37.2" in generated
     assert "require k8s.io/kubernetes v1.37.2" in generated
     assert "./staging" not in generated
+
+
+def test_kube_scheduler_builds_beside_the_control_plane_without_invalidating_it(tmp_path: Path) -> None:
+    # A cache that holds the control plane (marker and the three commands) stays complete: the scheduler has a
+    # bin dir of its own, so adding it never rebuilds kube-apiserver and friends.
+    assert build.KUBE_SCHEDULER not in build.KUBERNETES_COMMANDS
+    assert build.kube_scheduler_bin_dir(tmp_path) != build.kubernetes_bin_dir(tmp_path)
+    assert build.kube_scheduler_bin_dir(tmp_path).name == f"kube-scheduler-{localcluster.KUBERNETES_VERSION}"
+
+
+def test_kserve_manifests_are_rendered_from_the_module() -> None:
+    config = kserve.inferenceservice_config()
+    released = yaml.safe_load((kserve.module_root() / "config/configmap/inferenceservice.yaml").read_text())
+    assert set(config["data"]) == set(released["data"])  # only values change
+    assert config["metadata"] == {"name": kserve.CONFIG_MAP, "namespace": kserve.NAMESPACE}
+    assert json.loads(config["data"]["deploy"]) == {"defaultDeploymentMode": "Standard"}
+    ingress = json.loads(config["data"]["ingress"])
+    assert ingress["disableIngressCreation"] is True and ingress["disableIstioVirtualHost"] is True
+    assert ingress["ingressDomain"] == json.loads(released["data"]["ingress"])["ingressDomain"]
+
+    runtime = kserve.huggingface_runtime()
+    assert (runtime["kind"], runtime["metadata"]["name"]) == ("ClusterServingRuntime", kserve.HUGGINGFACE_RUNTIME)
+    assert [c["image"] for c in runtime["spec"]["containers"]] == ["kserve/huggingfaceserver:latest"]
+
+    webhooks = kserve.webhook_configurations("10.213.0.14", b"PEM")
+    kinds = {(w["kind"], w["metadata"]["name"]) for w in webhooks}
+    assert ("MutatingWebhookConfiguration", "inferenceservice.serving.kserve.io") in kinds
+    assert ("ValidatingWebhookConfiguration", "clusterservingruntime.serving.kserve.io") in kinds
+    for configuration in webhooks:
+        for webhook in configuration["webhooks"]:
+            assert webhook["clientConfig"]["url"].startswith("https://10.213.0.14:9443/"), webhook
+            assert webhook["clientConfig"]["caBundle"] == "UEVN"
+
+
+def test_kustomize_image_transformer() -> None:
+    images = [{"name": "huggingfaceserver", "newName": "kserve/huggingfaceserver", "newTag": "latest"},
+              {"name": "other", "newTag": "v2"}]
+    assert kserve.kustomize_image("huggingfaceserver:replace", images) == "kserve/huggingfaceserver:latest"
+    assert kserve.kustomize_image("other:v1", images) == "other:v2"
+    assert kserve.kustomize_image("unrelated:v1", images) == "unrelated:v1"
+
+
+def test_fake_nodes_hold_gpus_and_are_managed_by_kwok() -> None:
+    assert nodes.MAX_GPUS_PER_NODE > 0
+    assert any(node.gpus == 0 for node in nodes.FAKE_NODES)
+    for node in nodes.FAKE_NODES:
+        manifest = node.manifest()
+        assert manifest["metadata"]["annotations"][nodes.KWOK_NODE_ANNOTATION] == nodes.KWOK_NODE_VALUE
+        capacity = node.status()["status"]["capacity"]
+        assert (nodes.GPU_RESOURCE in capacity) == bool(node.gpus)
+    args = nodes.kwok_args(Path("/k"))
+    assert "--manage-all-nodes=false" in args
+    assert f"--manage-nodes-with-annotation-selector={nodes.KWOK_NODE_ANNOTATION}={nodes.KWOK_NODE_VALUE}" in args
 
 
 def test_kubectl_and_server_report_the_pinned_version(

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .process import die_with_parent
 
@@ -33,6 +34,9 @@ KUBERNETES_VERSION = "v1.37.2"
 KUBERNETES_STAGING_VERSION = "v0.37.2"
 KUBERNETES_MODULE = "k8s.io/kubernetes"
 KUBERNETES_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kubectl")
+# Built into a bin dir of its own (kube-scheduler-<version>) so that a cache holding the three above stays
+# complete and is not rebuilt; it shares their Go build cache, so it costs little more than a link.
+KUBE_SCHEDULER = "kube-scheduler"
 # Both packages carry the same version variables; the apiserver reports component-base's, kubectl client-go's.
 KUBERNETES_VERSION_PACKAGES = ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
 
@@ -91,6 +95,10 @@ def kubernetes_bin_dir(cache: Path | None = None) -> Path:
     return (cache or cache_dir()) / "bin" / f"kubernetes-{KUBERNETES_VERSION}"
 
 
+def kube_scheduler_bin_dir(cache: Path | None = None) -> Path:
+    return (cache or cache_dir()) / "bin" / f"{KUBE_SCHEDULER}-{KUBERNETES_VERSION}"
+
+
 def etcd_bin_dir(cache: Path | None = None) -> Path:
     return (cache or cache_dir()) / "bin" / f"etcd-{ETCD_VERSION}"
 
@@ -132,24 +140,49 @@ def ensure_kubernetes(cache: Path, log: Log) -> Path:
         if is_complete(bin_dir, KUBERNETES_COMMANDS):
             return bin_dir
         go = find_go()
-        src = cache / "src" / f"kubernetes-{KUBERNETES_VERSION}"
-        src.mkdir(parents=True, exist_ok=True)
-        # It is regenerated below; a half-written one from an interrupted run must not trip `go mod download`.
-        (src / "go.mod").unlink(missing_ok=True)
-        info = go_mod_download(go, KUBERNETES_MODULE, KUBERNETES_VERSION, src)
-        gomod_text = Path(info["GoMod"]).read_text()
-        (src / "go.mod").write_text(kubernetes_build_gomod(gomod_text))
-        commit = info["OriginHash"]
-        ldflags = ["-s", "-w"]
-        for package in KUBERNETES_VERSION_PACKAGES:
-            for name, value in kubernetes_version_vars(commit).items():
-                ldflags.append(f"-X={package}.{name}={value}")
+        src, ldflags = _kubernetes_source(go, cache, f"kubernetes-{KUBERNETES_VERSION}")
         packages = [f"{KUBERNETES_MODULE}/cmd/{name}" for name in KUBERNETES_COMMANDS]
         log(f"building {', '.join(KUBERNETES_COMMANDS)} {KUBERNETES_VERSION} from Go modules into {bin_dir}")
         log("(the first build takes 10-15 minutes on 2 cores; later runs reuse the result)")
         _build_into(go, src, bin_dir, ["-o", "{out}/", *packages], ldflags, KUBERNETES_COMMANDS, log,
                     verify=_verify_kubectl_version)
         return bin_dir
+
+
+def ensure_kube_scheduler(cache: Path | None = None, log: Log | None = None) -> Path:
+    """kube-scheduler of the same k8s.io/kubernetes release as the API server; returns the binary."""
+    cache = cache or cache_dir()
+    log = log or _stderr
+    bin_dir = kube_scheduler_bin_dir(cache)
+    if is_complete(bin_dir, (KUBE_SCHEDULER,)):
+        return bin_dir / KUBE_SCHEDULER
+    with _build_lock(cache, bin_dir.name):
+        if is_complete(bin_dir, (KUBE_SCHEDULER,)):
+            return bin_dir / KUBE_SCHEDULER
+        go = find_go()
+        # A source dir of its own: the kubernetes build rewrites its go.mod under another lock.
+        src, ldflags = _kubernetes_source(go, cache, bin_dir.name)
+        log(f"building {KUBE_SCHEDULER} {KUBERNETES_VERSION} from Go modules into {bin_dir} "
+            "(a minute or two when the control plane was built before)")
+        _build_into(go, src, bin_dir, ["-o", f"{{out}}/{KUBE_SCHEDULER}", f"{KUBERNETES_MODULE}/cmd/{KUBE_SCHEDULER}"],
+                    ldflags, (KUBE_SCHEDULER,), log, verify=_verify_kube_scheduler_version)
+        return bin_dir / KUBE_SCHEDULER
+
+
+def _kubernetes_source(go: str, cache: Path, name: str) -> tuple[Path, list[str]]:
+    """A throw-away main module building k8s.io/kubernetes (see kubernetes_build_gomod), and its ldflags."""
+    src = cache / "src" / name
+    src.mkdir(parents=True, exist_ok=True)
+    # It is regenerated below; a half-written one from an interrupted run must not trip `go mod download`.
+    (src / "go.mod").unlink(missing_ok=True)
+    info = go_mod_download(go, KUBERNETES_MODULE, KUBERNETES_VERSION, src)
+    gomod_text = Path(info["GoMod"]).read_text()
+    (src / "go.mod").write_text(kubernetes_build_gomod(gomod_text))
+    ldflags = ["-s", "-w"]
+    for package in KUBERNETES_VERSION_PACKAGES:
+        for var, value in kubernetes_version_vars(info["OriginHash"]).items():
+            ldflags.append(f"-X={package}.{var}={value}")
+    return src, ldflags
 
 
 def ensure_etcd(cache: Path, log: Log) -> Path:
@@ -239,12 +272,89 @@ def ai_gateway_controller_command() -> GoCommand:
                      (f"{ENVOY_AI_GATEWAY.module}/internal/version.version={ENVOY_AI_GATEWAY.version}-0-g{{commit7}}",))
 
 
-def ensure_controllers(cache: Path | None = None, log: Log | None = None) -> tuple[Path, Path]:
-    """Envoy Gateway's and Envoy AI Gateway's controllers, built the first time (minutes). Returns their paths."""
+class Controllers(NamedTuple):
+    """The binaries the stack runs beside the control plane."""
+
+    envoy_gateway: Path
+    ai_gateway: Path
+    kube_scheduler: Path
+    kwok: Path
+    kserve_manager: Path
+
+
+def ensure_controllers(cache: Path | None = None, log: Log | None = None) -> Controllers:
+    """Envoy Gateway's, Envoy AI Gateway's and KServe's controllers, kube-scheduler and kwok, built the first time
+    (minutes). Returns their paths."""
     cache = cache or cache_dir()
     log = log or _stderr
-    return (ensure_go_command(envoy_gateway_command(), cache, log),
-            ensure_go_command(ai_gateway_controller_command(), cache, log))
+    return Controllers(ensure_go_command(envoy_gateway_command(), cache, log),
+                       ensure_go_command(ai_gateway_controller_command(), cache, log),
+                       ensure_kube_scheduler(cache, log),
+                       ensure_kwok(cache, log),
+                       ensure_kserve_manager(cache, log))
+
+
+def kwok_command() -> GoCommand:
+    from .upstream import KWOK, KWOK_PACKAGE
+
+    # kwok's pkg/consts already says Version = "0.7.0" in the release; hack/releases.sh stamps nothing else
+    # that the stack needs (KubeVersion only matters to kwokctl).
+    return GoCommand("kwok", KWOK.module, KWOK.version, KWOK_PACKAGE, version_args=("--version",))
+
+
+def ensure_kwok(cache: Path | None = None, log: Log | None = None) -> Path:
+    """kwok, the fake nodes' kubelet, built from its release the first time (a minute or two)."""
+    return ensure_go_command(kwok_command(), cache or cache_dir(), log or _stderr)
+
+
+KSERVE_MANAGER = "kserve-manager"
+# What the manager imports from its module; the rest (python/, docs/, install/, test/: ~140 MB) is not copied.
+KSERVE_BUILD_PATHS = ("go.mod", "go.sum", "cmd", "pkg")
+
+
+def kserve_manager_bin_dir(cache: Path | None = None) -> Path:
+    from .upstream import KSERVE
+
+    return (cache or cache_dir()) / "bin" / f"{KSERVE_MANAGER}-{KSERVE.version}"
+
+
+def ensure_kserve_manager(cache: Path | None = None, log: Log | None = None) -> Path:
+    """KServe's controller manager, built inside a copy of its released module (about 5 minutes the first time).
+
+    KServe's go.mod replaces sigs.k8s.io/controller-runtime (v0.20 required, v0.19.7 used), and a replace only
+    applies in the main module: built as a dependency it would get another controller-runtime. So, as with
+    Kubernetes, the release is built as the main module, from a writable copy of its checksum-verified source.
+    """
+    from .upstream import KSERVE, KSERVE_MANAGER_PACKAGE, module_dir
+
+    cache = cache or cache_dir()
+    log = log or _stderr
+    bin_dir = kserve_manager_bin_dir(cache)
+    if is_complete(bin_dir, (KSERVE_MANAGER,)):
+        return bin_dir / KSERVE_MANAGER
+    with _build_lock(cache, bin_dir.name):
+        if is_complete(bin_dir, (KSERVE_MANAGER,)):
+            return bin_dir / KSERVE_MANAGER
+        go = find_go()
+        released = module_dir(KSERVE.module, KSERVE.version)
+        src = cache / "src" / bin_dir.name
+        shutil.rmtree(src, ignore_errors=True)
+        src.mkdir(parents=True)
+        for relative in KSERVE_BUILD_PATHS:
+            if (released / relative).is_dir():
+                shutil.copytree(released / relative, src / relative, copy_function=shutil.copyfile)
+            else:
+                shutil.copyfile(released / relative, src / relative)
+        for directory, _, _ in os.walk(src):
+            # The module cache is read-only; go may record sums in go.sum, and rmtree must work next time.
+            os.chmod(directory, 0o755)
+        log(f"building KServe's manager {KSERVE.version} from its module into {bin_dir} "
+            "(about 5 minutes the first time)")
+        _build_into(go, src, bin_dir, ["-o", f"{{out}}/{KSERVE_MANAGER}", "./cmd/manager"], ["-s", "-w"],
+                    (KSERVE_MANAGER,), log,
+                    verify=lambda built: _verify_main_module(go, built / KSERVE_MANAGER, KSERVE_MANAGER_PACKAGE,
+                                                             KSERVE.module))
+        return bin_dir / KSERVE_MANAGER
 
 
 def ensure_go_command(command: GoCommand, cache: Path, log: Log) -> Path:
@@ -525,6 +635,12 @@ def _verify_kubectl_version(bin_dir: Path) -> None:
         raise BuildError(f"built kubectl reports version {version!r}, not {KUBERNETES_VERSION}: {result.stderr}")
 
 
+def _verify_kube_scheduler_version(bin_dir: Path) -> None:
+    result = subprocess.run([str(bin_dir / KUBE_SCHEDULER), "--version"], capture_output=True, text=True, check=False)
+    if result.stdout.split()[-1:] != [KUBERNETES_VERSION]:
+        raise BuildError(f"built kube-scheduler does not report {KUBERNETES_VERSION}:\n{result.stdout}{result.stderr}")
+
+
 def _verify_etcd_version(bin_dir: Path) -> None:
     result = subprocess.run([str(bin_dir / "etcd"), "--version"], capture_output=True, text=True, check=False)
     if f"etcd Version: {ETCD_VERSION.lstrip('v')}" not in result.stdout:
@@ -549,6 +665,15 @@ def _verify_module_version(go: str, command: GoCommand, bin_dir: Path) -> None:
             not any(f[:1] in (["mod"], ["dep"]) and f[1:3] == [command.module, command.version] for f in fields):
         raise BuildError(f"built {command.name} is not {command.package} of {command.module} {command.version}:\n"
                          f"{result.stdout}{result.stderr}")
+
+
+def _verify_main_module(go: str, binary: Path, package: str, module: str) -> None:
+    # Built as the main module from a copy without VCS data, so Go records it as "(devel)": check the package
+    # and module path, and that the replace directive of its go.mod took effect (the reason for building so).
+    result = subprocess.run([go, "version", "-m", str(binary)], capture_output=True, text=True, check=False)
+    fields = [line.split() for line in result.stdout.splitlines()]
+    if ["path", package] not in [f[:2] for f in fields] or not any(f[:2] == ["mod", module] for f in fields):
+        raise BuildError(f"built {binary.name} is not {package} of {module}:\n{result.stdout}{result.stderr}")
 
 
 def _go_version(go: str) -> str:

@@ -10,8 +10,9 @@
     cluster/ready.json      written by the supervisor once the stack is ready
     cluster/plane/          the stack's workdir: pki, etcd data, logs/, pids.json, the controllers' config
 
-The stack is the control plane, the upstream CRDs, the CRDs given with --crds, and Envoy Gateway and the AI
-Gateway controller with an accepted Gateway (see stack.py).
+The stack is the control plane, fake nodes (kube-scheduler and kwok: pods run, without containers), the
+upstream CRDs, the CRDs given with --crds, Envoy Gateway and the AI Gateway controller with an accepted
+Gateway, and KServe's controller (see stack.py).
 """
 
 from __future__ import annotations
@@ -227,8 +228,9 @@ def cmd_env(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="python -m model_traffic.localcluster",
-        description="A local Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager) with Envoy "
-        "Gateway and the Envoy AI Gateway controller, all built from Go modules.",
+        description="A local Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, "
+        "kwok's fake nodes) with Envoy Gateway, the Envoy AI Gateway controller and KServe's controller, all built "
+        "from Go modules.",
     )
     commands = root.add_subparsers(dest="command", required=True)
     commands.add_parser("build", help="build (or find cached) binaries and print their paths").set_defaults(

@@ -51,6 +51,14 @@ KUBE_CONTROLLERS = (
     "root-ca-certificate-publisher-controller",
     # Fills ClusterRoles built from aggregationRule (admin/edit/view pick up aggregate-to-* roles).
     "clusterrole-aggregation-controller",
+    # Deployments (KServe's predictors, Envoy Gateway's proxies) make ReplicaSets, which make pods; pods of a
+    # Service are published as EndpointSlices. kube-scheduler and kwok (nodes.py) take the pods from there.
+    "deployment-controller",
+    "replicaset-controller",
+    "endpointslice-controller",
+    # The API server taints every new node node.kubernetes.io/not-ready (admission plugin TaintNodesByCondition);
+    # this controller lifts the taint once the node reports Ready, as kwok's nodes do.
+    "node-lifecycle-controller",
 )
 PIDS_FILE = "pids.json"
 LOG_TAIL_LINES = 40
@@ -200,7 +208,7 @@ class ControlPlane:
             )
             self._wait(
                 "kube-controller-manager", deadline,
-                lambda: _http_ok(f"https://127.0.0.1:{kcm_port}/healthz", _insecure_context()),
+                lambda: _http_ok(f"https://127.0.0.1:{kcm_port}/healthz", insecure_context()),
             )
             # The ServiceAccount admission plugin is on, as in a real cluster: pods need their namespace's default
             # ServiceAccount, which the controller manager creates. Its appearance also proves the controllers run.
@@ -234,6 +242,10 @@ class ControlPlane:
         if not self._components:
             raise ControlPlaneError("start the control plane before adding components to it")
         return self._spawn(name, Path(command[0]), command[1:], env)
+
+    def forget(self, name: str) -> None:
+        """Drop a component that has exited (before it is started again under the same name)."""
+        self._components = [c for c in self._components if c.name != name or c.process.poll() is None]
 
     def wait_ready(self, name: str, deadline: float, ready: Callable[[], bool]) -> None:
         """Poll `ready` until it holds; fail early, with its log, when any component exits meanwhile."""
@@ -385,8 +397,8 @@ def _http_ok(url: str, context: ssl.SSLContext | None) -> bool:
         return False
 
 
-def _insecure_context() -> ssl.SSLContext:
-    # kube-controller-manager serves its health endpoint with a self-signed certificate.
+def insecure_context() -> ssl.SSLContext:
+    # kube-controller-manager and kube-scheduler serve their health endpoints with self-signed certificates.
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE

@@ -4,7 +4,7 @@ Envoy Gateway (EG) and the Envoy AI Gateway controller (AIGW) are configured the
 ``manifests/envoy-gateway-values.yaml`` and ``examples/token_ratelimit/envoy-gateway-values-addon.yaml``
 configure EG, and the way its Helm chart (``manifests/charts/ai-gateway-helm``) runs AIGW. They then
 accept a Gateway, turn AIGatewayRoutes into HTTPRoutes and accept BackendTrafficPolicies, as in a cluster.
-No scheduler or kubelet runs, so no Envoy proxy does and the Gateway is never Programmed.
+Envoy's proxy pods are scheduled onto kwok's fake nodes and reported Running, but no Envoy process runs.
 
 Both bind fixed ports on every address (EG: xDS 18000, rate-limit xDS 18001, Wasm 18002, ...; AIGW: its
 rate-limit xDS server on 18002 too, exiting when it cannot), and several stacks may run on one machine
@@ -16,6 +16,11 @@ from 10.213.<slot>.0/24, the slot held by a lock for the stack's lifetime)::
     host 10.213.S.1 <-> EG 10.213.S.2        (EG -> API server)
     host 10.213.S.5 <-> AIGW 10.213.S.6      (AIGW -> API server, API server -> AIGW's webhook)
     EG 10.213.S.9   <-> AIGW 10.213.S.10     (EG -> AIGW's extension server)
+    host 10.213.S.13 <-> KServe 10.213.S.14  (KServe -> API server, API server -> KServe's webhooks)
+
+KServe's controller manager (``kserve.py``) runs the same way. kube-scheduler and kwok (``nodes.py``) bind
+nothing fixed and run beside the control plane: pods are scheduled onto fake nodes and become Running and
+Ready without a container, so Deployments (KServe's predictors, Envoy Gateway's proxies) become available.
 
 The API server listens on 0.0.0.0 so that the controllers reach it at the host end of their link; they
 verify its certificate as `localhost`. This needs root (CI runs as root).
@@ -29,18 +34,31 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import threading
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
 import yaml
 
-from . import build, upstream
-from .build import Binaries
-from .controlplane import ControlPlane, ControlPlaneError, issue_serving_cert
+from . import build, kserve, nodes, upstream
+from .build import Binaries, Controllers
+from .controlplane import (
+    ControlPlane,
+    ControlPlaneError,
+    free_ports,
+    insecure_context,
+    issue_serving_cert,
+    pid_alive,
+)
 from .manifests import install_manifests
 
 ENVOY_GATEWAY_NAMESPACE = "envoy-gateway-system"
@@ -97,6 +115,21 @@ exec "$@"
 
 class StackError(ControlPlaneError):
     """The gateway controllers could not be set up or did not become ready."""
+
+
+@dataclass
+class NetnsController:
+    """A controller in network and mount namespaces of its own, linked to the host (and maybe to a peer)."""
+
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    host_link: str
+    host_address: str
+    inside_address: str
+    peer_address: str = ""
+    certs: Path | None = None
+    pid: int = 0
 
 
 class Slot:
@@ -159,7 +192,14 @@ class LocalStack:
         self._crds = list(crds or [])
         self._plane = ControlPlane(self._workdir, binaries, apiserver_bind_address="0.0.0.0")
         self._slot: Slot | None = None
+        self._scheduler_port = 0
+        self._kserve_address = ""
+        self._netns_controllers: dict[str, NetnsController] = {}
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
         self.timings: dict[str, float] = {}
+        # How often each controller was restarted after it exited (see _supervise).
+        self.restarts: dict[str, int] = {}
 
     @property
     def plane(self) -> ControlPlane:
@@ -197,21 +237,32 @@ class LocalStack:
 
     def start(self, timeout: float = 180.0) -> None:
         require_root()
-        envoy_gateway, ai_gateway = build.ensure_controllers()
+        controllers = build.ensure_controllers()
         deadline = time.monotonic() + timeout
         try:
             self._timed("control plane", lambda: self._plane.start(timeout=timeout))
+            # First: nodes and pods need nothing else, and the scheduler and kwok start while the CRDs install.
+            self._timed("nodes", lambda: self._start_nodes(controllers))
             self._timed("CRDs", lambda: install_manifests(
                 self._binaries.kubectl, self.kubeconfig, [*self._crds, *upstream.crd_files()],
             ))
             self._slot = claim_slot()
-            self._timed("controllers", lambda: self._start_controllers(envoy_gateway, ai_gateway, deadline))
+            self._timed("controllers", lambda: self._start_controllers(controllers, deadline))
+            self._timed("nodes ready", lambda: self._wait_nodes_ready(deadline))
+            self._timed("kserve", lambda: self._configure_kserve(deadline))
             self._timed("gateway accepted", lambda: self._apply_gateway(deadline))
+            self._supervisor = threading.Thread(target=self._supervise, name="localstack-supervisor", daemon=True)
+            self._supervisor.start()
         except BaseException:
             self.stop()
             raise
 
     def stop(self) -> None:
+        # No restarts from here on; what the supervisor restarted dies with its thread (parent-death signal).
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join()
+            self._supervisor = None
         # The controllers were started last, so they stop first; their namespaces and links go with them.
         self._plane.stop()
         if self._slot is not None:
@@ -239,12 +290,43 @@ class LocalStack:
         self._kubectl("apply", "--server-side", "--force-conflicts", f"--field-manager={FIELD_MANAGER}",
                       stdin=yaml.safe_dump_all(objects))
 
-    def _start_controllers(self, envoy_gateway: Path, ai_gateway: Path, deadline: float) -> None:
+    def _start_nodes(self, controllers: Controllers) -> None:
+        """The fake nodes, with their capacity, then kube-scheduler and kwok (readiness: _wait_nodes_ready)."""
+        self._apply(*(node.manifest() for node in nodes.FAKE_NODES))
+        for node in nodes.FAKE_NODES:
+            # Node status is a subresource: the capacity is set there, before kwok initializes the node.
+            self._kubectl("patch", "node", node.name, "--subresource=status", "--type=merge",
+                          "-p", json.dumps(node.status()))
+        (self._scheduler_port,) = free_ports(1)
+        self._plane.spawn("kube-scheduler", [
+            str(controllers.kube_scheduler),
+            *nodes.scheduler_args(self.kubeconfig, self._scheduler_port, self._workdir / "kube-scheduler")])
+        self._plane.spawn("kwok", [str(controllers.kwok), *nodes.kwok_args(self.kubeconfig)])
+
+    def _wait_nodes_ready(self, deadline: float) -> None:
+        self._plane.wait_ready("kube-scheduler", deadline, lambda: _https_ok(
+            f"https://127.0.0.1:{self._scheduler_port}/healthz"))
+
+        def all_ready() -> bool:
+            listing = json.loads(self._kubectl("get", "nodes", "-o", "json"))
+            # Ready (kwok) and schedulable: the node lifecycle controller has lifted the not-ready taint.
+            ready = {item["metadata"]["name"] for item in listing["items"]
+                     if any(c.get("type") == "Ready" and c.get("status") == "True"
+                            for c in (item.get("status") or {}).get("conditions") or [])
+                     and not (item.get("spec") or {}).get("taints")}
+            return all(node.name in ready for node in nodes.FAKE_NODES)
+
+        self._plane.wait_ready("kwok", deadline, _every(0.5, all_ready))
+
+    def _start_controllers(self, controllers: Controllers, deadline: float) -> None:
         assert self._slot is not None
+        envoy_gateway, ai_gateway = controllers.envoy_gateway, controllers.ai_gateway
         slot = self._slot
         eg_host, eg_inside, ai_host, ai_inside = (slot.address(n) for n in (1, 2, 5, 6))
         eg_peer, ai_peer = slot.address(9), slot.address(10)
+        kserve_host, kserve_inside = slot.address(13), slot.address(14)
         self._apply(*self._prerequisites(ai_inside))
+        self._apply(kserve.inferenceservice_config())
         eg_certs = self._envoy_gateway_certs(envoy_gateway)
         ai_certs = self._ai_gateway_certs(ai_inside)
         eg_config = self._workdir / "envoy-gateway.yaml"
@@ -258,39 +340,123 @@ class LocalStack:
         ai_app.parent.mkdir(exist_ok=True)
         ai_app.unlink(missing_ok=True)
         ai_app.symlink_to(ai_gateway)
-        ai_pid = self._spawn_in_netns(
-            "ai-gateway-controller", [str(ai_app), *ai_gateway_args(ai_certs)],
-            links={"host0": f"{ai_inside}/30", "peer0": f"{ai_peer}/30"},
-            env={"KUBECONFIG": str(self._controller_kubeconfig("ai-gateway-controller", ai_host)),
-                 "POD_NAMESPACE": AI_GATEWAY_NAMESPACE},
-        )
-        eg_pid = self._spawn_in_netns(
-            "envoy-gateway", [str(envoy_gateway), "server", f"--config-path={eg_config}"],
-            links={"host0": f"{eg_inside}/30", "peer0": f"{eg_peer}/30"},
-            env={"KUBECONFIG": str(self._controller_kubeconfig("envoy-gateway", eg_host)),
-                 "ENVOY_GATEWAY_NAMESPACE": ENVOY_GATEWAY_NAMESPACE},
-            certs=eg_certs,
-        )
         index = slot.index
-        for name, pid, host_link, host_address in (("ai-gateway-controller", ai_pid, f"mto{index}a", ai_host),
-                                                   ("envoy-gateway", eg_pid, f"mto{index}e", eg_host)):
-            self._wait_for_own_netns(name, pid, deadline)
-            # A leftover of a stack that held this slot before (we hold its lock now).
-            subprocess.run(["ip", "link", "delete", host_link], capture_output=True, check=False)
-            _ip("link", "add", host_link, "type", "veth", "peer", "name", "host0", "netns", str(pid))
-            _ip("addr", "add", f"{host_address}/30", "dev", host_link)
-            _ip("link", "set", host_link, "up")
+        ai = NetnsController(
+            "ai-gateway-controller", [str(ai_app), *ai_gateway_args(ai_certs)],
+            {"KUBECONFIG": str(self._controller_kubeconfig("ai-gateway-controller", ai_host)),
+             "POD_NAMESPACE": AI_GATEWAY_NAMESPACE},
+            host_link=f"mto{index}a", host_address=ai_host, inside_address=ai_inside, peer_address=ai_peer)
+        eg = NetnsController(
+            "envoy-gateway", [str(envoy_gateway), "server", f"--config-path={eg_config}"],
+            {"KUBECONFIG": str(self._controller_kubeconfig("envoy-gateway", eg_host)),
+             "ENVOY_GATEWAY_NAMESPACE": ENVOY_GATEWAY_NAMESPACE},
+            host_link=f"mto{index}e", host_address=eg_host, inside_address=eg_inside, peer_address=eg_peer,
+            certs=eg_certs)
+        kserve_manager = self._workdir / "kserve-manager" / kserve.FIELD_MANAGER
+        kserve_manager.parent.mkdir(exist_ok=True)
+        kserve_manager.unlink(missing_ok=True)
+        kserve_manager.symlink_to(controllers.kserve_manager)
+        kserve_controller = NetnsController(
+            "kserve-manager", [str(kserve_manager), *kserve.manager_args()],
+            {"KUBECONFIG": str(self._controller_kubeconfig("kserve-manager", kserve_host)),
+             "POD_NAMESPACE": kserve.NAMESPACE,
+             # controller-runtime reads the webhook certificates from $TMPDIR/k8s-webhook-server/serving-certs.
+             "TMPDIR": str(self._kserve_certs(kserve_inside))},
+            host_link=f"mto{index}k", host_address=kserve_host, inside_address=kserve_inside)
+        self._kserve_address = kserve_inside
+        self._netns_controllers = {c.name: c for c in (ai, eg, kserve_controller)}
+        for controller in self._netns_controllers.values():
+            self._launch(controller, deadline)
         # Last: the wrappers wait for both their links, so the host ends are up when the controllers start.
-        _ip("link", "add", "peer0", "netns", str(eg_pid), "type", "veth", "peer", "name", "peer0", "netns", str(ai_pid))
+        self._link_peers(eg, ai)
 
         self._plane.wait_ready("ai-gateway-controller", deadline, lambda: all(
             _listening(ai_inside, port) for port in (EXTENSION_SERVER_PORT, WEBHOOK_PORT)))
+
+    def _launch(self, controller: NetnsController, deadline: float) -> None:
+        """Start the controller in new namespaces and link them to the host (the peer link: _link_peers)."""
+        links = {"host0": f"{controller.inside_address}/30"}
+        if controller.peer_address:
+            links["peer0"] = f"{controller.peer_address}/30"
+        controller.pid = self._spawn_in_netns(controller.name, controller.command, links=links, env=controller.env,
+                                              certs=controller.certs)
+        self._wait_for_own_netns(controller.name, controller.pid, deadline)
+        # A leftover of a stack that held this slot before (we hold its lock now), or of the controller's last run.
+        subprocess.run(["ip", "link", "delete", controller.host_link], capture_output=True, check=False)
+        _ip("link", "add", controller.host_link, "type", "veth", "peer", "name", "host0", "netns", str(controller.pid))
+        _ip("addr", "add", f"{controller.host_address}/30", "dev", controller.host_link)
+        _ip("link", "set", controller.host_link, "up")
+
+    @staticmethod
+    def _link_peers(first: NetnsController, second: NetnsController) -> None:
+        _ip("link", "add", "peer0", "netns", str(first.pid), "type", "veth", "peer", "name", "peer0", "netns",
+            str(second.pid))
+
+    def _supervise(self) -> None:
+        """Restart a controller that exits, as a Deployment's pod is restarted (with a growing back-off).
+
+        Upstream controllers do crash: Envoy AI Gateway v1.0.0's extension server panics (index out of range in
+        internal/extensionserver/post_translate_modify.go, maybeModifyCluster) when an AIGatewayRoute has more
+        backends than the HTTPRoute Envoy Gateway last translated, a race while routes change. In a cluster the
+        kubelet restarts it; without that, every later test would wait for a dead controller. Runs in its own
+        thread, which lives until stop(): the children it starts get their parent-death signal when it ends.
+        """
+        back_off: dict[str, float] = {}
+        while not self._stopping.wait(0.5):
+            pids = self._plane.pids
+            for name, controller in self._netns_controllers.items():
+                if pid_alive(pids.get(name, 0)) or self._stopping.is_set():
+                    continue
+                delay = back_off.get(name, 1.0)
+                self._note(name, f"exited; restarting in {delay:.0f}s (restart {self.restarts.get(name, 0) + 1})")
+                if self._stopping.wait(delay):
+                    return
+                back_off[name] = min(delay * 2, 10.0)
+                self.restarts[name] = self.restarts.get(name, 0) + 1
+                try:
+                    self._plane.forget(name)
+                    self._launch(controller, time.monotonic() + 60)
+                    peer = {"ai-gateway-controller": "envoy-gateway",
+                            "envoy-gateway": "ai-gateway-controller"}.get(name)
+                    if peer:
+                        # The veth pair died with the old namespace, on both sides.
+                        self._link_peers(controller, self._netns_controllers[peer])
+                except (ControlPlaneError, OSError) as error:
+                    self._note(name, f"restart failed: {error}")
+                    # Half started (no links): end it, so that the next round starts it again.
+                    with contextlib.suppress(OSError):
+                        os.kill(controller.pid, signal.SIGKILL)
+
+    def _note(self, name: str, message: str) -> None:
+        with (self.log_dir / f"{name}.log").open("a") as log:
+            log.write(f"--- model-traffic localcluster: {name} {message}\n")
+
+    def _configure_kserve(self, deadline: float) -> None:
+        """Once KServe's webhooks serve: register them (as config/webhook/manifests.yaml) and the HF runtime."""
+        address = self._kserve_address
+        self._plane.wait_ready("kserve-manager", deadline, lambda: _listening(address, kserve.WEBHOOK_PORT))
+        self._apply(*kserve.webhook_configurations(address, (self._plane.pki_dir / "ca.crt").read_bytes()))
+        # Validated by the ClusterServingRuntime webhook just registered: proof that the API server reaches it.
+        self._apply(kserve.huggingface_runtime())
+
+    def _kserve_certs(self, address: str) -> Path:
+        tmpdir = self._workdir / "kserve-manager-tmp"
+        certs = tmpdir / "k8s-webhook-server" / "serving-certs"
+        certs.mkdir(parents=True, exist_ok=True)
+        service = f"kserve-webhook-server-service.{kserve.NAMESPACE}"
+        cert, key = issue_serving_cert(self._plane.pki_dir, "kserve-webhook",
+                                       [f"{service}.svc", service, f"{service}.svc.cluster.local"], [address])
+        shutil.copyfile(cert, certs / "tls.crt")
+        shutil.copyfile(key, certs / "tls.key")
+        return tmpdir
 
     def _prerequisites(self, ai_address: str) -> list[dict[str, Any]]:
         ca_bundle = base64.b64encode((self._plane.pki_dir / "ca.crt").read_bytes()).decode()
         return [
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ENVOY_GATEWAY_NAMESPACE}},
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": AI_GATEWAY_NAMESPACE}},
+            # KServe's namespace (config/default/kustomization.yaml), where its manager reads its ConfigMap.
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": kserve.NAMESPACE}},
             # EG's rate-limit infrastructure names this Service as its xDS server and makes the Service, the
             # Deployment and the ServiceAccount `envoy-gateway` the owners of what it creates
             # (internal/infrastructure/kubernetes/ratelimit_infra.go): as EG's chart creates them. The
@@ -489,6 +655,29 @@ def _ip(*args: str) -> None:
     result = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise StackError(f"ip {' '.join(args)} failed: {result.stderr.strip()}")
+
+
+def _https_ok(url: str) -> bool:
+    # kube-scheduler serves its health endpoint with a self-signed certificate.
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=insecure_context()) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _every(seconds: float, check: Callable[[], bool]) -> Callable[[], bool]:
+    """`check`, run at most every `seconds` (kubectl costs a process start); False in between."""
+    last = 0.0
+
+    def throttled() -> bool:
+        nonlocal last
+        if time.monotonic() - last < seconds:
+            return False
+        last = time.monotonic()
+        return check()
+
+    return throttled
 
 
 def _listening(address: str, port: int) -> bool:

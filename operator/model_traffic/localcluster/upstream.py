@@ -33,13 +33,12 @@ ENVOY_AI_GATEWAY = UpstreamModule(
     "github.com/envoyproxy/ai-gateway", "v1.0.0",
     ("manifests/charts/ai-gateway-crds-helm/templates/*.yaml",),
 )
-# The CRDs of KServe the operator touches (and ClusterServingRuntime, which InferenceServices may name);
-# config/crd/full/ also has InferenceGraph, TrainedModel, LocalModel*, LLMInferenceService (llmisvc/), ...
+# Every serving.kserve.io CRD: KServe's manager watches InferenceGraphs, TrainedModels, LocalModelCaches and
+# ClusterStorageContainers besides InferenceServices and (Cluster)ServingRuntimes, and does not start without
+# them. LLMInferenceService (config/crd/full/llmisvc/) belongs to another controller (cmd/llmisvc) and is left out.
 KSERVE = UpstreamModule(
     "github.com/kserve/kserve", "v0.16.0",
-    ("config/crd/full/serving.kserve.io_inferenceservices.yaml",
-     "config/crd/full/serving.kserve.io_servingruntimes.yaml",
-     "config/crd/full/serving.kserve.io_clusterservingruntimes.yaml"),
+    ("config/crd/full/serving.kserve.io_*.yaml",),
 )
 # InferencePool in inference.networking.k8s.io/v1 (and the x-k8s.io alpha kinds beside it).
 GATEWAY_API_INFERENCE_EXTENSION = UpstreamModule(
@@ -51,6 +50,12 @@ UPSTREAM_MODULES = (ENVOY_GATEWAY, ENVOY_AI_GATEWAY, KSERVE, GATEWAY_API_INFEREN
 # The controllers the stack runs, built from the same modules (see build.ensure_controllers).
 ENVOY_GATEWAY_PACKAGE = "github.com/envoyproxy/gateway/cmd/envoy-gateway"
 ENVOY_AI_GATEWAY_PACKAGE = "github.com/envoyproxy/ai-gateway/cmd/controller"
+# KServe's controller manager (its Dockerfile builds ./cmd/manager); see build.ensure_kserve_manager.
+KSERVE_MANAGER_PACKAGE = "github.com/kserve/kserve/cmd/manager"
+# kwok plays the kubelet of fake nodes: it keeps them Ready and moves their pods through the stages of its
+# kustomize/stage/ configurations (the stack reads them from this module), without running a container.
+KWOK = UpstreamModule("sigs.k8s.io/kwok", "v0.7.0", ())
+KWOK_PACKAGE = "sigs.k8s.io/kwok/cmd/kwok"
 
 
 class UpstreamError(RuntimeError):
