@@ -1,8 +1,9 @@
 """``make demo``: the local stack, the operator, the examples, and what kubectl shows.
 
-The local stack is a control plane with the real Envoy Gateway and AI Gateway controllers, which accepted
-the Gateway ``envoy-gateway-system/ai-gateway``: the operator's default gateway unless MTO_DEFAULT_GATEWAY says
-otherwise.
+The local stack is a control plane with the real Envoy Gateway, AI Gateway and KServe controllers, and fake
+nodes (kube-scheduler and kwok) on which KServe's predictor pods are scheduled and run without a container.
+Envoy Gateway accepted the Gateway ``envoy-gateway-system/ai-gateway``: the operator's default gateway unless
+MTO_DEFAULT_GATEWAY says otherwise.
 
 Everything is started here and stopped at the end (``--keep`` leaves it running until Ctrl-C).
 """
@@ -10,7 +11,6 @@ Everything is started here and stopped at the end (``--keep`` leaves it running 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep everything running until Ctrl-C")
     args = parser.parse_args(argv)
     binaries = localcluster.ensure_binaries()
-    print("== starting the local stack: control plane, our CRDs and the upstream ones, Envoy Gateway, AI Gateway",
-          flush=True)
+    print("== starting the local stack: control plane, fake nodes, our CRDs and the upstream ones, Envoy Gateway,"
+          " AI Gateway, KServe", flush=True)
     with (
         tempfile.TemporaryDirectory(prefix="mto-demo-") as tmp,
         localcluster.LocalStack(Path(tmp), binaries, crds=[ROOT / "crds"]) as plane,
@@ -55,10 +55,11 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 print("== kubectl apply -f examples/", flush=True)
                 print(kubectl("apply", "-f", str(ROOT / "examples")), flush=True)
-                print("== KServe does not run here: the demo plays its part and reports the InferenceServices"
-                      " of the TrafficConfig Ready", flush=True)
-                for isvc in ("llama-v1", "llama-v2"):
-                    serve(kubectl, isvc)
+                print("== KServe makes a Deployment per version; its pods run on the fake GPU nodes", flush=True)
+                wait_created(kubectl, "inferenceservice", ("llama-v1", "llama-v2"))
+                kubectl("wait", "--for=condition=Ready", "inferenceservice/llama-v1", "inferenceservice/llama-v2",
+                        "-n", "llm", "--timeout=120s")
+                print(kubectl("get", "deployments,pods", "-n", "llm", "-o", "wide"), flush=True)
                 print("== kubectl wait --for=condition=Ready maisb,vmodel --all -n llm", flush=True)
                 waited = subprocess.run([str(binaries.kubectl), "wait", "--for=condition=Ready", "maisb,vmodel",
                                          "--all", "-n", "llm", "--timeout=90s"], env=env, capture_output=True,
@@ -94,20 +95,14 @@ def main(argv: list[str] | None = None) -> int:
                 stop(operator, grace=30)
 
 
-def serve(kubectl: Callable[..., str], name: str, timeout: float = 60.0) -> None:
-    """Do what KServe would: once the InferenceService exists, report it Ready with its address."""
+def wait_created(kubectl: Callable[..., str], kind: str, names: tuple[str, ...], timeout: float = 60.0) -> None:
+    """`kubectl wait` needs the objects to exist: wait for the operator to create them."""
     deadline = time.monotonic() + timeout
-    while not kubectl("get", "inferenceservice", name, "-n", "llm", "--ignore-not-found", "-o", "name").strip():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"InferenceService {name} was not created within {timeout:.0f}s")
-        time.sleep(0.5)
-    url = f"http://{name}-predictor.llm.svc.cluster.local"
-    status = {"status": {"url": url, "address": {"url": url},
-                         "conditions": [{"type": "Ready", "status": "True",
-                                         "lastTransitionTime": "2026-01-01T00:00:00Z"}],
-                         "components": {"predictor": {"address": {"url": url}}}}}
-    kubectl("patch", "inferenceservice", name, "-n", "llm", "--subresource=status", "--type=merge",
-            "-p", json.dumps(status))
+    for name in names:
+        while not kubectl("get", kind, name, "-n", "llm", "--ignore-not-found", "-o", "name").strip():
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{kind} {name} was not created within {timeout:.0f}s")
+            time.sleep(0.5)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ import pytest
 
 from model_traffic import kube as k
 from model_traffic.kube import Kube
+from model_traffic.localcluster import nodes as fake_nodes
 from tests.cluster.conftest import AI_GATEWAY_MANAGER, status_writers
+from tests.cluster.test_trafficconfig import wait_served
 from tests.conftest import POOL, Cluster, Operator, apply_yaml, condition, get_json, our_yaml, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -207,37 +209,47 @@ def test_inference_service_endpoint_waits_for_ready_and_follows_the_address(
     cluster: Cluster, kube: Kube, operator: Operator, namespace: str
 ) -> None:
     cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=backend_yaml("llama", """\
-        schema: {name: OpenAI}
+        schema: {name: OpenAI, prefix: /openai/v1}
         endpoint: {inferenceService: {name: llama}}
     """))
     wait_ready(kube, namespace, "llama", "False", "InferenceServiceNotFound")
 
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=textwrap.dedent("""\
+    # More GPUs than any of the stack's nodes has: KServe's controller makes the Deployment, its pod stays
+    # Unschedulable, and KServe reports the InferenceService not Ready. Nothing here writes its status.
+    isvc = textwrap.dedent("""\
         apiVersion: serving.kserve.io/v1beta1
         kind: InferenceService
-        metadata: {name: llama}
-        spec: {predictor: {model: {modelFormat: {name: huggingface}}}}
-    """))
+        metadata: {{name: llama}}
+        spec:
+          predictor:
+            model:
+              modelFormat: {{name: huggingface}}
+              storageUri: hf://org/llama:rev1
+              resources: {{limits: {{nvidia.com/gpu: "{gpus}"}}}}
+    """)
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=isvc.format(gpus=fake_nodes.MAX_GPUS_PER_NODE + 1))
+    wait_for(lambda: condition(kube.get(k.INFERENCE_SERVICE, namespace, "llama"), "PredictorReady")
+             .get("status") == "False", 60, "KServe to report the predictor not Ready")
     obj = wait_ready(kube, namespace, "llama", "False", "InferenceServiceNotReady")
     assert condition(obj, "Reconciling")["status"] == "True"
     backend = kube.get(k.BACKEND, namespace, "llama")
     assert backend is not None
     assert backend["spec"]["endpoints"][0]["fqdn"]["hostname"] == f"llama-predictor.{namespace}.svc.cluster.local"
 
-    # KServe (simulated) reports Ready with its address.
-    url = f"http://llama-predictor-v2.{namespace}.svc.cluster.local"
-    kube.custom.patch_namespaced_custom_object_status(
-        "serving.kserve.io", "v1beta1", namespace, "inferenceservices", "llama",
-        {"status": {"conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
-                    "components": {"predictor": {"address": {"url": url}}}}},
-        _content_type="application/merge-patch+json",
-    )
+    # One GPU: the pod is scheduled onto a fake GPU node and runs; KServe reports Ready and its address.
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=isvc.format(gpus=1))
+    ready = wait_served(kube, namespace, "llama")
+    # In Standard (raw) mode KServe gives the cluster-local address only in status.address.url; status.url and
+    # components.predictor.url name the ingress domain (http://llama-<ns>.example.com), which nothing serves.
+    url = ready["status"]["address"]["url"]
+    assert url == f"http://llama-predictor.{namespace}.svc.cluster.local"
+    assert "address" not in ready["status"]["components"]["predictor"]
     obj = wait_ready(kube, namespace, "llama")
     assert obj["status"]["endpoint"]["url"] == url
     backend = kube.get(k.BACKEND, namespace, "llama")
     assert backend is not None
     assert backend["spec"]["endpoints"][0]["fqdn"] == {
-        "hostname": f"llama-predictor-v2.{namespace}.svc.cluster.local", "port": 80}
+        "hostname": f"llama-predictor.{namespace}.svc.cluster.local", "port": 80}
 
 
 def test_inference_pool_missing_then_routed_at_route_level(

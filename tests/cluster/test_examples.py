@@ -5,8 +5,9 @@ object in them must have an entry in ``EXPECTED`` saying what the operator makes
 new object in one) without an entry fails ``test_every_example_object_has_an_expectation`` before any
 cluster is started. The examples use the namespace ``llm`` and the Gateway ``envoy-gateway-system/ai-gateway``:
 what they need is created here (and only what was missing is removed afterwards); ``llm`` is deleted at
-the end, so the shared control plane is left as it was. KServe is simulated by writing the InferenceServices'
-status as KServe would, and Envoy Gateway by writing the Gateway's address.
+the end, so the shared control plane is left as it was. Every status is written by its real controller: the
+InferenceServices' by KServe (their Deployments' pods run on the stack's fake GPU nodes), the Gateway's by
+Envoy Gateway.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import yaml
 
 from model_traffic import kube as k
 from model_traffic.kube import Kube
+from tests.cluster.test_trafficconfig import wait_served
 from tests.conftest import ROOT, Cluster, Operator, condition, get_json, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -130,36 +132,22 @@ def virtual_model_gpt4(w: Walkthrough) -> None:
     assert condition(obj, "ChildrenAccepted")["status"] == "True"
 
 
-def report_ready(kube: Kube, name: str) -> None:
-    """KServe, simulated: the InferenceService reports Ready and its address."""
-    url = f"http://{name}-predictor.{NAMESPACE}.svc.cluster.local"
-    kube.custom.patch_namespaced_custom_object_status(
-        k.INFERENCE_SERVICE.group, k.INFERENCE_SERVICE.version, NAMESPACE, k.INFERENCE_SERVICE.plural, name,
-        {"status": {"url": url, "address": {"url": url}, "components": {"predictor": {"address": {"url": url}}},
-                    "conditions": [{"type": "Ready", "status": "True",
-                                    "lastTransitionTime": "2026-01-01T00:00:00Z"}]}},
-        _content_type="application/merge-patch+json",
-    )
-
-
 def traffic_config_llama(w: Walkthrough) -> None:
-    """The canary: one InferenceService and backend per version, then 10% to v2 once KServe reports Ready."""
-    for version, storage in (("v1", "hf://meta-llama/Meta-Llama-3-8B-Instruct@e1945c4"),
-                             ("v2", "hf://meta-llama/Llama-3.1-8B-Instruct@0e9e39f")):
+    """The canary: one InferenceService and backend per version, then 10% to v2 once KServe reports both Ready."""
+    for version, storage in (("v1", "hf://meta-llama/Meta-Llama-3-8B-Instruct:e1945c4"),
+                             ("v2", "hf://meta-llama/Llama-3.1-8B-Instruct:0e9e39f")):
         name = f"llama-{version}"
-        isvc = wait_for(lambda: w.kube.get(k.INFERENCE_SERVICE, NAMESPACE, name),  # noqa: B023 (called at once)
-                        30, f"InferenceService {name}")
+        # KServe's controller: a Deployment whose pod asks for the template's GPU and lands on a fake GPU node.
+        isvc = wait_served(w.kube, NAMESPACE, name)
         model = isvc["spec"]["predictor"]["model"]
         assert model["storageUri"] == storage
         assert model["args"] == ["--max_model_len=8192", f"--model_name=llama-3-{version}"]
         assert w.kube.get(k.MANAGED_AI_SERVICE_BACKEND, NAMESPACE, name) is not None
-    status = w.kube.get(k.TRAFFIC_CONFIG, NAMESPACE, "llama")["status"]  # type: ignore[index]
-    assert status["phase"] == "Initializing", status  # nothing is Ready yet: no traffic moves
-    wait_for(lambda: [(b["name"], b["weight"]) for b in (w.kube.get(k.VIRTUAL_MODEL, NAMESPACE, "llama") or {}).get(
-        "spec", {}).get("backends", [])] == [("llama-v1", 100)], 30, "VirtualModel llama: all traffic to v1")
-
-    for version in ("v1", "v2"):
-        report_ready(w.kube, f"llama-{version}")
+        [pod] = get_json(w.cluster, "pods", "-n", NAMESPACE, "-l",
+                         f"serving.kserve.io/inferenceservice={name}")["items"]
+        assert pod["status"]["phase"] == "Running"
+        node = get_json(w.cluster, "node", pod["spec"]["nodeName"])
+        assert int(node["status"]["allocatable"].get("nvidia.com/gpu", 0)) > 0, pod["spec"]["nodeName"]
 
     def progressing() -> dict[str, Any] | None:
         current = (w.kube.get(k.TRAFFIC_CONFIG, NAMESPACE, "llama") or {}).get("status") or {}
@@ -180,6 +168,9 @@ def traffic_config_llama(w: Walkthrough) -> None:
         w.ready(k.MANAGED_AI_SERVICE_BACKEND, f"llama-{version}")
     vm = w.ready(k.VIRTUAL_MODEL, "llama", reason="Ready")
     assert vm["status"]["modelName"] == "llama-3"
+    # KServe's Hugging Face server serves the OpenAI API under /openai (kserve/protocol/rest/openai/endpoints.py).
+    aisb = w.kube.get(k.AI_SERVICE_BACKEND, NAMESPACE, "llama-v1") or {}
+    assert aisb["spec"]["schema"] == {"name": "OpenAI", "prefix": "/openai/v1"}
 
 
 EXPECTED: dict[tuple[str, str], Check] = {

@@ -14,9 +14,9 @@ from tests.cluster.test_trafficconfig import (
     TEMPLATE,
     apply,
     events,
-    serve_when_created,
     traffic_config,
     wait_phase,
+    wait_served,
     wait_weights,
 )
 from tests.conftest import Cluster, Operator, condition, wait_for
@@ -37,8 +37,8 @@ def rollout(cluster: Cluster, kube: Kube, namespace: str, prometheus: Prometheus
         analysis:
           prometheus: {{address: "{prometheus.address}"}}
     """) + textwrap.indent(textwrap.dedent(analysis), "  ")))
-    serve_when_created(kube, namespace, "llama-v1")
-    serve_when_created(kube, namespace, "llama-v2")
+    wait_served(kube, namespace, "llama-v1")
+    wait_served(kube, namespace, "llama-v2")
 
 
 def test_a_healthy_candidate_is_promoted_with_its_measurements_in_status(
@@ -142,8 +142,8 @@ def test_weighted_variants_are_measured_and_compared_in_status(
           - {{name: ttft-p95, builtin: TimeToFirstTokenP95, maxRelativeToStable: 1.2}}
           - {{name: tokens, builtin: OutputTokensPerRequest, min: 1}}
     """))
-    serve_when_created(kube, namespace, "mix-v1")
-    serve_when_created(kube, namespace, "mix-v2")
+    wait_served(kube, namespace, "mix-v1")
+    wait_served(kube, namespace, "mix-v2")
 
     def measured() -> dict[str, dict[str, dict[str, object]]] | None:
         versions = ((kube.get(k.TRAFFIC_CONFIG, namespace, "mix") or {}).get("status") or {}).get("versions") or []
