@@ -1,8 +1,9 @@
 """Fixtures: one real cluster per test session, the operator running against it, a namespace a test.
 
-The cluster is the local stack of ``model_traffic.localcluster`` (etcd, kube-apiserver and
-kube-controller-manager, plus the real Envoy Gateway and Envoy AI Gateway controllers, all built from
-released Go modules), or an existing cluster when ``MODEL_TRAFFIC_USE_EXISTING_CLUSTER=1`` and
+The cluster is the local stack of ``model_traffic.localcluster`` (etcd, kube-apiserver,
+kube-controller-manager and kube-scheduler, kwok's fake nodes on which pods run without containers, plus the
+real Envoy Gateway, Envoy AI Gateway and KServe controllers, all built from released Go modules), or an
+existing cluster when ``MODEL_TRAFFIC_USE_EXISTING_CLUSTER=1`` and
 ``KUBECONFIG`` are set. Our CRDs and the upstream CRDs (read from the released modules of Envoy Gateway, AI
 Gateway, KServe and the Gateway API Inference Extension, see ``localcluster/upstream.py``) are installed, so
 every object the operator writes is validated by the real schemas. On the local stack, Envoy Gateway has
@@ -202,8 +203,8 @@ def install_chart(cluster: Cluster, values: dict[str, Any], release: str | None 
     """Render the chart, apply it server-side, and write a kubeconfig with a token of its ServiceAccount.
 
     Each distinct set of values is its own release (so the cluster-scoped RBAC of one never grants another).
-    Nothing runs the chart's Deployment here (no scheduler or kubelet): the operator process is started by
-    the tests, with the ServiceAccount's credentials.
+    The chart's Deployment gets pods on the stack's fake nodes, but no container runs in them: the operator
+    process is started by the tests, with the ServiceAccount's credentials.
     """
     if release is None:
         digest = zlib.crc32(json.dumps(values, sort_keys=True).encode())
