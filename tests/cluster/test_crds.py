@@ -50,8 +50,8 @@ GOOD_TRAFFIC_CONFIG = """\
     schema: {name: OpenAI}
     inferenceService: {template: {predictor: {model: {modelFormat: {name: huggingface}}}}}
     strategy: Canary
-    stable: {version: v1, storageUri: "hf://org/model@rev1"}
-    canary: {version: v2, storageUri: "hf://org/model@rev2"}
+    stable: {version: v1, storageUri: "hf://org/model:rev1"}
+    canary: {version: v2, storageUri: "hf://org/model:rev2"}
     analysis:
       interval: 1m
       threshold: 3

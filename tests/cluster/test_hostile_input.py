@@ -19,7 +19,6 @@ import pytest
 
 from model_traffic import kube as kube_api
 from model_traffic.kube import Kube, ResourceType
-from tests.cluster.test_trafficconfig import serve
 from tests.conftest import Cluster, Operator, condition, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -34,7 +33,7 @@ GOOD: dict[str, dict[str, Any]] = {
     TRAFFIC_CONFIG: {
         "modelName": "llama-3",
         "inferenceService": {"template": {"predictor": {"model": {"modelFormat": {"name": "huggingface"}}}}},
-        "stable": {"version": "v1", "storageUri": "hf://org/llama@rev1"},
+        "stable": {"version": "v1", "storageUri": "hf://org/llama:rev1"},
         "analysis": {"interval": "1m", "metrics": [{"name": "errors", "builtin": "ErrorRate", "max": 0.01}]},
     },
 }
@@ -278,7 +277,7 @@ def test_refused_at_apply(cluster: Cluster, plain_namespace: str, kind: str, spe
 def traffic_config_with(**analysis: Any) -> dict[str, Any]:
     spec = copy.deepcopy(GOOD[TRAFFIC_CONFIG])
     spec["analysis"] = {"interval": "1s", **analysis}
-    spec["canary"] = {"version": "v2", "storageUri": "hf://org/llama@rev2"}
+    spec["canary"] = {"version": "v2", "storageUri": "hf://org/llama:rev2"}
     return spec
 
 
@@ -346,7 +345,9 @@ def test_a_clone_the_inference_service_schema_refuses_is_child_rejected(cluster:
         "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {"name": "custom"},
         "spec": {"predictor": {"containers": [{"name": "kserve-container", "image": "example/server:1"}]}},
     }))
-    serve(kube, plain_namespace, "custom")  # the stable version is up: the rollout writes the candidate's clone
+    # KServe serves the stable version (its pod runs on a fake node); then the rollout writes the candidate's clone.
+    wait_for(lambda: condition(kube.get(kube_api.INFERENCE_SERVICE, plain_namespace, "custom"), "Ready")
+             .get("status") == "True", 90, "KServe's InferenceService custom Ready")
     spec = {"modelName": "custom", "inferenceService": {"ref": {"name": "custom"}}, "stable": {"version": "v1"},
             "canary": {"version": "v2"}}
     cluster.kubectl("apply", "-n", plain_namespace, "-f", "-", stdin=document(TRAFFIC_CONFIG, spec))

@@ -165,8 +165,6 @@ def test_stable_version_owns_an_inference_service_a_backend_and_the_virtual_mode
     assert (row[0], row[1], row[2], row[3]) == ("llama", "Canary", "v1", "Succeeded")
 
 
-@pytest.mark.xfail(strict=True, reason="the operator takes KServe's status.url first (render/trafficconfig.py, "
-                   "ObservedVersion.from_inference_service), which in Standard mode names the ingress domain")
 def test_a_version_url_is_its_cluster_local_address(
     cluster: Cluster, kube: Kube, operator: Operator, namespace: str
 ) -> None:

@@ -91,7 +91,7 @@ def test_a_backend_at_a_denied_address_is_stalled_and_nothing_is_written(endpoin
 
 
 def test_an_inference_service_whose_address_is_denied_is_stalled() -> None:
-    isvc = {"metadata": {"name": "llama"}, "status": {"url": "http://169.254.169.254/"}}
+    isvc = {"metadata": {"name": "llama"}, "status": {"address": {"url": "http://169.254.169.254/"}}}
     world = BackendWorld(namespace="llm", name="b", ai_gateway_version="v1beta1", inference_service=isvc,
                          inference_service_checked=True)
     plan = render(backend({"inferenceService": {"name": "llama"}}), world)

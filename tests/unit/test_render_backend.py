@@ -132,8 +132,11 @@ def test_inference_service_falls_back_to_convention_and_waits_until_ready() -> N
 
 
 def test_predictor_address_prefers_explicit_port_and_https() -> None:
-    isvc = {"metadata": {"name": "x"}, "status": {"url": "https://x.example.com"}}
+    isvc = {"metadata": {"name": "x"}, "status": {"address": {"url": "https://x.example.com"}}}
     assert predictor_address(isvc, "ns", 80) == ("x.example.com", 443, "https://x.example.com")
+    # status.url names KServe's ingress domain in Standard mode, where nothing answers: the convention instead.
+    isvc = {"metadata": {"name": "x"}, "status": {"url": "http://x-ns.example.com"}}
+    assert predictor_address(isvc, "ns", 80)[:2] == ("x-predictor.ns.svc.cluster.local", 80)
     isvc = {"metadata": {"name": "x"}, "status": {"address": {"url": "http://x.ns.svc:8080/v1"}}}
     assert predictor_address(isvc, "ns", 80)[:2] == ("x.ns.svc", 8080)
 

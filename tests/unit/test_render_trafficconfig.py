@@ -107,7 +107,8 @@ def test_children_per_version() -> None:
     assert model["args"] == ["--max_model_len=4096", "--model_name=llama-3-v2"]
     assert isvc["metadata"]["labels"] == {"modeltraffic.io/traffic-config": "llama", "modeltraffic.io/version": "v2"}
     backend = next(c.body for c in plan.children if c.rtype.kind == "ManagedAIServiceBackend" and c.name == "llama-v2")
-    assert backend["spec"] == {"schema": {"name": "OpenAI"}, "endpoint": {"inferenceService": {"name": "llama-v2"}}}
+    assert backend["spec"] == {"schema": {"name": "OpenAI", "prefix": "/openai/v1"},
+                               "endpoint": {"inferenceService": {"name": "llama-v2"}}}
     vm = next(c.body for c in plan.children if c.rtype.kind == "VirtualModel")
     assert vm["spec"]["modelName"] == "llama-3"
     assert vm["spec"]["backends"][0]["modelNameOverride"] == "llama-3-v1"

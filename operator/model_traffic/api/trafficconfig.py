@@ -48,7 +48,8 @@ class ModelVersion(Model):
         description="Version label (lowercase, DNS-safe); the InferenceService is <name>-<version>.",
     )
     storage_uri: StorageUri | None = Field(
-        default=None, description="Where the weights are, e.g. hf://org/model@rev (a scheme KServe supports)."
+        default=None,
+        description="Where the weights are, e.g. hf://org/model:revision (a scheme KServe supports).",
     )
 
 
@@ -198,7 +199,10 @@ class TrafficConfigSpec(Model):
     )
     gateway_refs: list[GatewayRef] | None = Field(default=None, max_length=16, description="As VirtualModel.")
     schema_: APISchema = Field(
-        default=APISchema(name="OpenAI"), alias="schema", description="What the served runtime speaks."
+        # KServe's Hugging Face runtime serves the OpenAI API under /openai
+        # (python/kserve/kserve/protocol/rest/openai/endpoints.py, OPENAI_ROUTE_PREFIX).
+        default=APISchema(name="OpenAI", prefix="/openai/v1"), alias="schema",
+        description="What the served runtime speaks, and under which path prefix.",
     )
     inference_service: InferenceServiceSource = Field(description="What each version runs.")
     strategy: Literal["Canary", "ABTest", "BlueGreen", "Weighted"] = Field(

@@ -43,12 +43,14 @@ def _meta(name: str) -> dict[str, Any]:
 
 
 def predictor_address(isvc: dict[str, Any], namespace: str, port: int) -> tuple[str, int, str]:
-    """Host, port and URL of a KServe predictor: from its status, else the naming convention."""
+    """Host, port and URL of a KServe predictor: from its status, else the naming convention.
+
+    Not ``status.url``: in KServe's Standard (raw Deployment) mode it names the ingress domain
+    (``http://<name>-<namespace>.example.com``) even when no ingress is made, and nothing answers there."""
     status = isvc.get("status") or {}
     candidates = [
         ((status.get("components") or {}).get("predictor") or {}).get("address", {}).get("url"),
         (status.get("address") or {}).get("url"),
-        status.get("url"),
     ]
     for url in candidates:
         if url:

@@ -77,7 +77,9 @@ class ObservedVersion:
         status = obj.get("status") or {}
         ready_cond = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
         ready = bool(ready_cond and ready_cond.get("status") == "True")
-        url = status.get("url") or (status.get("address") or {}).get("url")
+        # address.url is the predictor Service; in KServe's Standard mode status.url names the ingress domain
+        # even with no ingress (pkg/controller/v1beta1/inferenceservice/reconcilers/ingress/kube_ingress_reconciler.go).
+        url = (status.get("address") or {}).get("url") or status.get("url")
         message = "" if ready else (f"{ready_cond.get('reason')}: {ready_cond.get('message')}" if ready_cond
                                     else "no Ready condition yet")
         return cls(ready=ready, url=url, message=message)
