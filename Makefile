@@ -55,7 +55,7 @@ docs: venv
 	$(PY) -m model_traffic.docgen
 
 lint: venv
-	$(VENV)/bin/ruff check operator tests
+	$(VENV)/bin/ruff check operator tests tools
 	$(VENV)/bin/mypy
 
 unit: venv

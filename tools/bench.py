@@ -3,7 +3,7 @@
 - the pure render functions: renders per second of a backend, a VirtualModel and a rollout step;
 - end to end (real API server, Envoy Gateway and AI Gateway controllers, the operator as a process): N
   ManagedAIServiceBackends, N VirtualModels (one backend each) and N/10 TrafficConfigs applied at once. Their
-  InferenceServices are given a Ready status by this script (KServe simulated, as tests/cluster do without it).
+  InferenceServices are served by the stack's KServe controller, on pods kwok runs on fake nodes.
   Printed: time until every object is reconciled (status written for its generation) and until every one is
   Ready; the floor (the same children written by a bare server-side-apply loop with the same client and
   concurrency) and the ratio; API requests per object by verb (the API server's ``apiserver_request_total``);
@@ -151,7 +151,6 @@ def p95(values: list[float]) -> float:
 
 
 def cluster_figures(count: int, idle: float, figures: dict[str, Any]) -> None:
-    from kubernetes.client.exceptions import ApiException
 
     from model_traffic import apply as apply_layer
     from model_traffic import kube as k
@@ -198,27 +197,13 @@ def cluster_figures(count: int, idle: float, figures: dict[str, Any]) -> None:
         operator = start()
         stop_watching = threading.Event()
 
-        def watch_rss_and_serve() -> None:
-            """Peak RSS, and KServe simulated: each new InferenceService of ours reports Ready."""
-            served: set[str] = set()
+        def watch_rss() -> None:
+            """Peak RSS (the InferenceServices are served by the stack's real KServe controller)."""
             while not stop_watching.is_set():
                 peak["rss"] = max(peak["rss"], rss_mib(operator.pid))
-                try:
-                    for isvc in kube.list_objects(k.INFERENCE_SERVICE, NAMESPACE):
-                        name = isvc["metadata"]["name"]
-                        if name not in served:
-                            url = f"http://{name}-predictor.{NAMESPACE}.svc.cluster.local"
-                            kube.patch_status(k.INFERENCE_SERVICE, NAMESPACE, name, {
-                                "url": url, "address": {"url": url},
-                                "components": {"predictor": {"address": {"url": url}}},
-                                "conditions": [{"type": "Ready", "status": "True",
-                                                "lastTransitionTime": "2026-01-01T00:00:00Z"}]})
-                            served.add(name)
-                except ApiException:
-                    pass
                 time.sleep(1)
 
-        threading.Thread(target=watch_rss_and_serve, daemon=True).start()
+        threading.Thread(target=watch_rss, daemon=True).start()
         before = server_requests()
         started = time.monotonic()
         for chunk in range(0, total, 500):
