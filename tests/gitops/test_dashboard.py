@@ -243,18 +243,19 @@ def exposition() -> str:
         if collector._type == "counter":
             counter = Counter(collector._name, collector._documentation, labelnames, registry=registry)
             for values in itertools.product(*(LABEL_VALUES[n] for n in labelnames)):
-                counter.labels(*values).inc(3)
+                (counter.labels(*values) if values else counter).inc(3)
         elif collector._type == "histogram":
             buckets = [b for b in collector._upper_bounds if b != float("inf")]  # type: ignore[attr-defined]
             histogram = Histogram(collector._name, collector._documentation, labelnames, registry=registry,
                                   buckets=buckets)
             for values in itertools.product(*(LABEL_VALUES[n] for n in labelnames)):
                 for seconds in (0.02, 0.2, 2.0):
-                    histogram.labels(*values).observe(seconds)
+                    (histogram.labels(*values) if values else histogram).observe(seconds)
         else:
             gauge = Gauge(collector._name, collector._documentation, labelnames, registry=registry)
             for values in itertools.product(*(LABEL_VALUES[n] for n in labelnames)):
-                gauge.labels(*values).set(gauge_value(collector._name, dict(zip(labelnames, values, strict=True))))
+                value = gauge_value(collector._name, dict(zip(labelnames, values, strict=True)))
+                (gauge.labels(*values) if values else gauge).set(value)
     return generate_latest(registry).decode()
 
 
