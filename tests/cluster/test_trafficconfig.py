@@ -344,6 +344,51 @@ def test_kserve_runs_a_deployment_per_version_through_a_rollout(
              "llama-v1's Deployment collected")
 
 
+def test_each_version_runs_at_its_own_size(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    # The template sizes production; the stable scales out and the canary runs small, on the Deployments KServe makes.
+    apply(cluster, namespace, traffic_config("llama", f"""\
+        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
+        inferenceService:
+          template:
+            predictor:
+              model:
+                modelFormat: {{name: huggingface}}
+                resources:
+                  requests: {{cpu: "2", memory: 4Gi}}
+                  limits: {{cpu: "2", memory: 4Gi}}
+        stable: {{version: v1, replicas: 2}}
+        canary:
+          version: v2
+          replicas: 1
+          resources:
+            requests: {{cpu: 500m, memory: 1Gi}}
+            limits: {{cpu: 500m, memory: 1Gi}}
+        analysis: {{interval: 1s, stepWeights: [50], promotion: Manual}}
+    """))
+    wait_served(kube, namespace, "llama-v1")
+    wait_served(kube, namespace, "llama-v2")
+    expected = {
+        "v1": (2, {"limits": {"cpu": "2", "memory": "4Gi"}, "requests": {"cpu": "2", "memory": "4Gi"}}),
+        "v2": (1, {"limits": {"cpu": "500m", "memory": "1Gi"}, "requests": {"cpu": "500m", "memory": "1Gi"}}),
+    }
+    deployments = predictor_deployments(cluster, namespace)
+    assert set(deployments) == {"llama-v1-predictor", "llama-v2-predictor"}
+    for version, (replicas, resources) in expected.items():
+        [container] = deployments[f"llama-{version}-predictor"]["spec"]["template"]["spec"]["containers"]
+        assert container["resources"] == resources
+        [pod] = get_json(cluster, "pods", "-n", namespace, "-l",
+                         f"serving.kserve.io/inferenceservice=llama-{version}")["items"]
+        assert pod["spec"]["containers"][0]["resources"] == resources
+        # KServe's Standard mode leaves the replica count to the HorizontalPodAutoscaler it makes beside the
+        # Deployment (same name), bounded by the predictor's minReplicas/maxReplicas; the local control plane runs
+        # no HPA controller, so the bounds are what is checked here, not the Deployment's replicas.
+        hpa = get_json(cluster, "hpa", "-n", namespace, f"llama-{version}-predictor")
+        assert hpa["spec"]["scaleTargetRef"]["name"] == f"llama-{version}-predictor"
+        assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (replicas, replicas)
+
+
 # --- manual promotion, pause, abort, the CLI ----------------------------------------------------------------
 
 def model_traffic(cluster: Cluster, *args: str) -> str:

@@ -6,6 +6,9 @@ import datetime
 from collections.abc import Callable
 from typing import Any
 
+import pydantic
+import pytest
+
 from model_traffic.analysis import evaluate
 from model_traffic.api.trafficconfig import Metric, MetricResult, TrafficConfigSpec
 from model_traffic.render.trafficconfig import (
@@ -313,6 +316,51 @@ def test_webhooks_pre_rollout_then_rollout_and_pre_promotion() -> None:
     assert last.analysis is not None and [w.name for w in last.analysis.webhooks] == ["load", "gate"]
     done = reconcile(s, plan.status, at(2), results=lambda r: [])
     assert [w.name for w in done.post_rollout] == ["notify"]
+
+
+def inference_service_spec(plan: RolloutPlan, name: str) -> dict[str, Any]:
+    isvc = next(c.body for c in plan.children if c.name == name and c.rtype.kind == "InferenceService")
+    return dict(isvc["spec"])
+
+
+def test_a_canary_is_sized_by_its_own_overrides_and_the_stable_keeps_the_template() -> None:
+    resources = {"requests": {"cpu": "2", "memory": "8Gi"},
+                 "limits": {"cpu": "2", "memory": "8Gi", "nvidia.com/gpu": 1}}
+    template = {"predictor": {"minReplicas": 2, "maxReplicas": 4,
+                              "model": {"modelFormat": {"name": "huggingface"}, "resources": resources}}}
+    s = spec(inferenceService={"template": template},
+             canary={"version": "v2", "storageUri": "hf://org/m@2", "replicas": 1,
+                     "resources": {"requests": {"cpu": "500m", "memory": "2Gi"}, "limits": {"memory": "2Gi"}}})
+    plan = step(s, None, world(), T0)
+
+    stable = inference_service_spec(plan, "llama-v1")["predictor"]
+    assert (stable["minReplicas"], stable["maxReplicas"]) == (2, 4)
+    assert stable["model"]["resources"] == resources
+
+    canary = inference_service_spec(plan, "llama-v2")["predictor"]
+    assert (canary["minReplicas"], canary["maxReplicas"]) == (1, 1)
+    # Key by key over the template: the cpu limit and the GPU the canary does not name are the template's.
+    assert canary["model"]["resources"] == {"requests": {"cpu": "500m", "memory": "2Gi"},
+                                            "limits": {"cpu": "2", "memory": "2Gi", "nvidia.com/gpu": 1}}
+    assert canary["model"]["storageUri"] == "hf://org/m@2"
+    assert resources["limits"]["memory"] == "8Gi"  # the template itself is left as it is
+
+
+def test_a_variant_is_sized_by_its_own_overrides() -> None:
+    s = spec(strategy="Weighted", canary=None, analysis=None,
+             variants=[{"version": "v1", "weight": 90},
+                       {"version": "v2", "weight": 10, "replicas": 3, "resources": {"limits": {"cpu": "1"}}}])
+    plan = step(s, None, world(), T0)
+    assert "minReplicas" not in inference_service_spec(plan, "llama-v1")["predictor"]
+    variant = inference_service_spec(plan, "llama-v2")["predictor"]
+    assert (variant["minReplicas"], variant["maxReplicas"], variant["model"]["resources"]) == (
+        3, 3, {"limits": {"cpu": "1"}})
+
+
+def test_version_sizing_is_validated_like_the_template() -> None:
+    for bad in ({"replicas": 0}, {"replicas": 1001}, {"resources": {"limits": {"cpu": "1"}, "other": {}}}):
+        with pytest.raises(pydantic.ValidationError):
+            spec(canary={"version": "v2", **bad})
 
 
 # --- the other strategies ---------------------------------------------------------------------------------

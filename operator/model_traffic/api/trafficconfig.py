@@ -18,7 +18,7 @@ from model_traffic.api.common import (
     name_length_rule,
     validations,
 )
-from model_traffic.api.inferenceservice import InferenceServiceTemplate, StorageUri
+from model_traffic.api.inferenceservice import InferenceServiceTemplate, Resources, StorageUri
 from model_traffic.api.virtualmodel import MAX_MATCHES, BackendMatch
 
 KIND = "TrafficConfig"
@@ -50,6 +50,18 @@ class ModelVersion(Model):
     storage_uri: StorageUri | None = Field(
         default=None,
         description="Where the weights are, e.g. hf://org/model:revision (a scheme KServe supports).",
+    )
+    # Sizing per version: the template is shared by every version and applies to all of them in place, so without
+    # these a canary is as large as production and a resize reaches the stable at once.
+    replicas: int | None = Field(
+        default=None, ge=1, le=1000,
+        description="This version's replica count: the predictor's minReplicas and maxReplicas, over the "
+        "template's (the referenced InferenceService of inferenceService.ref itself is never written).",
+    )
+    resources: Resources | None = Field(
+        default=None,
+        description="This version's requests and limits, merged key by key over the template model's resources. "
+        "The referenced InferenceService of inferenceService.ref itself is never written.",
     )
 
 

@@ -38,6 +38,7 @@ from model_traffic.api.common import API_VERSION, duration_seconds
 from model_traffic.api.trafficconfig import (
     Metric,
     MetricResult,
+    ModelVersion,
     TrafficConfigSpec,
     TrafficConfigStatus,
     Webhook,
@@ -241,15 +242,37 @@ def _served_name_from_args(isvc: dict[str, Any]) -> str | None:
     return None
 
 
-def _with_version(isvc_spec: dict[str, Any], storage_uri: str | None, served: str) -> dict[str, Any]:
-    """An InferenceService spec with the version's weights and served model name set."""
+def _with_version(isvc_spec: dict[str, Any], entry: ModelVersion | None, served: str) -> dict[str, Any]:
+    """An InferenceService spec with the version's weights, served model name and sizing set. ``entry``: the
+    version's entry in the spec (stable, canary or a variant); None for a draining version no entry names."""
     out = copy.deepcopy(isvc_spec)
     predictor = out.setdefault("predictor", {})
     target = predictor["model"] if isinstance(predictor.get("model"), dict) else predictor
-    if storage_uri:
-        target["storageUri"] = storage_uri
+    if entry is not None and entry.storage_uri:
+        target["storageUri"] = entry.storage_uri
     args = [a for a in target.get("args") or [] if not (isinstance(a, str) and a.startswith(SERVED_NAME_ARGS))]
     target["args"] = [*args, f"--model_name={served}"]
+    if entry is not None and entry.replicas is not None:
+        # A fixed count: a canary sized at 1 must not be scaled up to the template's maxReplicas.
+        predictor["minReplicas"] = predictor["maxReplicas"] = entry.replicas
+    if entry is not None and entry.resources is not None:
+        # The model's container (or, in a cloned custom-container predictor, its first container): resources of
+        # the predictor itself are not a field KServe's PredictorSpec has.
+        containers = predictor.get("containers")
+        container = (predictor["model"] if isinstance(predictor.get("model"), dict)
+                     else containers[0] if isinstance(containers, list) and containers
+                     and isinstance(containers[0], dict) else None)
+        if container is not None:
+            container["resources"] = _merged_resources(container.get("resources"), entry.resources.wire())
+    return out
+
+
+def _merged_resources(base: Any, override: dict[str, Any]) -> dict[str, Any]:
+    """Requests and limits key by key: a version that overrides only cpu keeps the template's memory and GPUs."""
+    out: dict[str, Any] = copy.deepcopy(base) if isinstance(base, dict) else {}
+    for kind, quantities in override.items():
+        current = out.get(kind)
+        out[kind] = {**(current if isinstance(current, dict) else {}), **quantities}
     return out
 
 
@@ -609,17 +632,16 @@ def _weighted(r: _Rollout) -> RolloutPlan:
     s.phase = "Progressing" if waiting else "Succeeded"
     r.message = ("waiting: " + "; ".join(waiting)) if waiting else (
         "weights " + ", ".join(f"{v.version}={v.weight}" for v in variants))
-    storage = {v.version: v.storage_uri for v in variants}
-    return _finish(r, [v.version for v in variants], weights, None, storage)
+    return _finish(r, [v.version for v in variants], weights, None)
 
 
-def _finish(r: _Rollout, keep: list[str], weights: dict[str, int], matched: str | None,
-            storage: dict[str, str | None] | None = None) -> RolloutPlan:
+def _finish(r: _Rollout, keep: list[str], weights: dict[str, int], matched: str | None) -> RolloutPlan:
     spec, s, world = r.spec, r.s, r.world
-    storage = dict(storage or {})
-    storage.setdefault(spec.stable.version, spec.stable.storage_uri)
+    # Each version's entry (storage and sizing); a variant's entry first, as the Weighted strategy lists them all.
+    entries: dict[str, ModelVersion] = {v.version: v for v in spec.variants or []}
+    entries.setdefault(spec.stable.version, spec.stable)
     if spec.canary:
-        storage.setdefault(spec.canary.version, spec.canary.storage_uri)
+        entries.setdefault(spec.canary.version, spec.canary)
 
     # Versions no longer wanted keep their children while the live VirtualModel still routes to them.
     live = world.live_weights or {}
@@ -629,7 +651,7 @@ def _finish(r: _Rollout, keep: list[str], weights: dict[str, int], matched: str 
     children: list[Child] = []
     details: list[Detail] = []
     for version in keep + draining:
-        isvc = _inference_service(r, version, storage.get(version))
+        isvc = _inference_service(r, version, entries.get(version))
         if isvc is not None:
             children.append(isvc)
         children.append(_backend(r, version))
@@ -693,7 +715,7 @@ def _requeue_after(r: _Rollout) -> float | None:
     return due_in if due_in else None
 
 
-def _inference_service(r: _Rollout, version: str, storage_uri: str | None) -> Child | None:
+def _inference_service(r: _Rollout, version: str, entry: ModelVersion | None) -> Child | None:
     if r.is_ref(version):
         return None  # the referenced InferenceService is read, never written
     source = r.spec.inference_service
@@ -708,7 +730,7 @@ def _inference_service(r: _Rollout, version: str, storage_uri: str | None) -> Ch
     return Child(kube.INFERENCE_SERVICE, {
         "apiVersion": kube.INFERENCE_SERVICE.api_version, "kind": "InferenceService",
         "metadata": {"name": name, "labels": {LABEL_TRAFFIC_CONFIG: r.world.name, LABEL_VERSION: version}},
-        "spec": _with_version(base, storage_uri, r.served(version)),
+        "spec": _with_version(base, entry, r.served(version)),
     })
 
 
