@@ -315,11 +315,18 @@ def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 @pytest.fixture
-def namespace(kube: Kube) -> Iterator[str]:
+def plain_namespace(kube: Kube) -> Iterator[str]:
+    """A fresh namespace with nothing in it, deleted afterwards."""
     name = f"t-{uuid.uuid4().hex[:8]}"
     kube.core.create_namespace(kubernetes.client.V1Namespace(metadata=kubernetes.client.V1ObjectMeta(name=name)))
     yield name
     kube.core.delete_namespace(name)
+
+
+@pytest.fixture
+def namespace(plain_namespace: str) -> str:
+    """A test's namespace (tests/cluster/conftest.py adds a Gateway to it)."""
+    return plain_namespace
 
 
 def apply_yaml(cluster: Cluster, text: str, *, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import copy
 import json
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import kubernetes
 import pytest
 
 from model_traffic import kube as kube_api
@@ -246,15 +243,6 @@ REFUSED: list[tuple[str, str, dict[str, Any], str, str]] = [
      changed(TRAFFIC_CONFIG, "inferenceService.template.transformer", {"containers": []}), "t",
      'unknown field "spec.inferenceService.template.transformer"'),
 ]
-
-
-@pytest.fixture
-def plain_namespace(kube: Kube) -> Iterator[str]:
-    """A namespace without a Gateway: nothing here waits on the gateway controllers."""
-    name = f"h-{uuid.uuid4().hex[:8]}"
-    kube.core.create_namespace(kubernetes.client.V1Namespace(metadata=kubernetes.client.V1ObjectMeta(name=name)))
-    yield name
-    kube.core.delete_namespace(name)
 
 
 def test_the_good_specs_are_accepted(cluster: Cluster, plain_namespace: str) -> None:
