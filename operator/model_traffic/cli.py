@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     import kopf
     from prometheus_client import start_http_server
 
-    from model_traffic import app  # noqa: F401  (registers the handlers)
+    from model_traffic import app, metrics  # noqa: F401  (app registers the handlers)
     from model_traffic.kube import Kube
     from model_traffic.leader import LeaderElector
 
@@ -71,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         with standby_health_endpoint(liveness_port):
             elector.acquire()
         elector.keep_renewing()
+    # From here this replica runs the handlers; a leader that loses the Lease exits, so it never goes back to 0.
+    metrics.LEADER.set(1)
     kopf.run(
         standalone=True,  # leadership is decided by the Lease above, not by kopf peering
         clusterwide=not namespaces,

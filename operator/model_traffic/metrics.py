@@ -2,7 +2,30 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+
 from prometheus_client import Counter, Gauge, Histogram
+
+# Every replica serves these two, the standby too: "is any replica leading?" is max(leader) over the replicas,
+# and "up" alone cannot tell (a standby is up and scraped while it waits for the Lease).
+LEADER = Gauge(
+    "model_traffic_operator_leader",
+    "1 while this replica holds the leader Lease and runs the handlers (or runs without leader election), else 0.",
+)
+BUILD_INFO = Gauge(
+    "model_traffic_operator_build_info", "Always 1; the version label is the operator's release.", ["version"]
+)
+
+
+def operator_version() -> str:
+    """The installed package's version (pyproject.toml's, the chart's appVersion)."""
+    try:
+        return importlib.metadata.version("model-traffic-operator")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+BUILD_INFO.labels(operator_version()).set(1)
 
 RECONCILES = Counter(
     "model_traffic_reconcile_total", "Reconciles by kind and result.", ["kind", "result"]
@@ -16,6 +39,11 @@ RECONCILE_SECONDS = Histogram(
 )
 READY = Gauge(
     "model_traffic_object_ready", "1 when the object's Ready condition is True.", ["kind", "namespace", "name"]
+)
+STALLED = Gauge(
+    "model_traffic_object_stalled",
+    "1 when the object's Stalled condition is True: it cannot progress without a change (its reason says which).",
+    ["kind", "namespace", "name"],
 )
 ROLLOUT_PHASE = Gauge(
     "model_traffic_rollout_phase", "1 for the current phase of each TrafficConfig.", ["namespace", "name", "phase"]

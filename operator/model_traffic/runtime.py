@@ -134,8 +134,9 @@ class Runtime:
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         self.queue.forget((kind, namespace, name))
-        with contextlib.suppress(KeyError):
-            metrics.READY.remove(kind, namespace, name)
+        for gauge in (metrics.READY, metrics.STALLED):
+            with contextlib.suppress(KeyError):
+                gauge.remove(kind, namespace, name)
 
     def _run(self, key: ObjectKey) -> float | None:
         return self.reconcile(*key)
@@ -203,6 +204,9 @@ class Runtime:
         new_status = {**result.status, "observedGeneration": meta["generation"], "conditions": new_conditions}
         metrics.READY.labels(rtype.kind, meta["namespace"], meta["name"]).set(
             1 if result.verdict.state == "Ready" else 0
+        )
+        metrics.STALLED.labels(rtype.kind, meta["namespace"], meta["name"]).set(
+            1 if result.verdict.state == "Stalled" else 0
         )
         patch = conditions.status_patch(old_status, new_status)
         if patch is None:

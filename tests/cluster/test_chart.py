@@ -70,7 +70,8 @@ WATCHED = [
     Rule("modeltraffic.io", ("managedaiservicebackends/status", "virtualmodels/status", "trafficconfigs/status"),
          ("patch",), "conditions and observedGeneration: a merge patch of the status subresource"),
     Rule("gateway.envoyproxy.io", ("backends",), ALL_VERBS, CHILD + "; also a backend's referenced endpoint"),
-    Rule("gateway.envoyproxy.io", ("backendtrafficpolicies",), ALL_VERBS, CHILD + " (VirtualModel)"),
+    Rule("gateway.envoyproxy.io", ("backendtrafficpolicies", "securitypolicies"), ALL_VERBS,
+         CHILD + " (VirtualModel)"),
     Rule("aigateway.envoyproxy.io",
          ("aiservicebackends", "backendsecuritypolicies", "quotapolicies", "aigatewayroutes"), ALL_VERBS,
          CHILD + "; an AIServiceBackend is also dry-run applied to probe the schema"),
@@ -167,6 +168,24 @@ EVERYTHING_ON: dict[str, Any] = {
     "grafanaDashboard": {"enabled": True},
     "logging": {"level": "debug", "format": "plain"},
     "aiGatewayVersion": "v1alpha1",
+    "networkPolicy": {
+        "enabled": True,
+        "ingressFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+        "egress": {"apiServer": {"to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}], "ports": [6443]},
+                   "prometheus": {"to": [{"namespaceSelector": {"matchLabels": {
+                       "kubernetes.io/metadata.name": "monitoring"}}}]},
+                   "extraRules": [{"to": [{"ipBlock": {"cidr": "192.0.2.0/24"}}], "ports": [{"port": 8443}]}]},
+    },
+    "extraArgs": ["--namespace", "llm"],
+    "extraVolumes": [{"name": "ca", "configMap": {"name": "internal-ca"}}],
+    "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/internal-ca", "readOnly": True}],
+    "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                                   "whenUnsatisfiable": "DoNotSchedule",
+                                   "labelSelector": {"matchLabels": {
+                                       "app.kubernetes.io/name": "model-traffic-operator"}}}],
+    "priorityClassName": "system-cluster-critical",
+    "podAnnotations": {"example.com/team": "platform"},
+    "podLabels": {"example.com/cost-center": "llm"},
 }
 
 
@@ -195,6 +214,10 @@ def test_helm_lint_is_clean(values: dict[str, Any], tmp_path: Path) -> None:
     ({"replicas": 3}, "replicas"),
     ({"image": {"digest": "latest"}}, "digest"),
     ({"ports": {"metrics": 0, "health": 8081}}, "metrics"),
+    ({"networkPolicy": {"enabled": True, "egress": {"apiServer": {"ports": []}}}}, "ports"),
+    ({"extraArgs": "--namespace llm"}, "extraArgs"),
+    ({"extraVolumeMounts": [{"name": "ca"}]}, "mountPath"),
+    ({"metrics": {"prometheusRule": {"runbookBaseURL": "docs/"}}}, "runbookBaseURL"),
 ], ids=lambda value: json.dumps(value) if isinstance(value, dict) else value)
 def test_values_schema_refuses_bad_values(values: dict[str, Any], complaint: str, tmp_path: Path) -> None:
     values_file = tmp_path / "values.yaml"
@@ -352,6 +375,54 @@ def test_values_reach_the_operators_settings() -> None:
     assert not [m for m in render({"replicaCount": 1}) if m["kind"] == "PodDisruptionBudget"]
 
 
+def test_operator_options_reach_the_pod() -> None:
+    manifests = render(EVERYTHING_ON)
+    deployment = of(manifests, "Deployment")
+    template = deployment["spec"]["template"]
+    pod = template["spec"]
+    (container,) = pod["containers"]
+    assert container["args"][-2:] == ["--namespace", "llm"]
+    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"},
+                                         {"name": "ca", "mountPath": "/etc/internal-ca", "readOnly": True}]
+    assert [v["name"] for v in pod["volumes"]] == ["tmp", "ca"]
+    assert pod["topologySpreadConstraints"] == EVERYTHING_ON["topologySpreadConstraints"]
+    assert pod["priorityClassName"] == "system-cluster-critical"
+    assert template["metadata"]["annotations"]["example.com/team"] == "platform"
+    assert template["metadata"]["labels"]["example.com/cost-center"] == "llm"
+    # Extra labels never reach the selector (it is immutable: an upgrade would fail).
+    assert "example.com/cost-center" not in deployment["spec"]["selector"]["matchLabels"]
+    # Defaults: spread over nodes, no priority class.
+    default_pod = of(render(), "Deployment")["spec"]["template"]["spec"]
+    assert default_pod["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
+    assert "priorityClassName" not in default_pod
+
+
+def test_network_policy_admits_only_the_metrics_and_health_ports_and_names_each_egress() -> None:
+    assert not [m for m in render() if m["kind"] == "NetworkPolicy"], "the NetworkPolicy is optional"
+    manifests = render(EVERYTHING_ON)
+    policy, deployment = of(manifests, "NetworkPolicy"), of(manifests, "Deployment")
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    (ingress,) = spec["ingress"]
+    container_ports = {p["name"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert {p["port"] for p in ingress["ports"]} == {"metrics", "health"} == container_ports
+    assert ingress["from"] == EVERYTHING_ON["networkPolicy"]["ingressFrom"]
+    api_server, dns, prometheus, webhooks, extra = spec["egress"]
+    assert api_server == {"ports": [{"port": 6443, "protocol": "TCP"}], "to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}]}
+    assert {(p["port"], p["protocol"]) for p in dns["ports"]} == {(53, "UDP"), (53, "TCP")}
+    assert dns["to"][0]["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
+    assert prometheus["ports"] == [{"port": 9090, "protocol": "TCP"}]
+    assert prometheus["to"] == EVERYTHING_ON["networkPolicy"]["egress"]["prometheus"]["to"]
+    assert webhooks == {"ports": [{"port": 443, "protocol": "TCP"}]}  # no `to`: any address on 443
+    assert extra == EVERYTHING_ON["networkPolicy"]["egress"]["extraRules"][0]
+    # Each kind of egress can be switched off; the API server's cannot.
+    off = render({"networkPolicy": {"enabled": True, "egress": {
+        "dns": {"enabled": False}, "prometheus": {"enabled": False}, "webhooks": {"enabled": False}}}})
+    assert of(off, "NetworkPolicy")["spec"]["egress"] == [
+        {"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]}]
+
+
 def test_metrics_service_and_service_monitor_reach_the_operator_port() -> None:
     manifests = render({"metrics": {"serviceMonitor": {"enabled": True}}})
     deployment, service = of(manifests, "Deployment"), of(manifests, "Service")
@@ -386,7 +457,8 @@ def test_alerts_use_only_metrics_the_operator_exports() -> None:
             assert metric in exported, f"{alert} uses {metric}, which the operator does not export"
 
 
-def test_alerts_fire_on_errors_stalled_objects_and_failed_rollouts(tmp_path: Path) -> None:
+def run_promtool_tests(tmp_path: Path, tests: list[dict[str, Any]]) -> None:
+    """`promtool test rules` (the real Prometheus's) of the chart's rules on these series."""
     promtool = prerequisites.tool("promtool")
     groups = prometheus_rule_groups()
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
@@ -396,52 +468,142 @@ def test_alerts_fire_on_errors_stalled_objects_and_failed_rollouts(tmp_path: Pat
     # The firing test compares labels; annotations (checked above) are left out of it.
     bare = [{**g, "rules": [{k: v for k, v in r.items() if k != "annotations"} for r in g["rules"]]} for g in groups]
     (tmp_path / "bare.yaml").write_text(yaml.safe_dump({"groups": bare}))
-    job = f'job="{FULL}-metrics",namespace="{CHART_NAMESPACE}"'
-    tests = {
-        "rule_files": ["bare.yaml"],
-        "evaluation_interval": "1m",
-        "tests": [{
-            "interval": "1m",
-            "input_series": [
-                {"series": 'model_traffic_reconcile_errors_total{kind="VirtualModel",error="http403"}',
-                 "values": "0+5x40"},
-                {"series": 'model_traffic_reconcile_errors_total{kind="ManagedAIServiceBackend",error="http409"}',
-                 "values": "3x40"},
-                {"series": 'model_traffic_object_ready{kind="ManagedAIServiceBackend",namespace="llm",name="bad"}',
-                 "values": "0x40"},
-                {"series": 'model_traffic_object_ready{kind="VirtualModel",namespace="llm",name="good"}',
-                 "values": "1x40"},
-                {"series": 'model_traffic_rollout_phase{namespace="llm",name="canary",phase="Failed"}',
-                 "values": "0 0 0 1x37"},
-                {"series": 'model_traffic_rollout_phase{namespace="llm",name="canary",phase="Progressing"}',
-                 "values": "1 1 1 0x37"},
-                {"series": f"up{{{job}}}", "values": "1x40"},
-            ],
-            "alert_rule_test": [
-                # Errors for less than `for` (10m): pending, not firing.
-                {"eval_time": "5m", "alertname": "ModelTrafficReconcileErrors", "exp_alerts": []},
-                {"eval_time": "20m", "alertname": "ModelTrafficReconcileErrors", "exp_alerts": [
-                    {"exp_labels": {"severity": "warning", "kind": "VirtualModel", "error": "http403"}}]},
-                {"eval_time": "10m", "alertname": "ModelTrafficObjectStalled", "exp_alerts": []},
-                {"eval_time": "20m", "alertname": "ModelTrafficObjectStalled", "exp_alerts": [
-                    {"exp_labels": {"severity": "warning", "kind": "ManagedAIServiceBackend", "namespace": "llm",
-                                    "name": "bad"}}]},
-                {"eval_time": "3m", "alertname": "ModelTrafficRolloutFailed", "exp_alerts": []},
-                {"eval_time": "6m", "alertname": "ModelTrafficRolloutFailed", "exp_alerts": [
-                    {"exp_labels": {"severity": "warning", "namespace": "llm", "name": "canary"}}]},
-                {"eval_time": "30m", "alertname": "ModelTrafficOperatorDown", "exp_alerts": []},
-            ],
-        }, {
-            "interval": "1m",
-            "input_series": [{"series": f"up{{{job}}}", "values": "0x20"}],
-            "alert_rule_test": [{"eval_time": "15m", "alertname": "ModelTrafficOperatorDown",
-                                 "exp_alerts": [{"exp_labels": {"severity": "warning"}}]}],
-        }],
-    }
-    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests))
+    spec = {"rule_files": ["bare.yaml"], "evaluation_interval": "1m", "tests": tests}
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(spec))
     result = subprocess.run([promtool, "test", "rules", "tests.yaml"], cwd=tmp_path, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+TARGET = {"job": f"{FULL}-metrics", "namespace": CHART_NAMESPACE}
+
+
+def leader_series(instance: str, values: str) -> dict[str, str]:
+    """model_traffic_operator_leader of one replica, as scraped through the chart's Service."""
+    return {"series": f'model_traffic_operator_leader{{job="{FULL}-metrics",namespace="{CHART_NAMESPACE}",'
+                      f'instance="{instance}"}}', "values": values}
+
+
+def test_alerts_fire_on_errors_stalled_objects_and_failed_rollouts(tmp_path: Path) -> None:
+    run_promtool_tests(tmp_path, [{
+        "interval": "1m",
+        "input_series": [
+            {"series": 'model_traffic_reconcile_errors_total{kind="VirtualModel",error="http403"}',
+             "values": "0+5x40"},
+            {"series": 'model_traffic_reconcile_errors_total{kind="ManagedAIServiceBackend",error="http409"}',
+             "values": "3x40"},
+            # Stalled: not Ready, and cannot progress.
+            {"series": 'model_traffic_object_ready{kind="ManagedAIServiceBackend",namespace="llm",name="bad"}',
+             "values": "0x40"},
+            {"series": 'model_traffic_object_stalled{kind="ManagedAIServiceBackend",namespace="llm",name="bad"}',
+             "values": "0x2 1x38"},
+            # A rollout in progress for 40 minutes: not Ready (Reconciling) all along, never Stalled: no alert.
+            {"series": 'model_traffic_object_ready{kind="TrafficConfig",namespace="llm",name="rolling"}',
+             "values": "0x40"},
+            {"series": 'model_traffic_object_stalled{kind="TrafficConfig",namespace="llm",name="rolling"}',
+             "values": "0x40"},
+            {"series": 'model_traffic_rollout_phase{namespace="llm",name="rolling",phase="Progressing"}',
+             "values": "1x40"},
+            {"series": 'model_traffic_object_ready{kind="VirtualModel",namespace="llm",name="good"}',
+             "values": "1x40"},
+            {"series": 'model_traffic_object_stalled{kind="VirtualModel",namespace="llm",name="good"}',
+             "values": "0x40"},
+            {"series": 'model_traffic_rollout_phase{namespace="llm",name="canary",phase="Failed"}',
+             "values": "0 0 0 1x37"},
+            {"series": 'model_traffic_rollout_phase{namespace="llm",name="canary",phase="Progressing"}',
+             "values": "1 1 1 0x37"},
+            # One leader, one standby.
+            leader_series("a", "1x40"),
+            leader_series("b", "0x40"),
+        ],
+        "alert_rule_test": [
+            # Errors for less than `for` (10m): pending, not firing.
+            {"eval_time": "5m", "alertname": "ModelTrafficReconcileErrors", "exp_alerts": []},
+            {"eval_time": "20m", "alertname": "ModelTrafficReconcileErrors", "exp_alerts": [
+                {"exp_labels": {"severity": "warning", "kind": "VirtualModel", "error": "http403"}}]},
+            # Stalled from minute 2, `for` 5m.
+            {"eval_time": "5m", "alertname": "ModelTrafficObjectStalled", "exp_alerts": []},
+            {"eval_time": "40m", "alertname": "ModelTrafficObjectStalled", "exp_alerts": [
+                {"exp_labels": {"severity": "warning", "kind": "ManagedAIServiceBackend", "namespace": "llm",
+                                "name": "bad"}}]},
+            {"eval_time": "3m", "alertname": "ModelTrafficRolloutFailed", "exp_alerts": []},
+            {"eval_time": "6m", "alertname": "ModelTrafficRolloutFailed", "exp_alerts": [
+                {"exp_labels": {"severity": "warning", "namespace": "llm", "name": "canary"}}]},
+            {"eval_time": "30m", "alertname": "ModelTrafficOperatorDown", "exp_alerts": []},
+        ],
+    }])
+
+
+def test_operator_down_means_no_replica_leads(tmp_path: Path) -> None:
+    """Standbys are up and scraped: the alert reads the leader metric, not `up`."""
+    run_promtool_tests(tmp_path, [{
+        # Two standbys, both scraped (up), neither leading: down.
+        "interval": "1m",
+        "input_series": [leader_series("a", "0x20"), leader_series("b", "0x20"),
+                         {"series": f'up{{job="{FULL}-metrics",namespace="{CHART_NAMESPACE}",instance="a"}}',
+                          "values": "1x20"}],
+        "alert_rule_test": [
+            {"eval_time": "3m", "alertname": "ModelTrafficOperatorDown", "exp_alerts": []},
+            {"eval_time": "15m", "alertname": "ModelTrafficOperatorDown",
+             "exp_alerts": [{"exp_labels": {"severity": "warning"}}]},
+        ],
+    }, {
+        # No replica scraped at all (the series are gone).
+        "interval": "1m",
+        "input_series": [{"series": f'up{{job="{FULL}-metrics",namespace="{CHART_NAMESPACE}",instance="a"}}',
+                          "values": "0x20"}],
+        "alert_rule_test": [
+            {"eval_time": "15m", "alertname": "ModelTrafficOperatorDown",
+             "exp_alerts": [{"exp_labels": {"severity": "warning", **TARGET}}]},
+        ],
+    }, {
+        # A hand-over: the leader dies at minute 10, the standby leads from minute 11. Never down for 5m.
+        "interval": "1m",
+        "input_series": [leader_series("a", "1x10 _x20"), leader_series("b", "0x10 1x20")],
+        "alert_rule_test": [
+            {"eval_time": f"{minute}m", "alertname": "ModelTrafficOperatorDown", "exp_alerts": []}
+            for minute in (5, 12, 20, 30)
+        ],
+    }, {
+        # The metric of another release (another job) does not hide this one's outage.
+        "interval": "1m",
+        "input_series": [
+            {"series": 'model_traffic_operator_leader{job="other-metrics",namespace="other",instance="x"}',
+             "values": "1x20"},
+            leader_series("a", "0x20"),
+        ],
+        "alert_rule_test": [
+            {"eval_time": "15m", "alertname": "ModelTrafficOperatorDown",
+             "exp_alerts": [{"exp_labels": {"severity": "warning"}}]},
+        ],
+    }])
+
+
+def github_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives a page's headings."""
+    anchors = set()
+    prose = re.sub(r"^```.*?^```", "", markdown, flags=re.MULTILINE | re.DOTALL)  # a "# comment" is no heading
+    for heading in re.findall(r"^#+ (.+)$", prose, re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        anchors.add(slug)
+    return anchors
+
+
+def test_every_alert_has_a_runbook_that_exists() -> None:
+    base = "https://docs.example/model-traffic-operator/v0.1.0/docs"
+    rendered = of(render({"metrics": {"prometheusRule": {"enabled": True, "runbookBaseURL": base + "/"}}}),
+                  "PrometheusRule")
+    alerts = [r for g in rendered["spec"]["groups"] for r in g["rules"]]
+    for alert in alerts:
+        url = alert["annotations"].get("runbook_url", "")
+        assert url.startswith(base + "/"), f"{alert['alert']} has no runbook_url under {base}: {url!r}"
+        page, _, anchor = url.removeprefix(base + "/").partition("#")
+        doc = ROOT / "docs" / page
+        assert doc.is_file(), f"{alert['alert']}: {page} is not in docs/"
+        assert anchor in github_anchors(doc.read_text()), f"{alert['alert']}: no heading #{anchor} in docs/{page}"
+    # Without a base URL, no dangling relative link.
+    plain = of(render({"metrics": {"prometheusRule": {"enabled": True}}}), "PrometheusRule")
+    assert not [r for g in plain["spec"]["groups"] for r in g["rules"] if "runbook_url" in r["annotations"]]
 
 
 def test_grafana_dashboard_configmap_carries_every_dashboard() -> None:
@@ -634,19 +796,33 @@ spec:
         operator.identity = restarted.identity
 
 
-def test_a_standby_replica_answers_the_charts_probes(cluster: Cluster, namespace: str, tmp_path: Path) -> None:
+def test_a_standby_replica_answers_the_charts_probes_and_serves_its_metrics(cluster: Cluster, namespace: str,
+                                                                           tmp_path: Path) -> None:
     """The chart runs two replicas with liveness and readiness probes on /healthz: the standby must answer them."""
     leader = start_operator(cluster, tmp_path / "leader.log", MTO_LEADER_ELECT="true",
                             MTO_LEADER_ELECTION_NAMESPACE=namespace)
-    health_port = free_port()
+    health_port, standby_metrics_port = free_port(), free_port()
     with (tmp_path / "standby.log").open("wb") as log:
         standby = subprocess.Popen(
             [sys.executable, "-m", "model_traffic", "run", "--liveness-port", str(health_port)],
-            env={**leader.env, "MTO_METRICS_PORT": str(free_port())}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            env={**leader.env, "MTO_METRICS_PORT": str(standby_metrics_port)}, cwd=ROOT, stdout=log,
+            stderr=subprocess.STDOUT,
         )
+
+    def standby_metrics() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{standby_metrics_port}/metrics", timeout=5) as response:
+            return str(response.read().decode())
+
+    version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
     try:
+        wait_for(lambda: "became leader" in leader.log(), 30, "the first replica to lead")
         wait_for(lambda: "waiting for leadership" in (tmp_path / "standby.log").read_text(), 30,
                  "the standby to wait for the Lease")
+        # Both are scraped; the leader metric tells them apart (the chart's ModelTrafficOperatorDown reads it).
+        assert "model_traffic_operator_leader 1.0" in leader.metrics()
+        assert "model_traffic_operator_leader 0.0" in standby_metrics()
+        for text in (leader.metrics(), standby_metrics()):
+            assert f'model_traffic_operator_build_info{{version="{version}"}} 1.0' in text
 
         def healthy() -> bool:
             try:
@@ -662,6 +838,7 @@ def test_a_standby_replica_answers_the_charts_probes(cluster: Cluster, namespace
         leader.process.wait()
         wait_for(lambda: "became leader" in (tmp_path / "standby.log").read_text(), 40, "the standby to take over")
         wait_for(healthy, 30, "the new leader's /healthz (kopf's)")
+        assert "model_traffic_operator_leader 1.0" in standby_metrics()
     finally:
         for process in (standby, leader.process):
             process.kill()
