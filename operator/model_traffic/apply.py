@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from model_traffic.api.common import GROUP
 from model_traffic.kube import Kube, ResourceType
 
 MANAGED_BY = "model-traffic-operator"
@@ -53,6 +55,7 @@ class Outcome(Enum):
     UPDATED = "Updated"
     UNCHANGED = "Unchanged"
     CONFLICT = "Conflict"
+    TERMINATING = "Terminating"  # ours, being deleted: written again once it is gone
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,27 @@ class ApplyResult:
 def owned_by(obj: dict[str, Any], owner: Owner) -> bool:
     refs = obj.get("metadata", {}).get("ownerReferences") or []
     return any(ref.get("uid") == owner.uid and ref.get("controller") for ref in refs)
+
+
+def controller_owner(obj: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(kind, name) of the object of our API group that controls ``obj`` (its controller owner reference), or
+    None. Found without our labels: a child whose labels were removed by hand still leads to its owner."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller") and str(ref.get("apiVersion") or "").split("/")[0] == GROUP and ref.get("name"):
+            return str(ref.get("kind") or ""), str(ref["name"])
+    return None
+
+
+def owner_of(obj: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(kind, name) of the object that wants ``obj`` as it wrote it: by owner reference, else by our labels
+    (the AI Gateway copies them from our AIGatewayRoute onto the HTTPRoute it generates, which it owns)."""
+    owner = controller_owner(obj)
+    if owner is not None:
+        return owner
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    if labels.get(LABEL_MANAGED_BY) == MANAGED_BY and labels.get(LABEL_OWNER_KIND) and labels.get(LABEL_OWNER_NAME):
+        return str(labels[LABEL_OWNER_KIND]), str(labels[LABEL_OWNER_NAME])
+    return None
 
 
 def with_ownership(desired: dict[str, Any], owner: Owner) -> dict[str, Any]:
@@ -120,6 +144,12 @@ def ensure(kube: Kube, rtype: ResourceType, owner: Owner, desired: dict[str, Any
     live = kube.get(rtype, owner.namespace, name)
     if live is not None and not owned_by(live, owner):
         return ApplyResult(rtype.kind, name, Outcome.CONFLICT, live)
+    if live is not None and live["metadata"].get("deletionTimestamp"):
+        # Never write to a child on its way out (our owner was deleted, or we pruned it): a write changes its
+        # resourceVersion under the controller that is removing its finalizer, and Envoy AI Gateway v1.0.0 does
+        # not retry a failed finalizer removal (internal/controller/controller.go, handleFinalizer logs the
+        # conflict and returns), so the child would stay terminating for ever.
+        return ApplyResult(rtype.kind, name, Outcome.TERMINATING, live)
     if live is not None and up_to_date(obj, live):
         return ApplyResult(rtype.kind, name, Outcome.UNCHANGED, live)
     applied = kube.apply(obj, force=True)

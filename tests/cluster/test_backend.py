@@ -370,6 +370,38 @@ def test_deleting_the_backend_garbage_collects_its_children(
     assert kube.get(k.SECRET, namespace, "openai-key") is not None
 
 
+def test_a_child_being_deleted_is_never_written_and_comes_back_once_gone(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    # A write to a terminating child makes Envoy AI Gateway's finalizer removal conflict, and it never retries
+    # (internal/controller/controller.go, handleFinalizer): the child would stay terminating for ever. A
+    # finalizer of the test's own holds the child in that state while the owner is reconciled.
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=backend_yaml("held", """\
+        schema: {name: OpenAI}
+        endpoint: {fqdn: {hostname: api.openai.com, port: 443}}
+    """))
+    wait_ready(kube, namespace, "held")
+    cluster.kubectl("patch", "backends.gateway.envoyproxy.io", "held", "-n", namespace, "--type=merge",
+                    "-p", '{"metadata":{"finalizers":["tests.modeltraffic.io/hold"]}}')
+    cluster.kubectl("delete", "backends.gateway.envoyproxy.io", "held", "-n", namespace, "--wait=false")
+    terminating = wait_for(lambda: (o := kube.get(k.BACKEND, namespace, "held")) and o["metadata"].get(
+        "deletionTimestamp") and o, 20, "the Backend terminating")
+    # A spec change makes the owner render the Backend anew: it must still not be written.
+    cluster.kubectl("patch", "maisb", "held", "-n", namespace, "--type=merge",
+                    "-p", '{"spec":{"endpoint":{"fqdn":{"port":8443}}}}')
+    obj = wait_ready(kube, namespace, "held", status="False", reason="ChildTerminating")
+    assert "Backend/held" in condition(obj, "Ready")["message"]
+    live = kube.get(k.BACKEND, namespace, "held")
+    assert live is not None and live["metadata"]["resourceVersion"] == terminating["metadata"]["resourceVersion"]
+
+    cluster.kubectl("patch", "backends.gateway.envoyproxy.io", "held", "-n", namespace, "--type=merge",
+                    "-p", '{"metadata":{"finalizers":null}}')
+    wait_ready(kube, namespace, "held")
+    back = kube.get(k.BACKEND, namespace, "held")
+    assert back is not None and back["metadata"]["uid"] != terminating["metadata"]["uid"]
+    assert back["spec"]["endpoints"][0]["fqdn"]["port"] == 8443
+
+
 def test_kubectl_patch_updates_the_children(cluster: Cluster, kube: Kube, operator: Operator, namespace: str) -> None:
     cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=backend_yaml("p", """\
         schema: {name: OpenAI}

@@ -15,11 +15,15 @@ from model_traffic.render.acceptance import Acceptance, children_accepted, judge
 from model_traffic.render.common import Plan
 from model_traffic.runtime import Result, api_message, is_refused_write
 
+# How soon to look again at a child that is being deleted, if no event of it comes first.
+TERMINATING_RECHECK_SECONDS = 5.0
+
 
 @dataclass
 class Applied:
     conflicts: list[str] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)  # "Kind/name: the API server's message", per refused child
+    terminating: list[str] = field(default_factory=list)  # "Kind/name" of children still being deleted
     live: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> the child as the server has it
 
 
@@ -37,6 +41,8 @@ def apply_plan(kube_: Kube, owner: apply.Owner, plan: Plan) -> Applied:
             continue
         if result.outcome is apply.Outcome.CONFLICT:
             applied.conflicts.append(result.message)
+        elif result.outcome is apply.Outcome.TERMINATING:
+            applied.terminating.append(f"{child.rtype.kind}/{child.name}")
         elif result.live is not None:
             applied.live[child.rtype.kind] = result.live
     for rtype in plan.prune:
@@ -72,4 +78,9 @@ def result_of(plan: Plan, applied: Applied, also_judged: Iterable[Acceptance] = 
     details.append(acceptance.detail)
     if verdict.state == "Ready" and acceptance.verdict is not None:
         verdict = acceptance.verdict
+    if verdict.state == "Ready" and applied.terminating:
+        # Its deletion event brings us back to write it anew; the requeue covers a deletion that never ends.
+        message = ", ".join(applied.terminating) + " is still being deleted; it is written again once it is gone"
+        return Result(Verdict("Progressing", "ChildTerminating", message), details, status,
+                      requeue_after=TERMINATING_RECHECK_SECONDS)
     return Result(verdict, details, status)
