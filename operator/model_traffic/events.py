@@ -33,3 +33,46 @@ def emit(kube: Kube, body: dict[str, Any], event_type: str, reason: str, message
     except kubernetes.client.exceptions.ApiException as error:
         # An event is a courtesy: failing to post one must not fail the reconcile.
         log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], error.reason)
+
+
+def post(kube: Kube, body: dict[str, Any], pending: dict[str, Any]) -> None:
+    """Post an Event recorded in a status outbox (a TrafficConfig's ``pendingEvents``) under its deterministic
+    name, with ``eventTime`` (microseconds: steps under a second apart stay ordered) and, from its second
+    occurrence, a ``series``. Posting it again finds it posted (409) and only brings its count up to date, so
+    a crash between the post and the outbox being cleared never doubles it."""
+    meta = body["metadata"]
+    stamp = datetime.datetime.fromisoformat(str(pending["time"]).replace("Z", "+00:00"))
+    count = int(pending.get("count") or 1)
+    series = kubernetes.client.CoreV1EventSeries(count=count, last_observed_time=stamp) if count > 1 else None
+    event = kubernetes.client.CoreV1Event(
+        metadata=kubernetes.client.V1ObjectMeta(name=pending["name"], namespace=meta["namespace"]),
+        involved_object=kubernetes.client.V1ObjectReference(
+            api_version=body["apiVersion"], kind=body["kind"], name=meta["name"],
+            namespace=meta["namespace"], uid=meta["uid"], resource_version=meta.get("resourceVersion"),
+        ),
+        type=pending["type"], reason=pending["reason"], message=str(pending["message"])[:1024],
+        action=pending["reason"], source=kubernetes.client.V1EventSource(component=COMPONENT),
+        reporting_component=COMPONENT, reporting_instance=COMPONENT,
+        event_time=stamp, first_timestamp=stamp, last_timestamp=stamp, count=count, series=series,
+    )
+    try:
+        kube.core.create_namespaced_event(meta["namespace"], event)
+    except kubernetes.client.exceptions.ApiException as error:
+        if error.status == 409:
+            if count > 1:  # the same series again: its count and last time, as posted (absolute, so idempotent)
+                _update_series(kube, meta["namespace"], pending["name"], count, stamp, str(pending["message"]))
+            return
+        log.warning("could not post event %s on %s/%s: %s", pending["reason"], meta["namespace"], meta["name"],
+                    error.reason)
+
+
+def _update_series(kube: Kube, namespace: str, name: str, count: int, stamp: datetime.datetime,
+                   message: str) -> None:
+    micro = stamp.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    seconds = stamp.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    patch = {"count": count, "message": message[:1024], "lastTimestamp": seconds,
+             "series": {"count": count, "lastObservedTime": micro}}
+    try:
+        kube.core.patch_namespaced_event(name, namespace, patch)
+    except kubernetes.client.exceptions.ApiException as error:
+        log.warning("could not update event %s/%s: %s", namespace, name, error.reason)

@@ -12,11 +12,16 @@ import pytest
 from model_traffic.analysis import evaluate
 from model_traffic.api.trafficconfig import Metric, MetricResult, TrafficConfigSpec
 from model_traffic.render.trafficconfig import (
+    PHASES,
+    TRANSITIONS,
     AnalysisRequest,
+    ChildHealth,
+    LiveVirtualModel,
     ObservedVersion,
     RolloutPlan,
     TrafficWorld,
     live_weights_from_virtual_model,
+    recorded_traffic,
     step,
     step_weights,
 )
@@ -42,11 +47,34 @@ def spec(**fields: Any) -> TrafficConfigSpec:
     return TrafficConfigSpec.model_validate(base)
 
 
+READY = ChildHealth(ready=True)
+# A Ready VirtualModel that carries no step's traffic (yet): checks wait until one does (see `reconcile`).
+IDLE_VM = LiveVirtualModel(frozenset(), READY)
+
+
 def world(ready: tuple[str, ...] = ("v1", "v2"), live: dict[str, int] | None = None,
           analysis: list[MetricResult] | None = None, **fields: Any) -> TrafficWorld:
     versions = {v: ObservedVersion(ready=True, url=f"http://llama-{v}.llm") for v in ready}
+    fields.setdefault("virtual_model", IDLE_VM)
+    fields.setdefault("backends", {v: READY for v in ("v1", "v2", "v3")})
     return TrafficWorld(namespace="llm", name="llama", versions=versions, live_weights=live, analysis=analysis,
-                        **fields)
+                        uid="uid-1", generation=1, **fields)
+
+
+def settled_vm(backends: list[dict[str, Any]], observed_generation: int = 1) -> LiveVirtualModel:
+    """A VirtualModel with these backends as its controller reports it once it acted on them (or not yet)."""
+    return LiveVirtualModel.of({"metadata": {"generation": 1}, "spec": {"backends": backends}, "status": {
+        "observedGeneration": observed_generation, "conditions": [{"type": "Ready", "status": "True"}]}})
+
+
+def applied(s: TrafficConfigSpec, status: dict[str, Any] | None, **fields: Any) -> TrafficWorld:
+    """The world once the children of ``status`` are applied and the VirtualModel's controller acted on them."""
+    return world(virtual_model=settled_vm(recorded_traffic(s, status, world(**fields))), **fields)
+
+
+def live_vm(plan: RolloutPlan, observed_generation: int = 1) -> LiveVirtualModel:
+    vm = next(c for c in plan.children if c.rtype.kind == "VirtualModel")
+    return settled_vm(vm.body["spec"]["backends"], observed_generation)
 
 
 def passing(request: AnalysisRequest) -> list[MetricResult]:
@@ -66,11 +94,23 @@ Results = Callable[[AnalysisRequest], list[MetricResult]]
 
 def reconcile(s: TrafficConfigSpec, status: dict[str, Any] | None, now: datetime.datetime,
               results: Results = passing, **world_fields: Any) -> RolloutPlan:
-    """What the reconciler will do: step; when an analysis is asked for, run it and step again."""
+    """What the reconciler will do: step; when an analysis is asked for, run it and step again. Then, as in a
+    cluster, the VirtualModel's controller acts on what was applied and the next reconcile (at the same time)
+    sees it: the step's interval starts. The plan returned is that one, with the first one's events. Unless
+    the test says otherwise, the live VirtualModel carries the step ``status`` records (its children applied)."""
+    if status is not None and "virtual_model" not in world_fields:
+        world_fields["virtual_model"] = settled_vm(recorded_traffic(s, status, world(**world_fields)))
     plan = step(s, status, world(**world_fields), now)
     if plan.analysis is not None:
         plan = step(s, status, world(analysis=results(plan.analysis), **world_fields), now)
-    return plan
+    world_fields.pop("virtual_model", None)
+    settled = step(s, plan.status, world(virtual_model=live_vm(plan), **world_fields), now)
+    assert settled.analysis is None, "nothing is due at the instant a step reaches the traffic"
+    settled.events = plan.events + settled.events
+    settled.post_rollout = plan.post_rollout + settled.post_rollout
+    settled.status.pop("pendingEvents", None)  # posted by the reconciler, which then clears them
+    settled.previous_phase = plan.previous_phase
+    return settled
 
 
 def vm_weights(plan: RolloutPlan) -> dict[str, int]:
@@ -147,7 +187,7 @@ def test_healthy_candidate_is_promoted_through_all_steps() -> None:
     assert early.analysis is None and early.status == plan.status
     assert early.requeue_after == 30
 
-    first = step(s, plan.status, world(), at(1))
+    first = step(s, plan.status, applied(s, plan.status), at(1))
     assert first.analysis is not None
     assert first.analysis.candidate.served_model == "llama-3-v2"
     assert first.analysis.stable.served_model == "llama-3-v1"
@@ -172,8 +212,9 @@ def test_healthy_candidate_is_promoted_through_all_steps() -> None:
     done = reconcile(s, plan.status, at(2.1), live={"v2": 100})
     assert done.status["phase"] == "Succeeded"
     assert done.retire == ["v1"]
-    assert [(t.kind, n) for t, n in done.delete] == [("InferenceService", "llama-v1"),
-                                                      ("ManagedAIServiceBackend", "llama-v1")]
+    # The backend the gateway calls goes first, then what it called.
+    assert [(t.kind, n) for t, n in done.delete] == [("ManagedAIServiceBackend", "llama-v1"),
+                                                      ("InferenceService", "llama-v1")]
     assert names(done, "InferenceService") == ["llama-v2"]
 
     # The spec still says stable v1 / canary v2 until GitOps catches up: nothing changes.
@@ -275,7 +316,7 @@ def test_pause_freezes_and_resume_continues() -> None:
     still = reconcile(spec(paused=True), paused.status, at(6))
     assert still.status == paused.status and still.events == []
 
-    resumed = step(s, paused.status, world(), at(7))
+    resumed = step(s, paused.status, applied(s, paused.status), at(7))
     assert resumed.status["phase"] == "Progressing"
     assert resumed.analysis is not None
     resumed = reconcile(s, paused.status, at(7))
@@ -309,10 +350,10 @@ def test_webhooks_pre_rollout_then_rollout_and_pre_promotion() -> None:
     assert refused.status["failedChecks"] == 1
     plan = reconcile(s, None, T0, results=lambda r: [])
     assert plan.status["phase"] == "Progressing"
-    mid = step(s, plan.status, world(), at(1))
+    mid = step(s, plan.status, applied(s, plan.status), at(1))
     assert mid.analysis is not None and [w.name for w in mid.analysis.webhooks] == ["load"]
     plan = reconcile(s, plan.status, at(1), results=lambda r: [])
-    last = step(s, plan.status, world(), at(2))
+    last = step(s, plan.status, applied(s, plan.status), at(2))
     assert last.analysis is not None and [w.name for w in last.analysis.webhooks] == ["load", "gate"]
     done = reconcile(s, plan.status, at(2), results=lambda r: [])
     assert [w.name for w in done.post_rollout] == ["notify"]
@@ -446,20 +487,20 @@ def test_live_weights_from_virtual_model() -> None:
 def test_step_is_idempotent() -> None:
     s = spec()
     plan = reconcile(s, None, T0)
-    results = passing(step(s, plan.status, world(), at(1)).analysis or _missing())
-    w = world(analysis=results)
+    results = passing(step(s, plan.status, applied(s, plan.status), at(1)).analysis or _missing())
+    w = applied(s, plan.status, analysis=results)
     a = step(s, plan.status, w, at(1))
     b = step(s, plan.status, w, at(1))
     assert a == b
     assert a.status["canaryWeight"] == 50
     # The same call with the status it returned (e.g. after a restart): no second advance.
     c = step(s, a.status, w, at(1))
-    assert c.status == a.status
+    assert c.status == {k: v for k, v in a.status.items() if k != "pendingEvents"}  # the outbox is not repeated
     assert c.analysis is None
     assert c.events == []
     # Status round-trips through the model.
     d = step(s, _as_model(a.status), w, at(1))
-    assert d.status == a.status
+    assert d.status == c.status
 
 
 def _missing() -> AnalysisRequest:
@@ -473,7 +514,8 @@ def _as_model(status: dict[str, Any]) -> Any:
 
 def test_metric_spec_type_is_shared() -> None:
     # The request hands the reconciler the spec's own Metric objects.
-    plan = step(spec(), reconcile(spec(), None, T0).status, world(), at(1))
+    status = reconcile(spec(), None, T0).status
+    plan = step(spec(), status, applied(spec(), status), at(1))
     assert plan.analysis is not None and isinstance(plan.analysis.metrics[0], Metric)
 
 
@@ -528,13 +570,18 @@ def test_weighted_measures_every_variant_at_each_interval_without_gating() -> No
                                                              {"version": "v2", "weight": 30}],
                  analysis={"interval": "1m", "metrics": [{"name": "ttft", "builtin": "TimeToFirstTokenP95",
                                                           "maxRelativeToStable": 1.2}]})
-    first = step(mixed, None, world(), at(0))
+    # The first measurement waits for the variants' weights to be live for an interval.
+    assert step(mixed, None, world(), at(0)).analysis is None
+    start = reconcile(mixed, None, at(0))
+    assert start.status["trafficSince"] == "2025-01-01T12:00:00Z"
+    assert step(mixed, start.status, applied(mixed, start.status), at(0.5)).analysis is None
+    first = step(mixed, start.status, applied(mixed, start.status), at(1))
     assert first.analysis is not None and first.analysis.purpose == "Observe"
     assert [t.version for t in first.analysis.variants] == ["v1", "v2"]
     assert [t.served_model for t in first.analysis.variants] == ["llama-3-v1", "llama-3-v2"]
     measured = {"v1": [evaluate(first.analysis.metrics[0], 0.2, 0.2)],
                 "v2": [evaluate(first.analysis.metrics[0], 0.5, 0.2)]}  # v2 is slower: reported, not acted on
-    plan = step(mixed, None, world(variant_results=measured), at(0))
+    plan = reconcile(mixed, start.status, at(1), variant_results=measured)
     assert plan.analysis is None
     assert plan.status["phase"] == "Succeeded"
     by_version = {v["version"]: v for v in plan.status["versions"]}
@@ -544,8 +591,189 @@ def test_weighted_measures_every_variant_at_each_interval_without_gating() -> No
     assert vm_weights(plan) == {"llama-v1": 70, "llama-v2": 30}
     assert plan.requeue_after == 60
     # Not due again until the interval has passed; the measurements stay in status meanwhile.
-    later = step(mixed, plan.status, world(), at(0.5))
+    later = step(mixed, plan.status, applied(mixed, plan.status), at(1.5))
     assert later.analysis is None
     assert {v["version"]: v.get("metrics") for v in later.status["versions"]} == {
         v["version"]: v.get("metrics") for v in plan.status["versions"]}
-    assert step(mixed, plan.status, world(), at(1)).analysis is not None
+    assert step(mixed, plan.status, applied(mixed, plan.status), at(2)).analysis is not None
+
+
+# --- restart-safe stepping (issue #12, item 1) ----------------------------------------------------------
+
+def test_a_status_ahead_of_the_virtual_model_applies_the_recorded_step_first() -> None:
+    """A crash after step 2 (weight 50) was recorded and before the VirtualModel changed; the restart comes long
+    after the interval: the next reconcile applies weight 50 and judges nothing, the interval starts once the
+    VirtualModel carries 50, and only then is the check of weight 50 due."""
+    s = spec(analysis={"interval": "1m", "stepWeights": [10, 50, 80],
+                       "metrics": [{"name": "ttft", "builtin": "TimeToFirstTokenP95", "max": 0.5}]})
+    started = reconcile(s, None, T0)
+    ahead = step(s, started.status, applied(s, started.status, analysis=[]), at(1))
+    assert ahead.status["canaryWeight"] == 50 and "trafficSince" not in ahead.status
+    behind = settled_vm(recorded_traffic(s, started.status, world()))  # the live VirtualModel still at 10
+    restarted = step(s, ahead.status, world(virtual_model=behind), at(30))
+    assert restarted.analysis is None, "no check judges weight 50 before it carried traffic"
+    assert restarted.status["canaryWeight"] == 50 and vm_weights(restarted) == {"llama-v1": 50, "llama-v2": 50}
+    # The VirtualModel takes the weight but its controller has not acted on it yet: still not started.
+    unsettled = step(s, restarted.status, world(virtual_model=live_vm(restarted, observed_generation=0)), at(30.5))
+    assert "trafficSince" not in unsettled.status and unsettled.analysis is None
+    live = step(s, restarted.status, world(virtual_model=live_vm(restarted)), at(31))
+    assert live.status["trafficSince"] == "2025-01-01T12:31:00Z" and live.analysis is None
+    assert step(s, live.status, world(virtual_model=live_vm(restarted)), at(31.9)).analysis is None
+    check = step(s, live.status, world(virtual_model=live_vm(restarted)), at(32))
+    assert check.analysis is not None and check.analysis.interval == "1m"
+
+
+def test_live_traffic_that_differs_from_the_step_restarts_its_interval() -> None:
+    s = spec()
+    plan = reconcile(s, None, T0)
+    edited = settled_vm([{"name": "llama-v1", "weight": 100, "modelNameOverride": "llama-3-v1"}])
+    drifted = step(s, plan.status, world(virtual_model=edited), at(2))
+    assert "trafficSince" not in drifted.status and drifted.analysis is None
+    assert vm_weights(drifted) == {"llama-v1": 90, "llama-v2": 10}  # restored
+
+
+def test_a_metric_window_longer_than_the_interval_waits_until_it_lies_within_the_step() -> None:
+    s = spec(analysis={"interval": "1m", "stepWeights": [10, 50], "metrics": [
+        {"name": "ttft", "builtin": "TimeToFirstTokenP95", "max": 0.5, "interval": "5m"}]})
+    plan = reconcile(s, None, T0)
+    assert step(s, plan.status, applied(s, plan.status), at(4)).analysis is None
+    assert step(s, plan.status, applied(s, plan.status), at(5)).analysis is not None
+
+
+@pytest.mark.parametrize("strategy", ["ABTest", "BlueGreen"])
+def test_ab_and_blue_green_checks_wait_for_their_traffic(strategy: str) -> None:
+    s = spec(strategy=strategy, analysis={"interval": "1m", "iterations": 2,
+                                          "match": [{"headers": [{"name": "x-beta", "value": "1"}]}],
+                                          "metrics": [{"name": "ttft", "builtin": "TimeToFirstTokenP95",
+                                                       "max": 0.5}]})
+    started = step(s, None, world(), T0)
+    assert started.status["phase"] == "Progressing"
+    # The candidate's match route is recorded, not yet live: nothing is judged, however late.
+    assert step(s, started.status, world(), at(10)).analysis is None
+    live = step(s, started.status, applied(s, started.status), at(10))
+    assert live.status["trafficSince"] == "2025-01-01T12:10:00Z"
+    assert step(s, live.status, applied(s, live.status), at(11)).analysis is not None
+
+
+# --- make before break and no orphans (items 2 and 3) -----------------------------------------------------
+
+def promoted(s: TrafficConfigSpec) -> RolloutPlan:
+    plan = reconcile(s, None, T0)
+    plan = reconcile(s, plan.status, at(1))
+    return reconcile(s, plan.status, at(2), live={"v1": 50, "v2": 50})
+
+
+def test_a_version_out_of_the_virtual_model_waits_for_the_route_to_drop_it() -> None:
+    s = spec()
+    plan = promoted(s)
+    assert plan.status["phase"] == "Promoting"
+    on_route = reconcile(s, plan.status, at(2.1), live={"v2": 100},
+                         route_references=frozenset({"llama-v1", "llama-v2"}))
+    assert on_route.retire == [] and on_route.status["phase"] == "Promoting"
+    assert on_route.requeue_after == 1.0  # the route's changes wake the VirtualModel, not us
+    unreported = reconcile(s, plan.status, at(2.1), live={"v2": 100}, route_references=frozenset({"llama-v2"}),
+                           route_settled=False)
+    assert unreported.retire == []
+    gone = reconcile(s, plan.status, at(2.1), live={"v2": 100}, route_references=frozenset({"llama-v2"}))
+    assert gone.retire == ["v1"] and gone.status["phase"] == "Succeeded"
+
+
+def test_a_backend_whose_inference_service_is_gone_is_still_retired() -> None:
+    """A crash between deleting a version's InferenceService and its backend (the old order): the version is in
+    neither the status nor the InferenceServices, only in what the TrafficConfig owns."""
+    s = spec(canary=None)
+    plan = reconcile(s, None, T0, ready=("v1",), owned_versions=frozenset({"v1", "v0"}))
+    assert plan.retire == ["v0"]
+    assert ("ManagedAIServiceBackend", "llama-v0") in [(t.kind, n) for t, n in plan.delete]
+
+
+# --- events from the status (item 4) ---------------------------------------------------------------------
+
+def test_events_are_recorded_with_the_progress_under_deterministic_names() -> None:
+    s = spec()
+    plan = step(s, None, world(), T0)
+    pending = plan.status["pendingEvents"]
+    assert [e["reason"] for e in pending] == ["RolloutStarted"]
+    assert pending[0]["name"].startswith("llama.") and pending[0]["time"] == "2025-01-01T12:00:00.000000Z"
+    assert step(s, None, world(), T0).status["pendingEvents"] == pending  # the same decision, the same name
+    failed1 = reconcile(s, reconcile(s, None, T0).status, at(1), failing_ttft)
+    first = step(s, failed1.status, applied(s, failed1.status, analysis=failing_ttft_results()), at(2))
+    names = {e["reason"]: e for e in first.status["pendingEvents"]}
+    assert names["RolledBack"]["count"] == 1
+    # Two failed checks of one rollout are one Event with a series.
+    again = step(s, reconcile(s, None, T0).status, applied(s, reconcile(s, None, T0).status,
+                                                           analysis=failing_ttft_results()), at(1))
+    assert [(e["reason"], e["count"]) for e in again.status["pendingEvents"]] == [("CheckFailed", 1)]
+
+
+def failing_ttft_results() -> list[MetricResult]:
+    return [evaluate(Metric(name="ttft", builtin="TimeToFirstTokenP95", max=0.5), 2.5, 0.1)]
+
+
+# --- readiness reads the children (item 7, second bullet) --------------------------------------------------
+
+def test_never_ready_while_the_virtual_model_or_a_backend_is_not() -> None:
+    s = spec(canary=None)
+    refused = ChildHealth(ready=False, stalled=True, message="ModelNameConflict: llama-3 is claimed by other")
+    plan = step(s, None, world(ready=("v1",), virtual_model=LiveVirtualModel(frozenset(), refused)), T0)
+    assert plan.status["phase"] == "Succeeded"
+    assert (plan.verdict.state, plan.verdict.reason) == ("Stalled", "ChildNotReady")
+    assert "ModelNameConflict" in plan.verdict.message
+    waiting = ChildHealth(ready=False, message="InferenceServiceNotReady: ...")
+    plan = step(s, None, world(ready=("v1",), backends={"v1": waiting}), T0)
+    assert (plan.verdict.state, plan.verdict.reason) == ("Progressing", "ChildNotReady")
+    assert step(s, None, world(ready=("v1",)), T0).verdict.state == "Ready"
+
+
+# --- sizing leftovers of issue #13 -----------------------------------------------------------------------
+
+def isvc_spec(plan: RolloutPlan, name: str) -> dict[str, Any]:
+    return next(c.body["spec"] for c in plan.children if c.rtype.kind == "InferenceService" and c.name == name)
+
+
+def test_a_promoted_canary_takes_the_stable_size() -> None:
+    s = spec(stable={"version": "v1", "storageUri": "hf://org/m@1", "replicas": 4},
+             canary={"version": "v2", "storageUri": "hf://org/m@2", "replicas": 1})
+    plan = reconcile(s, None, T0)
+    assert isvc_spec(plan, "llama-v2")["predictor"]["minReplicas"] == 1
+    plan = promoted(s)
+    assert plan.status["stableVersion"] == "v2"
+    predictor = isvc_spec(plan, "llama-v2")["predictor"]
+    assert (predictor["minReplicas"], predictor["model"]["storageUri"]) == (4, "hf://org/m@2")
+
+
+def test_a_draining_version_no_entry_names_is_left_as_it_runs() -> None:
+    plan = reconcile(spec(), None, T0)
+    aborted = reconcile(spec(canary=None), plan.status, at(0.5), live={"v1": 90, "v2": 10})
+    assert [c.name for c in aborted.children if c.rtype.kind == "InferenceService"] == ["llama-v1"]
+    assert "llama-v2" in [c.name for c in aborted.children if c.rtype.kind == "ManagedAIServiceBackend"]
+    assert aborted.retire == []
+
+
+# --- the state machine (issue #11) -----------------------------------------------------------------------
+
+def test_every_phase_change_is_a_transition_of_the_table() -> None:
+    """Drive each strategy through its scenarios (the tests above, recorded) and check every change."""
+    seen: set[tuple[Any, Any]] = set()
+    original = step
+
+    def recording(*args: Any, **kwargs: Any) -> RolloutPlan:
+        plan = original(*args, **kwargs)
+        seen.add((plan.previous_phase, plan.status.get("phase")))
+        return plan
+
+    import tests.unit.test_render_trafficconfig as module
+    module.step = recording  # type: ignore[assignment]
+    try:
+        for name, test in sorted(vars(module).items()):
+            if name.startswith("test_") and name != "test_every_phase_change_is_a_transition_of_the_table" \
+                    and callable(test) and not getattr(test, "pytestmark", None):
+                test()
+        for strategy in ("ABTest", "BlueGreen"):
+            test_ab_and_blue_green_checks_wait_for_their_traffic(strategy)
+    finally:
+        module.step = original
+    assert set(TRANSITIONS) == {None, *PHASES}
+    wrong = sorted((str(a), str(b)) for a, b in seen if a != b and b not in TRANSITIONS[a])
+    assert wrong == [], f"phase changes missing from TRANSITIONS: {wrong}"
+    assert len({b for a, b in seen if a != b}) >= 6  # the scenarios reach most phases

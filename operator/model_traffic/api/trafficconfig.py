@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import Field
 
@@ -25,6 +25,11 @@ KIND = "TrafficConfig"
 PLURAL = "trafficconfigs"
 
 VERSION_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+# Where a rollout is: the phase list, defined here once. Which phase may follow which is the state machine's
+# (render/trafficconfig.py, TRANSITIONS); the status, the metrics and the docs read this list.
+Phase = Literal["Initializing", "Progressing", "Paused", "WaitingPromotion", "Promoting", "Succeeded", "Failed"]
+PHASES: tuple[Phase, ...] = get_args(Phase)
 
 # The variables a custom query may use (analysis.render_query substitutes them); refused at apply time otherwise.
 TEMPLATE_VARIABLES = ("Version", "ModelName", "ServedModel", "Interval", "Namespace")
@@ -248,18 +253,37 @@ class VersionStatus(Model):
     )
 
 
+class PendingEvent(Model):
+    """An Event the rollout decided on, recorded with the progress that caused it and posted right after: a crash
+    in between posts it at the next reconcile, under the same name (so never twice)."""
+
+    name: str = Field(description="The Event's name: deterministic, so posting it again finds it posted.")
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+    time: str = Field(description="When it happened (RFC 3339, microseconds): the Event's eventTime.")
+    count: int = Field(default=1, description="How often it happened in this rollout (a series from 2 on).")
+
+
 class TrafficConfigStatus(StatusBase):
-    phase: (
-        Literal["Initializing", "Progressing", "Paused", "WaitingPromotion", "Promoting", "Succeeded", "Failed"]
-        | None
-    ) = Field(default=None, description="Where the rollout is.")
+    phase: Phase | None = Field(default=None, description="Where the rollout is.")
     stable_version: str | None = Field(default=None, description="The stable version.")
     candidate_version: str | None = Field(default=None, description="The version being rolled out.")
     canary_weight: int | None = Field(default=None, description="Percent of traffic on the candidate.")
     current_step: int | None = Field(default=None, description="Index of the current step.")
     failed_checks: int | None = Field(default=None, description="Failed checks in this rollout.")
     iterations: int | None = Field(default=None, description="Checks passed in this rollout.")
-    last_step_time: str | None = Field(default=None, description="When the last step was taken.")
+    last_step_time: str | None = Field(default=None, description="When the last step or check was taken.")
+    traffic_since: str | None = Field(
+        default=None,
+        description="When the live VirtualModel was first seen carrying the current step's traffic (its "
+        "controller having acted on it): the next check is due one interval after it, so a check only measures "
+        "traffic of the step it judges. Absent while the step waits to reach the traffic.",
+    )
+    pending_events: list[PendingEvent] = Field(
+        default_factory=list,
+        description="Events recorded with the last progress and not yet confirmed posted (an outbox).",
+    )
     last_results: list[MetricResult] = Field(default_factory=list, description="Last analysis results.")
     versions: list[VersionStatus] = Field(default_factory=list, description="Each live version.")
     # Declared like the other kinds' (the operator writes it for all three): undeclared, the API server pruned it

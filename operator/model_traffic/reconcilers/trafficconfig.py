@@ -4,7 +4,10 @@ Order matters for restart safety. The state machine (``render.trafficconfig.step
 status alone; when it moved the rollout (a new weight, a failed check, a promotion), that progress is
 written to the status first, guarded by the object's resourceVersion, and only then are the children
 (InferenceServices, ManagedAIServiceBackends, the VirtualModel) changed. A crash between the two leaves a
-status ahead of the children, which the next reconcile simply applies; it never re-takes or skips a step.
+status ahead of the children, which the next reconcile simply applies; it never re-takes or skips a step (the
+step's interval starts only once the live VirtualModel carries it: ``status.trafficSince``). The Events of a
+move are recorded with it (``status.pendingEvents``) and posted after it under deterministic names, so a crash
+in between posts them at the next reconcile, once.
 Two operators racing (a leader hand-over) cannot both record a step: the second write gets a conflict
 and its reconcile starts again from the status the first one wrote.
 """
@@ -26,7 +29,7 @@ from pydantic import ValidationError
 from model_traffic import apply, events, kube, metrics
 from model_traffic.analysis import HTTPPrometheus, Target, run_metrics, served_model_name
 from model_traffic.api.common import duration_seconds
-from model_traffic.api.trafficconfig import MetricResult, TrafficConfigSpec, Webhook
+from model_traffic.api.trafficconfig import PHASES, MetricResult, TrafficConfigSpec, Webhook
 from model_traffic.conditions import Verdict, status_patch
 from model_traffic.kube import Kube
 from model_traffic.outbound import DEFAULT_POLICY, OutboundPolicy, host_of
@@ -36,6 +39,8 @@ from model_traffic.render.trafficconfig import (
     LABEL_TRAFFIC_CONFIG,
     LABEL_VERSION,
     AnalysisRequest,
+    ChildHealth,
+    LiveVirtualModel,
     ObservedVersion,
     RolloutPlan,
     TrafficWorld,
@@ -49,10 +54,11 @@ from model_traffic.runtime import Result, invalid_spec, kept_status
 log = logging.getLogger(__name__)
 
 TRAFFIC_CONFIG = kube.TRAFFIC_CONFIG
+HTTP_ROUTE = kube.HTTP_ROUTE
 
 # The status fields that carry the rollout's progress: written (guarded) before any child changes.
 PROGRESS_FIELDS = ("phase", "stableVersion", "candidateVersion", "canaryWeight", "currentStep", "failedChecks",
-                   "iterations", "lastStepTime", "lastResults")
+                   "iterations", "lastStepTime", "trafficSince", "lastResults", "pendingEvents")
 
 Clock = Callable[[], datetime.datetime]
 KSERVE_RECHECK_SECONDS = 15.0
@@ -91,11 +97,66 @@ def observe(kube_: Kube, spec: TrafficConfigSpec, body: dict[str, Any]) -> Traff
             version = recorded.get(ref.name) or (spec.stable.version if not recorded else None)
             if ref_isvc is not None and version:
                 versions[str(version)] = ObservedVersion.from_inference_service(ref_isvc)
+    owner = apply.Owner.of(body)
     virtual_model = kube_.get(kube.VIRTUAL_MODEL, namespace, name)
-    if virtual_model is not None and not apply.owned_by(virtual_model, apply.Owner.of(body)):
+    if virtual_model is not None and not apply.owned_by(virtual_model, owner):
         virtual_model = None  # someone else's: reported by the apply, never read as our traffic
+    # Everything we own, by owner reference (a child that lost its labels is still ours): no crash forgets one.
+    owned: set[str] = set()
+    backends: dict[str, ChildHealth] = {}
+    kinds = [kube.MANAGED_AI_SERVICE_BACKEND]
+    if kube_.served_versions(kube.INFERENCE_SERVICE.group):
+        kinds.append(kube.INFERENCE_SERVICE)
+    for rtype in kinds:
+        for child in kube_.list_objects(rtype, namespace):
+            version = _version_of(child, name)
+            if version is None or not apply.owned_by(child, owner):
+                continue
+            owned.add(version)
+            if rtype == kube.MANAGED_AI_SERVICE_BACKEND and not child["metadata"].get("deletionTimestamp"):
+                backends[version] = ChildHealth.of(child)
+    references, settled = _route_references(kube_, namespace, name)
     return TrafficWorld(namespace=namespace, name=name, versions=versions, ref_inference_service=ref_isvc,
-                        live_weights=live_weights_from_virtual_model(virtual_model, name))
+                        live_weights=live_weights_from_virtual_model(virtual_model, name),
+                        virtual_model=LiveVirtualModel.of(virtual_model) if virtual_model is not None else None,
+                        backends=backends, owned_versions=frozenset(owned), route_references=references,
+                        route_settled=settled, uid=meta["uid"], generation=int(meta.get("generation") or 0))
+
+
+def _version_of(child: dict[str, Any], name: str) -> str | None:
+    """The version a child of TrafficConfig ``name`` serves: its label, else its name ``<name>-<version>``."""
+    meta = child["metadata"]
+    version = (meta.get("labels") or {}).get(LABEL_VERSION)
+    if version:
+        return str(version)
+    prefix = f"{name}-"
+    return str(meta["name"])[len(prefix):] if str(meta["name"]).startswith(prefix) else None
+
+
+def _route_references(kube_: Kube, namespace: str, name: str) -> tuple[frozenset[str], bool]:
+    """What the gateway may still send to: the AIServiceBackends the live AIGatewayRoute ``<name>`` (our
+    VirtualModel's) references, and the Envoy Gateway Backends of the HTTPRoute the AI Gateway generated from it
+    (same name, internal/controller/ai_gateway_route.go newHTTPRoute: one backendRef per AIServiceBackend, its
+    spec.backendRef); and whether Envoy Gateway reported on that HTTPRoute's current generation (each
+    status.parents[].conditions[].observedGeneration, internal/gatewayapi/status/route.go). An HTTPRoute no
+    Gateway reports on is served by none."""
+    names: set[str] = set()
+    settled = True
+    route = kube_.get_ours(kube.AI_GATEWAY_ROUTE, namespace, name)
+    if route is not None and not route["metadata"].get("deletionTimestamp"):
+        for rule in (route.get("spec") or {}).get("rules") or []:
+            names.update(str(ref.get("name")) for ref in rule.get("backendRefs") or [])
+    http_route = kube_.get_ours(HTTP_ROUTE, namespace, name)
+    if http_route is not None:
+        for rule in (http_route.get("spec") or {}).get("rules") or []:
+            names.update(str(ref.get("name")) for ref in rule.get("backendRefs") or [])
+        generation = http_route["metadata"].get("generation")
+        for parent in (http_route.get("status") or {}).get("parents") or []:
+            for condition in parent.get("conditions") or []:
+                observed = condition.get("observedGeneration")
+                if isinstance(observed, int) and isinstance(generation, int) and observed < generation:
+                    settled = False
+    return frozenset(names), settled
 
 
 # --- analysis -------------------------------------------------------------------------------------------
@@ -261,13 +322,18 @@ def reconcile(kube_: Kube, body: dict[str, Any], default_prometheus: str | None 
     owner = apply.Owner.of(body)
     world = observe(kube_, spec, body)
     previous = dict(body.get("status") or {})
+    # Events a crash kept from being posted (recorded with their progress, not yet cleared): post them now.
+    leftover = list(previous.get("pendingEvents") or [])
+    for pending in leftover:
+        events.post(kube_, body, pending)
     plan = _take_step(spec, previous, world, clock(), default_prometheus, outbound)
-    announced = False
+    announced = bool(leftover)
     if record_progress(kube_, body, plan):
-        announced = bool(plan.events)
-        for event in plan.events:
-            events.emit(kube_, body, event.type, event.reason, event.message)
+        for pending in plan.status.get("pendingEvents") or []:
+            events.post(kube_, body, pending)
+            announced = True
         _post_rollout(plan, spec, namespace, name, previous, outbound)
+    plan.status.pop("pendingEvents", None)  # posted: the status write of this reconcile clears the outbox
     export_metrics(namespace, name, plan.status)
 
     kserve_served = bool(kube_.served_versions(kube.INFERENCE_SERVICE.group))
@@ -288,8 +354,6 @@ def reconcile(kube_: Kube, body: dict[str, Any], default_prometheus: str | None 
 
 
 # --- metrics --------------------------------------------------------------------------------------------
-
-PHASES = ("Initializing", "Progressing", "Paused", "WaitingPromotion", "Promoting", "Succeeded", "Failed")
 
 
 def export_metrics(namespace: str, name: str, status: dict[str, Any]) -> None:

@@ -18,15 +18,35 @@ for the brownfield stable), ManagedAIServiceBackend ``<name>-<version>`` per liv
 the VirtualModel sends that as ``modelNameOverride``, which splits the gateway's ``gen_ai_*`` metrics
 by version (label ``gen_ai_request_model``).
 
-A version that leaves the plan (rolled back, promoted away, variant removed) is first taken out of
-the VirtualModel; its InferenceService and backend are retired once the live VirtualModel
-(``world.live_weights``) no longer sends it traffic.
+Restart-safe stepping: a step is recorded in the status before the VirtualModel changes, so after a
+crash the status may be ahead of the traffic. The interval of a step therefore runs from ``trafficSince``:
+when the live VirtualModel was first observed carrying exactly that step's backends, its controller having
+acted on that spec (``observedGeneration``). Until then no check is due, and the first reconcile after a
+restart applies the recorded step instead of judging it; a check waits until its longest query window lies
+within the step's traffic, so it only measures the step it judges. Live traffic that differs from the
+recorded step (a status ahead of the children, a hand edit) restarts the interval once it matches again.
+
+Make-before-break: a version that leaves the plan (rolled back, promoted away, variant removed) is first
+taken out of the VirtualModel; its ManagedAIServiceBackend and then its InferenceService are retired only
+once the live VirtualModel, the live AIGatewayRoute and the HTTPRoute the AI Gateway generated from it
+reference it no more, and Envoy Gateway has reported on that HTTPRoute's current generation
+(``TrafficWorld.route_references`` / ``route_settled``). The versions to retire are found from the status
+and from every child the TrafficConfig owns (``TrafficWorld.owned_versions``, by owner reference and
+label), so a crash in the middle of a retirement leaves no orphan.
+
+Events are decided here and recorded in the status with the progress (``pendingEvents``, named
+deterministically), then posted: a crash in between posts them once at the next reconcile.
+
+The phases and which may follow which: :data:`TRANSITIONS`, over the phase list of the API
+(``api.trafficconfig.PHASES``).
 """
 
 from __future__ import annotations
 
 import copy
 import datetime
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -36,9 +56,11 @@ from model_traffic.api import backend as backend_api
 from model_traffic.api import virtualmodel as vm_api
 from model_traffic.api.common import API_VERSION, duration_seconds
 from model_traffic.api.trafficconfig import (
+    PHASES,
     Metric,
     MetricResult,
     ModelVersion,
+    Phase,
     TrafficConfigSpec,
     TrafficConfigStatus,
     Webhook,
@@ -60,7 +82,27 @@ DEFAULT_MAX_WEIGHT = 50
 DEFAULT_INTERVAL = "1m"
 SERVED_NAME_ARGS = ("--model_name=", "--served-model-name=")
 
-Phase = Literal["Initializing", "Progressing", "Paused", "WaitingPromotion", "Promoting", "Succeeded", "Failed"]
+__all__ = ["PHASES", "TRANSITIONS", "Phase", "step"]
+
+# The state machine: which phase may follow which (staying put is always allowed). None is a new object.
+# A unit test drives every strategy through its scenarios and checks each change against this table.
+TRANSITIONS: dict[Phase | None, frozenset[Phase]] = {
+    None: frozenset({"Initializing", "Succeeded", "Progressing", "Promoting"}),
+    # waiting for the versions or the PreRollout checks; a stable-only config turns Succeeded when Ready
+    "Initializing": frozenset({"Progressing", "Paused", "Failed", "Succeeded", "Promoting"}),
+    # checks run and steps are taken; ends in a promotion, a rollback or a wait for a person
+    "Progressing": frozenset({"Paused", "WaitingPromotion", "Promoting", "Failed", "Succeeded", "Initializing"}),
+    # spec.paused: back where it was when resumed (from the status), or aborted / reset / replaced
+    "Paused": frozenset({"Initializing", "Progressing", "WaitingPromotion", "Succeeded", "Promoting"}),
+    "WaitingPromotion": frozenset({"Paused", "Promoting", "Succeeded", "Initializing", "Progressing"}),
+    # the old stable drains; a new candidate may already start
+    "Promoting": frozenset({"Succeeded", "Initializing"}),
+    "Succeeded": frozenset({"Initializing", "Promoting", "Progressing"}),
+    # a rolled-back candidate stays rolled back until spec.canary or spec.stable changes
+    "Failed": frozenset({"Succeeded", "Initializing", "Promoting"}),
+}
+# Phases in which a candidate is deployed with its rollout started (its traffic, an A/B match, checks).
+STARTED_PHASES: frozenset[Phase] = frozenset({"Progressing", "WaitingPromotion", "Paused"})
 
 
 # --- inputs -------------------------------------------------------------------------------------------
@@ -87,6 +129,48 @@ class ObservedVersion:
 
 
 @dataclass(frozen=True)
+class ChildHealth:
+    """How one of our own kinds (the VirtualModel, a version's ManagedAIServiceBackend) reports in its status."""
+
+    ready: bool
+    stalled: bool = False
+    current: bool = True  # its status was computed from its current spec (observedGeneration)
+    message: str = ""
+
+    @classmethod
+    def of(cls, obj: dict[str, Any]) -> ChildHealth:
+        status = obj.get("status") or {}
+        conditions = {c.get("type"): c for c in status.get("conditions") or []}
+        ready = conditions.get("Ready") or {}
+        current = status.get("observedGeneration") == (obj.get("metadata") or {}).get("generation")
+        message = "" if ready.get("status") == "True" else (
+            f"{ready.get('reason')}: {ready.get('message')}" if ready else "no Ready condition yet")
+        return cls(ready=current and ready.get("status") == "True",
+                   stalled=(conditions.get("Stalled") or {}).get("status") == "True", current=current,
+                   message=message if current else "has not reported on its current spec yet")
+
+
+# A VirtualModel backend as compared between what a step wants and what is live: the fields we write.
+TrafficEntry = tuple[str, int, str, bool]  # (name, weight, modelNameOverride, header-matched)
+
+
+@dataclass(frozen=True)
+class LiveVirtualModel:
+    """The live VirtualModel ``<name>`` (ours): what traffic it carries and how its controller reports."""
+
+    backends: frozenset[TrafficEntry]
+    health: ChildHealth
+
+    @classmethod
+    def of(cls, obj: dict[str, Any]) -> LiveVirtualModel:
+        entries = frozenset(
+            (str(b.get("name", "")), int(b.get("weight", 1)), str(b.get("modelNameOverride") or ""),
+             bool(b.get("matches")))
+            for b in (obj.get("spec") or {}).get("backends") or [])
+        return cls(entries, ChildHealth.of(obj))
+
+
+@dataclass(frozen=True)
 class TrafficWorld:
     """What the reconciler observed; None means 'not there / not looked at'."""
 
@@ -97,6 +181,17 @@ class TrafficWorld:
     live_weights: dict[str, int] | None = None  # version -> weight in the live VirtualModel; None: none
     analysis: list[MetricResult] | None = None  # results of the analysis the previous plan asked for
     variant_results: dict[str, list[MetricResult]] | None = None  # Weighted: measurements by version
+    virtual_model: LiveVirtualModel | None = None  # the live VirtualModel, when ours
+    backends: dict[str, ChildHealth] = field(default_factory=dict)  # each version's ManagedAIServiceBackend
+    # Versions of every InferenceService and ManagedAIServiceBackend this TrafficConfig owns (owner reference),
+    # whatever the status says: nothing it ever created is forgotten by a crash.
+    owned_versions: frozenset[str] = frozenset()
+    # Names (AIServiceBackends, Envoy Gateway Backends) the live AIGatewayRoute and its generated HTTPRoute
+    # reference; and whether Envoy Gateway has reported on that HTTPRoute's current generation.
+    route_references: frozenset[str] = frozenset()
+    route_settled: bool = True
+    uid: str = ""  # of the TrafficConfig: Event names are unique to this object
+    generation: int = 0
 
 
 def live_weights_from_virtual_model(obj: dict[str, Any] | None, name: str) -> dict[str, int] | None:
@@ -154,6 +249,7 @@ class RolloutPlan:
     post_rollout: list[Webhook] = field(default_factory=list)  # fire once the status is written
     events: list[RolloutEvent] = field(default_factory=list)
     requeue_after: float | None = None  # seconds until the next analysis is due
+    previous_phase: Phase | None = None  # the phase of the status this plan was computed from
 
     @property
     def analysis_due(self) -> bool:
@@ -288,6 +384,7 @@ class _State:
     failed: int
     iterations: int
     last_step_time: str | None
+    traffic_since: str | None
     last_results: list[MetricResult]
     versions: dict[str, str]  # version -> InferenceService name, as recorded
     version_metrics: dict[str, list[MetricResult]]  # Weighted: last measurements by version
@@ -296,23 +393,31 @@ class _State:
     def read(cls, status: TrafficConfigStatus) -> _State:
         return cls(status.phase, status.stable_version, status.candidate_version, status.canary_weight,
                    status.current_step, status.failed_checks or 0, status.iterations or 0, status.last_step_time,
-                   list(status.last_results), {v.version: v.inference_service for v in status.versions},
+                   status.traffic_since, list(status.last_results),
+                   {v.version: v.inference_service for v in status.versions},
                    {v.version: list(v.metrics) for v in status.versions if v.metrics})
 
     def start_rollout(self, candidate: str) -> None:
         self.phase, self.candidate, self.weight, self.step = "Initializing", candidate, 0, None
         self.failed, self.iterations, self.last_step_time, self.last_results = 0, 0, None, []
+        self.traffic_since = None
 
     def end_rollout(self, phase: Phase) -> None:
         self.phase, self.candidate, self.weight, self.step = phase, None, None, None
-        self.failed, self.iterations, self.last_step_time = 0, 0, None
+        self.failed, self.iterations, self.last_step_time, self.traffic_since = 0, 0, None, None
+
+    def traffic_changes(self) -> None:
+        """The recorded step now wants other traffic: its interval starts once the VirtualModel carries it."""
+        self.traffic_since = None
 
 
 class _Rollout:
     """One call of :func:`step`."""
 
-    def __init__(self, spec: TrafficConfigSpec, state: _State, world: TrafficWorld, now: datetime.datetime):
+    def __init__(self, spec: TrafficConfigSpec, state: _State, world: TrafficWorld, now: datetime.datetime,
+                 precise_now: datetime.datetime | None = None):
         self.spec, self.s, self.world, self.now = spec, state, world, now
+        self.precise_now = precise_now or now  # Event times: steps under a second apart stay ordered
         self.model = model_name(spec, world.name)
         self.events: list[RolloutEvent] = []
         self.details: list[Detail] = []
@@ -357,14 +462,81 @@ class _Rollout:
 
     # --- analysis --------------------------------------------------------------------------------------
     def due(self) -> bool:
+        """Initializing: whether the PreRollout checks may run (again), one interval after the last attempt."""
         last = _parse_time(self.s.last_step_time)
         return last is None or (self.now - last).total_seconds() >= duration_seconds(_interval(self.spec))
 
-    def next_due_in(self) -> float | None:
-        last = _parse_time(self.s.last_step_time)
-        if last is None:
+    def _window(self) -> float:
+        """How long the current step's traffic must have flowed before a check: the interval, or the longest query
+        window when a metric looks further back (so the window never reaches into the step before)."""
+        windows = [duration_seconds(m.interval) for m in (self.spec.analysis.metrics or []) if m.interval] \
+            if self.spec.analysis else []
+        return max([duration_seconds(_interval(self.spec)), *windows])
+
+    def _check_at(self) -> datetime.datetime | None:
+        """When the next check of the current step is due; None while the step has not reached the traffic."""
+        since = _parse_time(self.s.traffic_since)
+        if since is None:
             return None
-        return max(0.0, duration_seconds(_interval(self.spec)) - (self.now - last).total_seconds())
+        at = since + datetime.timedelta(seconds=self._window())
+        last = _parse_time(self.s.last_step_time)
+        if last is not None:
+            at = max(at, last + datetime.timedelta(seconds=duration_seconds(_interval(self.spec))))
+        return at
+
+    def check_due(self) -> bool:
+        at = self._check_at()
+        return at is not None and self.now >= at
+
+    def next_due_in(self) -> float | None:
+        if self.s.phase == "Initializing":
+            last = _parse_time(self.s.last_step_time)
+            if last is None:
+                return None
+            return max(0.0, duration_seconds(_interval(self.spec)) - (self.now - last).total_seconds())
+        at = self._check_at()
+        return None if at is None else max(0.0, (at - self.now).total_seconds())
+
+    # --- the traffic of a step ----------------------------------------------------------------------------
+    def traffic(self, stable: str, candidate: str | None) -> tuple[dict[str, int], str | None]:
+        """The VirtualModel's weights and its header-matched candidate (ABTest, a BlueGreen preview) for the
+        state as it is, with ``candidate`` the version in the rollout (None: none takes traffic)."""
+        if self.spec.strategy == "Weighted":
+            return {v.version: v.weight for v in self.spec.variants or [] if v.weight > 0}, None
+        weights = self.weights(stable, candidate)
+        matched = candidate if (self.spec.strategy in ("ABTest", "BlueGreen") and candidate is not None
+                                and self.s.phase in STARTED_PHASES and self.spec.analysis
+                                and self.spec.analysis.match) else None
+        return weights, matched
+
+    def observe_traffic(self) -> None:
+        """Start the recorded step's interval when the live VirtualModel first carries it (and its controller has
+        acted on it); forget the start when it does not (a status ahead of the children, a hand edit)."""
+        s = self.s
+        tracked = (s.phase in STARTED_PHASES if self.spec.strategy != "Weighted"
+                   else bool(self.spec.analysis and self.spec.analysis.metrics))
+        if not tracked:
+            s.traffic_since = None
+            return
+        wanted = frozenset(_entry(b) for b in self.recorded_backends())
+        live = self.world.virtual_model
+        if live is not None and live.health.current and live.backends == wanted:
+            if s.traffic_since is None:
+                s.traffic_since = _stamp(self.now)
+        else:
+            s.traffic_since = None
+
+    def recorded_backends(self) -> list[dict[str, Any]]:
+        """The VirtualModel's backends for the step the status records (before this reconcile moves it)."""
+        s = self.s
+        stable = self.spec.stable.version if self.spec.strategy == "Weighted" else (s.stable or
+                                                                                    self.spec.stable.version)
+        weights, matched = self.traffic(stable, s.candidate if s.phase != "Failed" else None)
+        return _vm_backends(self, weights, matched)
+
+    def waiting_for_traffic(self, candidate: str) -> str:
+        what = f"weight {self.s.weight or 0}" if self.spec.strategy == "Canary" else "its traffic"
+        return f"{candidate} at {what}: waiting for the VirtualModel to carry it before the interval starts"
 
     def webhooks(self, *types: str) -> list[Webhook]:
         hooks = self.spec.analysis.webhooks if self.spec.analysis else None
@@ -397,6 +569,7 @@ class _Rollout:
                             f"{detail}; all traffic to {stable}")
             self.event("Warning", "RolledBack", self.message)
             self.s.phase, self.s.weight, self.s.step = "Failed", 0, None
+            self.s.traffic_changes()
             self.post_rollout = self.webhooks("PostRollout")
         else:
             self.message = f"check of {candidate} failed ({self.s.failed} of {threshold}): {detail}"
@@ -422,6 +595,7 @@ class _Rollout:
         if held is not None and s.phase in ("Progressing", "WaitingPromotion") and s.weight != held:
             self.event("Normal", "WeightChanged", f"{candidate} weight set to {held} (spec.canary.weight)")
             s.weight = held
+            s.traffic_changes()
         if s.phase in (None, "Initializing", "Succeeded", "Promoting"):
             s.phase = "Initializing"
             missing = [self.why_not_ready(v) for v in (stable, candidate) if not self.ready(v)]
@@ -442,9 +616,12 @@ class _Rollout:
         if s.phase == "WaitingPromotion":
             self.message = self._waiting_message(candidate)
             return
-        # Progressing
-        if not self.due():
-            self.message = f"{candidate} at weight {s.weight or 0}, next check in {self.next_due_in():.0f}s"
+        # Progressing: a check is due one interval after the step's traffic was first seen live.
+        if not self.check_due():
+            due_in = self.next_due_in()
+            self.message = (self.waiting_for_traffic(candidate) if due_in is None else
+                            f"{candidate} at weight {s.weight or 0}, next check in {due_in:.0f}s"
+                            if spec.strategy == "Canary" else f"{candidate}: next check in {due_in:.0f}s")
             return
         final = self._is_final_check()
         metrics = list(spec.analysis.metrics or []) if spec.analysis else []
@@ -465,6 +642,7 @@ class _Rollout:
             weights = step_weights(spec)
             s.step = (s.step or 0) + 1
             s.weight = weights[s.step]
+            s.traffic_changes()
             self.event("Normal", "StepAdvanced", f"{candidate} at weight {s.weight} (step {s.step + 1} of "
                        f"{len(weights)})")
             self.message = f"{candidate} at weight {s.weight}"
@@ -492,6 +670,7 @@ class _Rollout:
     def _start(self, candidate: str) -> None:
         s = self.s
         s.phase = "Progressing"
+        s.traffic_changes()
         if self.spec.strategy == "Canary":
             s.step, s.weight = 0, step_weights(self.spec)[0]
             self.message = f"{candidate} at weight {s.weight}"
@@ -544,6 +723,14 @@ def _status_model(status: dict[str, Any] | TrafficConfigStatus | None) -> Traffi
     return TrafficConfigStatus.model_validate(raw)
 
 
+def recorded_traffic(spec: TrafficConfigSpec, status: dict[str, Any] | TrafficConfigStatus | None,
+                     world: TrafficWorld) -> list[dict[str, Any]]:
+    """The VirtualModel backends that carry the step ``status`` records: what the live VirtualModel has once the
+    children of that status are applied."""
+    return _Rollout(spec, _State.read(_status_model(status)), world, datetime.datetime.now(datetime.UTC)) \
+        .recorded_backends()
+
+
 def step(
     spec: TrafficConfigSpec,
     status: dict[str, Any] | TrafficConfigStatus | None,
@@ -552,9 +739,11 @@ def step(
 ) -> RolloutPlan:
     """The next status, the desired children and what to do now. Pure and deterministic."""
     state = _State.read(_status_model(status))
-    r = _Rollout(spec, state, world, _utc(now))
+    previous_phase = state.phase
+    r = _Rollout(spec, state, world, _utc(now), now)
+    r.observe_traffic()
     if spec.strategy == "Weighted":
-        return _weighted(r)
+        return _weighted(r, previous_phase)
 
     target = spec.stable.version
     stable = state.stable or target
@@ -602,14 +791,12 @@ def step(
 
     state.stable = stable
     keep = [stable] + ([candidate] if candidate and candidate != stable else [])
-    weights = r.weights(stable, state.candidate if state.candidate and state.candidate == candidate else None)
-    started = state.last_step_time is not None and state.phase in ("Progressing", "WaitingPromotion", "Paused")
-    matched = candidate if (spec.strategy in ("ABTest", "BlueGreen") and started and candidate
-                            and state.candidate == candidate and spec.analysis and spec.analysis.match) else None
-    return _finish(r, keep, weights, matched)
+    weights, matched = r.traffic(stable, state.candidate if state.candidate and state.candidate == candidate
+                                 else None)
+    return _finish(r, keep, weights, matched, previous_phase)
 
 
-def _weighted(r: _Rollout) -> RolloutPlan:
+def _weighted(r: _Rollout, previous_phase: Phase | None) -> RolloutPlan:
     spec, s = r.spec, r.s
     variants = spec.variants or []
     s.stable = spec.stable.version
@@ -618,7 +805,7 @@ def _weighted(r: _Rollout) -> RolloutPlan:
     metrics = list(spec.analysis.metrics or []) if spec.analysis else []
     if not metrics:
         s.last_step_time = None
-    elif r.due():
+    elif r.check_due():
         if r.world.variant_results is None:
             prometheus = spec.analysis.prometheus if spec.analysis else None
             r.request = AnalysisRequest("Observe", r.target(s.stable), r.target(s.stable), _interval(spec),
@@ -632,28 +819,45 @@ def _weighted(r: _Rollout) -> RolloutPlan:
     s.phase = "Progressing" if waiting else "Succeeded"
     r.message = ("waiting: " + "; ".join(waiting)) if waiting else (
         "weights " + ", ".join(f"{v.version}={v.weight}" for v in variants))
-    return _finish(r, [v.version for v in variants], weights, None)
+    return _finish(r, [v.version for v in variants], weights, None, previous_phase)
 
 
-def _finish(r: _Rollout, keep: list[str], weights: dict[str, int], matched: str | None) -> RolloutPlan:
+def _finish(r: _Rollout, keep: list[str], weights: dict[str, int], matched: str | None,
+            previous_phase: Phase | None) -> RolloutPlan:
     spec, s, world = r.spec, r.s, r.world
     # Each version's entry (storage and sizing); a variant's entry first, as the Weighted strategy lists them all.
     entries: dict[str, ModelVersion] = {v.version: v for v in spec.variants or []}
     entries.setdefault(spec.stable.version, spec.stable)
     if spec.canary:
         entries.setdefault(spec.canary.version, spec.canary)
+        if s.stable == spec.canary.version != spec.stable.version and spec.strategy != "Weighted":
+            # Promoted automatically, before spec.stable names it: the new stable takes the stable role's size
+            # (as Argo Rollouts scales the promoted ReplicaSet to spec.replicas), with the candidate's weights.
+            entries[spec.canary.version] = ModelVersion(
+                version=spec.canary.version, storage_uri=spec.canary.storage_uri,
+                replicas=spec.stable.replicas, resources=spec.stable.resources)
 
-    # Versions no longer wanted keep their children while the live VirtualModel still routes to them.
+    # Make before break: a version no longer wanted keeps its children while the live VirtualModel, the live
+    # AIGatewayRoute or the HTTPRoute the gateway serves still references it (or Envoy Gateway has not yet
+    # reported on that HTTPRoute's current generation). Known from the status and from what we own.
     live = world.live_weights or {}
-    known = set(s.versions) | set(world.versions)
-    draining = sorted(v for v in known if v not in keep and live.get(v, 0) > 0)
+    known = set(s.versions) | set(world.versions) | set(world.owned_versions)
+
+    def referenced(version: str) -> bool:
+        return (live.get(version, 0) > 0 or f"{world.name}-{version}" in world.route_references
+                or not world.route_settled)
+
+    draining = sorted(v for v in known if v not in keep and referenced(v))
     retire = sorted(v for v in known if v not in keep and v not in draining)
     children: list[Child] = []
     details: list[Detail] = []
     for version in keep + draining:
-        isvc = _inference_service(r, version, entries.get(version))
-        if isvc is not None:
-            children.append(isvc)
+        # A draining version no entry names any more (a removed canary or variant) is left as it runs: rendered
+        # from the bare template it would lose its weights and size while it still serves.
+        if version in keep or version in entries:
+            isvc = _inference_service(r, version, entries.get(version))
+            if isvc is not None:
+                children.append(isvc)
         children.append(_backend(r, version))
     children.append(_virtual_model(r, weights, matched))
 
@@ -670,9 +874,11 @@ def _finish(r: _Rollout, keep: list[str], weights: dict[str, int], matched: str 
 
     delete: list[tuple[ResourceType, str]] = []
     for version in retire:
+        # The backend first: it is what the gateway calls, and it reads the InferenceService (gone first, the
+        # backend would report InferenceServiceNotFound until its own deletion).
+        delete.append((MANAGED_AI_SERVICE_BACKEND, f"{world.name}-{version}"))
         if not r.is_ref(version):  # the referenced InferenceService is not ours: it is left as it is
             delete.append((kube.INFERENCE_SERVICE, r.isvc_name(version)))
-        delete.append((MANAGED_AI_SERVICE_BACKEND, f"{world.name}-{version}"))
 
     versions = []
     for version in keep + draining:
@@ -685,10 +891,13 @@ def _finish(r: _Rollout, keep: list[str], weights: dict[str, int], matched: str 
             entry["metrics"] = [m.wire() for m in s.version_metrics[version]]
         versions.append(entry)
 
+    pending = [_pending_event(r, event) for event in r.events]
     status: dict[str, Any] = {
         "phase": s.phase, "stableVersion": s.stable, "candidateVersion": s.candidate,
         "canaryWeight": s.weight, "currentStep": s.step, "failedChecks": s.failed, "iterations": s.iterations,
-        "lastStepTime": s.last_step_time, "lastResults": [m.wire() for m in s.last_results], "versions": versions,
+        "lastStepTime": s.last_step_time, "trafficSince": s.traffic_since,
+        "lastResults": [m.wire() for m in s.last_results], "versions": versions,
+        "pendingEvents": pending or None,
     }
     status = {k: v for k, v in status.items() if v is not None}
     details.append(Detail("AnalysisPassed", None if not s.last_results else all(x.passed for x in s.last_results),
@@ -702,8 +911,56 @@ def _finish(r: _Rollout, keep: list[str], weights: dict[str, int], matched: str 
         "Paused": Verdict("Ready", "Paused", message),
         "Failed": Verdict("Stalled", "RolledBack", message),
     }.get(str(s.phase), Verdict("Progressing", str(s.phase), message))
+    if verdict.state == "Ready":
+        verdict = _children_ready(r, keep) or verdict
+    requeue = _requeue_after(r)
+    if draining and not any(live.get(v, 0) > 0 for v in draining):
+        # Out of the VirtualModel, still on the route: the route's changes wake the VirtualModel, not us.
+        requeue = min(requeue or ROUTE_RECHECK_SECONDS, ROUTE_RECHECK_SECONDS)
     return RolloutPlan(status, verdict, details, children, retire, delete, r.request, r.post_rollout, r.events,
-                       _requeue_after(r))
+                       requeue, previous_phase)
+
+
+ROUTE_RECHECK_SECONDS = 1.0
+
+
+def _children_ready(r: _Rollout, keep: list[str]) -> Verdict | None:
+    """Not Ready while the VirtualModel or a serving version's backend is not: the TrafficConfig reads their
+    status (a VirtualModel refused for its model name, a backend the gateway cannot use). None: all Ready."""
+    vm = r.world.virtual_model
+    problems: list[tuple[bool, str]] = []
+    if vm is None:
+        problems.append((False, f"VirtualModel {r.world.name} not observed yet"))
+    elif not vm.health.ready:
+        problems.append((vm.health.stalled, f"VirtualModel {r.world.name}: {vm.health.message}"))
+    for version in keep:
+        backend = r.world.backends.get(version)
+        name = f"ManagedAIServiceBackend {r.world.name}-{version}"
+        if backend is None:
+            problems.append((False, f"{name} not observed yet"))
+        elif not backend.ready:
+            problems.append((backend.stalled, f"{name}: {backend.message}"))
+    if not problems:
+        return None
+    message = "; ".join(text for _, text in problems)
+    if any(stalled for stalled, _ in problems):
+        return Verdict("Stalled", "ChildNotReady", message)
+    return Verdict("Progressing", "ChildNotReady", message)
+
+
+def _pending_event(r: _Rollout, event: RolloutEvent) -> dict[str, Any]:
+    """An Event for the outbox: named from this object's uid and what makes the occurrence unique (its time), or,
+    for a failed check, from the rollout (one Event with a growing series per candidate and spec generation)."""
+    time = r.precise_now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    count = 1
+    if event.reason == "CheckFailed":
+        key = [r.world.uid, r.world.generation, r.s.candidate, event.reason]
+        count = max(1, r.s.failed)
+    else:
+        key = [r.world.uid, time, len(r.events), r.events.index(event), event.reason]
+    digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+    return {"name": f"{r.world.name}.{digest}", "type": event.type, "reason": event.reason,
+            "message": event.message[:1024], "time": time, "count": count}
 
 
 def _requeue_after(r: _Rollout) -> float | None:
@@ -744,7 +1001,7 @@ def _backend(r: _Rollout, version: str) -> Child:
     })
 
 
-def _virtual_model(r: _Rollout, weights: dict[str, int], matched: str | None) -> Child:
+def _vm_backends(r: _Rollout, weights: dict[str, int], matched: str | None) -> list[dict[str, Any]]:
     """Weights as percentages; versions at 0 are left out. ``matched``: the candidate of an ABTest (or a
     BlueGreen preview) reached only by requests matching ``analysis.match``: a header-matched backend of the
     VirtualModel (``matches``), which gets a route rule of its own ahead of the default one.
@@ -756,7 +1013,17 @@ def _virtual_model(r: _Rollout, weights: dict[str, int], matched: str | None) ->
     if matched is not None and r.spec.analysis and r.spec.analysis.match:
         backends.append({"name": f"{r.world.name}-{matched}", "modelNameOverride": r.served(matched), "weight": 1,
                          "matches": [m.wire() for m in r.spec.analysis.match]})
-    spec: dict[str, Any] = {"modelName": r.model, "backends": backends}
+    return backends
+
+
+def _entry(backend: dict[str, Any]) -> TrafficEntry:
+    return (str(backend["name"]), int(backend["weight"]), str(backend.get("modelNameOverride") or ""),
+            bool(backend.get("matches")))
+
+
+def _virtual_model(r: _Rollout, weights: dict[str, int], matched: str | None) -> Child:
+    """The VirtualModel of these weights (see :func:`_vm_backends`)."""
+    spec: dict[str, Any] = {"modelName": r.model, "backends": _vm_backends(r, weights, matched)}
     if r.spec.gateway_refs:
         spec["gatewayRefs"] = [g.wire() for g in r.spec.gateway_refs]
     return Child(VIRTUAL_MODEL, {
