@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 # TrafficConfig's children (InferenceServices, ManagedAIServiceBackends, its VirtualModel) too: their status
 # (readiness, the live weights) moves the rollout on.
 CHILD_TYPES = (kube.BACKEND, kube.AI_SERVICE_BACKEND, kube.BACKEND_SECURITY_POLICY, kube.QUOTA_POLICY,
-               kube.AI_GATEWAY_ROUTE, kube.BACKEND_TRAFFIC_POLICY, virtualmodel_reconciler.HTTP_ROUTE,
+               kube.AI_GATEWAY_ROUTE, kube.BACKEND_TRAFFIC_POLICY, kube.SECURITY_POLICY,
+               virtualmodel_reconciler.HTTP_ROUTE,
                kube.INFERENCE_SERVICE, kube.MANAGED_AI_SERVICE_BACKEND, kube.VIRTUAL_MODEL)
 OUR_LABELS = {apply.LABEL_MANAGED_BY: apply.MANAGED_BY}
 
@@ -42,7 +43,7 @@ OUR_LABELS = {apply.LABEL_MANAGED_BY: apply.MANAGED_BY}
 COMPLETELY_CACHED = (kube.MANAGED_AI_SERVICE_BACKEND, kube.VIRTUAL_MODEL, kube.TRAFFIC_CONFIG, kube.SECRET,
                      kube.INFERENCE_SERVICE, kube.INFERENCE_POOL, kube.GATEWAY, kube.BACKEND, kube.AI_SERVICE_BACKEND)
 CACHED_BY_OUR_LABELS = (kube.BACKEND_SECURITY_POLICY, kube.QUOTA_POLICY, kube.AI_GATEWAY_ROUTE,
-                        kube.BACKEND_TRAFFIC_POLICY, kube.HTTP_ROUTE)
+                        kube.BACKEND_TRAFFIC_POLICY, kube.SECURITY_POLICY, kube.HTTP_ROUTE)
 CACHES = Caches()
 
 

@@ -43,6 +43,7 @@ class ResourceType:
 BACKEND = ResourceType("gateway.envoyproxy.io", "v1alpha1", "backends", "Backend")
 BACKEND_TRAFFIC_POLICY = ResourceType("gateway.envoyproxy.io", "v1alpha1", "backendtrafficpolicies",
                                       "BackendTrafficPolicy")
+SECURITY_POLICY = ResourceType("gateway.envoyproxy.io", "v1alpha1", "securitypolicies", "SecurityPolicy")
 AI_SERVICE_BACKEND = ResourceType("aigateway.envoyproxy.io", "v1beta1", "aiservicebackends", "AIServiceBackend")
 BACKEND_SECURITY_POLICY = ResourceType("aigateway.envoyproxy.io", "v1beta1", "backendsecuritypolicies",
                                        "BackendSecurityPolicy")
@@ -180,8 +181,8 @@ class Kube:
         return found.get(group, [])
 
 
-ALL_TYPES = (BACKEND, BACKEND_TRAFFIC_POLICY, AI_SERVICE_BACKEND, BACKEND_SECURITY_POLICY, AI_GATEWAY_ROUTE,
-             QUOTA_POLICY, INFERENCE_SERVICE, INFERENCE_POOL, GATEWAY, SECRET, HTTP_ROUTE,
+ALL_TYPES = (BACKEND, BACKEND_TRAFFIC_POLICY, SECURITY_POLICY, AI_SERVICE_BACKEND, BACKEND_SECURITY_POLICY,
+             AI_GATEWAY_ROUTE, QUOTA_POLICY, INFERENCE_SERVICE, INFERENCE_POOL, GATEWAY, SECRET, HTTP_ROUTE,
              MANAGED_AI_SERVICE_BACKEND, VIRTUAL_MODEL, TRAFFIC_CONFIG)
 _PLURALS = {rtype.kind: rtype.plural for rtype in ALL_TYPES}
 

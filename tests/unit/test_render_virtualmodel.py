@@ -85,6 +85,8 @@ CRD_FILES = {
     "BackendTrafficPolicy": (upstream.ENVOY_GATEWAY, "charts/gateway-helm/charts/crds/crds/generated/"
                                                      "gateway.envoyproxy.io_backendtrafficpolicies.yaml"),
     "HTTPRoute": (upstream.ENVOY_GATEWAY, "charts/gateway-helm/charts/crds/crds/gatewayapi-crds.yaml"),
+    "SecurityPolicy": (upstream.ENVOY_GATEWAY, "charts/gateway-helm/charts/crds/crds/generated/"
+                                               "gateway.envoyproxy.io_securitypolicies.yaml"),
 }
 
 
@@ -314,7 +316,7 @@ def test_the_issue_example_becomes_a_route_and_a_traffic_policy() -> None:
     assert plan.status["route"] == "gpt-4"
     assert plan.status["modelName"] == "gpt-4"
     assert plan.status["backendSummary"] == "4/4"
-    assert plan.prune == []
+    assert [p.kind for p in plan.prune] == ["SecurityPolicy"]  # no spec.auth
 
 
 def test_weighted_split_and_share_percent_within_each_tier() -> None:
@@ -336,7 +338,7 @@ def test_model_name_defaults_to_the_object_name_and_costs_to_total_tokens() -> N
     assert plan.status["modelName"] == "gpt-4"
     # Nothing calls for a traffic policy: none is written, a stale one is pruned.
     assert kinds(plan) == ["AIGatewayRoute"]
-    assert [p.kind for p in plan.prune] == ["BackendTrafficPolicy"]
+    assert [p.kind for p in plan.prune] == ["SecurityPolicy", "BackendTrafficPolicy"]
 
 
 def test_custom_llm_request_costs_pass_through() -> None:
@@ -369,7 +371,7 @@ def test_parent_refs_come_from_spec_or_the_default_gateway() -> None:
     none = render(spec(), world(spec(), default_gateway=None))
     assert (none.verdict.state, none.verdict.reason) == ("Stalled", "NoGateway")
     assert none.children == []
-    assert {p.kind for p in none.prune} == {"AIGatewayRoute", "BackendTrafficPolicy"}
+    assert {p.kind for p in none.prune} == {"AIGatewayRoute", "BackendTrafficPolicy", "SecurityPolicy"}
 
 
 def test_parse_gateway_setting() -> None:
@@ -480,7 +482,7 @@ def test_no_backend_resolves_writes_no_route_and_stalls() -> None:
     plan = render(s, world(s, backends={("ManagedAIServiceBackend", "openai"): None,
                                         ("ManagedAIServiceBackend", "azure"): ObservedBackend(ready=False)}))
     assert plan.children == []
-    assert {p.kind for p in plan.prune} == {"AIGatewayRoute", "BackendTrafficPolicy"}
+    assert {p.kind for p in plan.prune} == {"AIGatewayRoute", "BackendTrafficPolicy", "SecurityPolicy"}
     assert (plan.verdict.state, plan.verdict.reason) == ("Stalled", "BackendsNotFound")
     assert "openai not found" in plan.verdict.message and "azure not Ready" in plan.verdict.message
     assert plan.status["backendSummary"] == "0/2"
@@ -570,12 +572,19 @@ def test_rate_limits_per_tenant_tokens_and_requests() -> None:
     s = VirtualModelSpec.model_validate(ISSUE_EXAMPLE)
     policy = child(plan_of(s), "BackendTrafficPolicy")["spec"]
     tenant = [{"headers": [{"name": "x-tenant-id", "type": "Distinct"}]}]
+    absent = [{"headers": [{"name": "x-tenant-id", "type": "RegularExpression", "value": ".*", "invert": True}]}]
     assert policy["rateLimit"] == {"type": "Global", "global": {"rules": [
         {"clientSelectors": tenant, "limit": {"requests": 100000, "unit": "Hour"},
          "cost": {"request": {"from": "Number", "number": 0},
                   "response": {"from": "Metadata",
                                "metadata": {"namespace": "io.envoy.ai_gateway", "key": "llm_total_token"}}}},
         {"clientSelectors": tenant, "limit": {"requests": 600, "unit": "Minute"}},
+        # Requests without the header share one budget (withoutTenant: Shared, the default).
+        {"clientSelectors": absent, "limit": {"requests": 100000, "unit": "Hour"},
+         "cost": {"request": {"from": "Number", "number": 0},
+                  "response": {"from": "Metadata",
+                               "metadata": {"namespace": "io.envoy.ai_gateway", "key": "llm_total_token"}}}},
+        {"clientSelectors": absent, "limit": {"requests": 600, "unit": "Minute"}},
     ]}}
     assert policy["targetRefs"] == [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "gpt-4"}]
 
@@ -640,7 +649,7 @@ def test_duplicate_model_name_is_refused_and_writes_no_route() -> None:
     assert (plan.verdict.state, plan.verdict.reason) == ("Stalled", "ModelNameConflict")
     assert "VirtualModel team-a/gpt-4" in plan.verdict.message and "'gpt-4'" in plan.verdict.message
     assert plan.children == []
-    assert {p.kind for p in plan.prune} == {"AIGatewayRoute", "BackendTrafficPolicy"}
+    assert {p.kind for p in plan.prune} == {"AIGatewayRoute", "BackendTrafficPolicy", "SecurityPolicy"}
     assert shares(plan) == {"openai": 0.0}
 
 
@@ -819,7 +828,7 @@ def test_no_route_when_only_matched_backends_resolve() -> None:
     plan = render(s, world(s, backends={("ManagedAIServiceBackend", "llama-v1"): ObservedBackend(ready=False),
                                          ("ManagedAIServiceBackend", "llama-v2"): READY}))
     assert plan.children == []
-    assert {p.kind for p in plan.prune} == {"AIGatewayRoute", "BackendTrafficPolicy"}
+    assert {p.kind for p in plan.prune} == {"AIGatewayRoute", "BackendTrafficPolicy", "SecurityPolicy"}
     assert (plan.verdict.state, plan.verdict.reason) == ("Progressing", "BackendsNotReady")  # heals by itself
     assert "no backend without matches of model 'llama-3' resolves" in plan.verdict.message
     assert "ManagedAIServiceBackend llama-v1 not Ready" in plan.verdict.message
@@ -918,3 +927,124 @@ def test_match_limits_fit_the_upstream_route_and_the_http_route_made_of_it() -> 
         k: http_value[k] for k in ("pattern", "minLength", "maxLength")}
     # Every rule full of matches, plus the AI Gateway's catch-all: within the HTTPRoute's 128 matches.
     assert route_rule["maxItems"] * ours["maxItems"] + 1 <= 128
+
+
+# --- tenants: authentication, budgets per tenant ------------------------------------------------------------
+
+API_KEYS: dict[str, Any] = {"apiKey": {}}
+
+
+def test_api_keys_become_a_security_policy_on_the_generated_route_written_before_it() -> None:
+    plan = plan_of(spec(auth=API_KEYS))
+    assert kinds(plan)[:2] == ["SecurityPolicy", "AIGatewayRoute"]  # in place when Envoy Gateway sees the route
+    policy = child(plan, "SecurityPolicy")
+    assert policy["metadata"]["name"] == "gpt-4"
+    assert policy["spec"] == {
+        # The AI Gateway names the HTTPRoute it generates after the AIGatewayRoute (ai_gateway_route.go).
+        "targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "gpt-4"}],
+        "apiKeyAuth": {
+            "credentialRefs": [{"group": "", "kind": "Secret", "name": "model-traffic-api-keys"}],
+            "extractFrom": [{"headers": ["authorization"]}],
+            "forwardClientIDHeader": "x-tenant-id",
+            "sanitize": True,
+        },
+    }
+    assert "SecurityPolicy" not in [p.kind for p in plan.prune]
+    assert detail(plan, "Authenticated").reason == "APIKeys"
+    assert (detail(plan, "TenantHeader").ok, detail(plan, "TenantHeader").reason) == (True, "SetByGateway")
+
+
+def test_named_key_secrets_and_headers() -> None:
+    s = spec(auth={"apiKey": {"secretRefs": ["mine", "theirs"], "headers": ["x-api-key"]}, "tenantHeader": "x-team"})
+    auth = child(plan_of(s), "SecurityPolicy")["spec"]["apiKeyAuth"]
+    assert [r["name"] for r in auth["credentialRefs"]] == ["mine", "theirs"]  # in order: the first one's key counts
+    assert auth["extractFrom"] == [{"headers": ["x-api-key"]}] and auth["forwardClientIDHeader"] == "x-team"
+
+
+def test_jwt_claim_becomes_the_tenant_header_and_the_detail_says_what_must_strip_a_client_one() -> None:
+    jwt = {"issuer": "https://idp.example.com", "jwksUri": "https://idp.example.com/jwks.json",
+           "audiences": ["models"], "tenantClaim": "org.id"}
+    plan = plan_of(spec(auth={"jwt": jwt}))
+    assert child(plan, "SecurityPolicy")["spec"]["jwt"] == {"providers": [{
+        "name": "tenants", "issuer": "https://idp.example.com",
+        "remoteJWKS": {"uri": "https://idp.example.com/jwks.json"},
+        "claimToHeaders": [{"header": "x-tenant-id", "claim": "org.id"}], "audiences": ["models"]}]}
+    assert (detail(plan, "TenantHeader").ok, detail(plan, "TenantHeader").reason) == (
+        False, "ClientMayAddTenantHeader")
+
+
+def test_without_auth_no_security_policy_and_an_existing_one_is_pruned() -> None:
+    plan = plan_of(spec())
+    assert "SecurityPolicy" not in kinds(plan)
+    assert "SecurityPolicy" in [p.kind for p in plan.prune]
+    assert detail(plan, "Authenticated").reason == "NotConfigured"
+
+
+@pytest.mark.parametrize("bad", [
+    {"rateLimit": {"requests": {"limit": 1, "unit": "Decade"}}},
+    {"rateLimit": {"requests": {"limit": 4294967296, "unit": "Second"}}},  # Envoy Gateway's uint32
+    {"rateLimit": {"tenants": [{"tenant": "Acme", "requests": {"limit": 1, "unit": "Day"}}]}},
+    {"rateLimit": {"tenants": [{"tenant": "acme.k2", "requests": {"limit": 1, "unit": "Day"}}]}},
+    {"rateLimit": {"requests": {"limit": 1, "unit": "Day"}, "withoutTenant": "Free"}},
+    {"auth": {"jwt": {"issuer": "i", "jwksUri": "ftp://x/j", "tenantClaim": "t"}}},
+    {"auth": {"apiKey": {"headers": []}}},
+])
+def test_tenant_specs_pydantic_refuses(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        spec(**bad)
+
+
+def budget(limit: int, unit: str) -> dict[str, Any]:
+    return {"limit": limit, "unit": unit}
+
+
+TOKEN_COST = {"request": {"from": "Number", "number": 0},
+              "response": {"from": "Metadata",
+                           "metadata": {"namespace": "io.envoy.ai_gateway", "key": "llm_total_token"}}}
+
+
+def test_tiers_give_each_listed_tenant_its_own_budget_instead_of_the_default_one() -> None:
+    s = spec(auth=API_KEYS, rateLimit={
+        "tokens": budget(100000, "Month"), "requests": budget(1000, "Day"),
+        "tenants": [{"tenant": "acme", "tokens": budget(5000000, "Week")},
+                    {"tenant": "beta", "requests": budget(10, "Year")}]})
+    policy = child(plan_of(s), "BackendTrafficPolicy")["spec"]
+    rules = policy["rateLimit"]["global"]["rules"]
+    header = "x-tenant-id"  # auth.tenantHeader: what the API key filter sets
+    acme = [{"headers": [{"name": header, "type": "RegularExpression", "value": r"(acme)(\.[-a-z0-9]+)?"}]}]
+    beta = [{"headers": [{"name": header, "type": "RegularExpression", "value": r"(beta)(\.[-a-z0-9]+)?"}]}]
+    others = [{"headers": [{"name": header, "type": "Distinct"},
+                           {"name": header, "type": "RegularExpression", "value": r"(acme|beta)(\.[-a-z0-9]+)?",
+                            "invert": True}]}]
+    assert rules == [
+        {"clientSelectors": acme, "limit": {"requests": 5000000, "unit": "Week"}, "cost": TOKEN_COST},
+        {"clientSelectors": beta, "limit": {"requests": 10, "unit": "Year"}},
+        {"clientSelectors": others, "limit": {"requests": 100000, "unit": "Month"}, "cost": TOKEN_COST},
+        {"clientSelectors": others, "limit": {"requests": 1000, "unit": "Day"}},
+    ]  # with auth no request lacks the header (401 first): no rule for callers without a tenant
+
+
+def test_tier_regex_matches_a_tenant_and_its_rotated_keys_only() -> None:
+    pattern = re.compile(r"(acme|beta)(\.[-a-z0-9]+)?")
+    assert all(pattern.fullmatch(v) for v in ("acme", "acme.k2", "beta.r-1"))
+    assert not any(pattern.fullmatch(v) for v in ("acme2", "xacme", "acme.", "acme.K2", "gamma"))
+
+
+def test_callers_without_a_tenant_share_one_budget_or_are_refused() -> None:
+    absent = [{"headers": [{"name": "x-team", "type": "RegularExpression", "value": ".*", "invert": True}]}]
+    shared = spec(rateLimit={"tenantHeader": "x-team", "requests": budget(5, "Second")})
+    rules = child(plan_of(shared), "BackendTrafficPolicy")["spec"]["rateLimit"]["global"]["rules"]
+    assert rules[-1] == {"clientSelectors": absent, "limit": {"requests": 5, "unit": "Second"}}
+    refused = spec(rateLimit={"tenantHeader": "x-team", "requests": budget(5, "Second"), "withoutTenant": "Refused"})
+    rules = child(plan_of(refused), "BackendTrafficPolicy")["spec"]["rateLimit"]["global"]["rules"]
+    assert rules[-1] == {"clientSelectors": absent, "limit": {"requests": 0, "unit": "Second"}}
+
+
+@pytest.mark.parametrize("unit", ["Second", "Minute", "Hour", "Day", "Week", "Month", "Year"])
+def test_every_unit_envoy_gateway_accepts(unit: str) -> None:
+    enum = upstream_schema("BackendTrafficPolicy", "v1alpha1")["properties"]["spec"]["properties"]["rateLimit"][
+        "properties"]["global"]["properties"]["rules"]["items"]["properties"]["limit"]["properties"]["unit"]["enum"]
+    assert unit in enum
+    rules = child(plan_of(spec(rateLimit={"requests": budget(1, unit)})), "BackendTrafficPolicy")["spec"][
+        "rateLimit"]["global"]["rules"]
+    assert rules == [{"limit": {"requests": 1, "unit": unit}}]

@@ -84,9 +84,9 @@ handler for; get is the fresh read before each reconcile and the reads of refere
 - apiGroups: [modeltraffic.io]
   resources: [managedaiservicebackends/status, virtualmodels/status, trafficconfigs/status]
   verbs: [patch]
-# Children: Envoy Gateway Backend (also a referenced endpoint) and BackendTrafficPolicy.
+# Children: Envoy Gateway Backend (also a referenced endpoint), BackendTrafficPolicy and SecurityPolicy.
 - apiGroups: [gateway.envoyproxy.io]
-  resources: [backends, backendtrafficpolicies]
+  resources: [backends, backendtrafficpolicies, securitypolicies]
   verbs: [get, list, watch, create, patch, delete]
 # Children: Envoy AI Gateway objects (an AIServiceBackend is also dry-run applied once to probe whether
 # the installed schema accepts an InferencePool).

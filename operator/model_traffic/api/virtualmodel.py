@@ -159,12 +159,42 @@ class HealthCheck(Model):
     passive: PassiveHealthCheck | None = Field(default=None, description="Outlier detection on live traffic.")
 
 
-RateUnit = Literal["Second", "Minute", "Hour", "Day"]
+# Every unit Envoy Gateway v1.9.1 accepts (api/v1alpha1/ratelimit_types.go, RateLimitUnit's enum).
+RateUnit = Literal["Second", "Minute", "Hour", "Day", "Week", "Month", "Year"]
+# Envoy Gateway's limit.requests is a uint32 (same file).
+MAX_RATE_LIMIT = 4294967295
+MAX_TENANT_BUDGETS = 16
+
+# A tenant: what `model-traffic keys` writes as the client id of an API key (a Secret data key, so it must be
+# one) and what the tenant header carries. A DNS label, so a rotated key's client id can be <tenant>.<suffix>.
+TENANT_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+TenantName = Annotated[str, Field(pattern=TENANT_PATTERN, min_length=1, max_length=40)]
+DEFAULT_TENANT_HEADER = "x-tenant-id"
+# The Secret `model-traffic keys` writes and spec.auth.apiKey reads by default: Envoy Gateway's format, one data
+# key per client id. Envoy Gateway reads it; the operator never does (it is not granted to list or watch Secrets).
+DEFAULT_API_KEY_SECRET = "model-traffic-api-keys"
 
 
 class RateLimitValue(Model):
-    limit: int = Field(ge=1, description="Allowed amount per unit.")
-    unit: RateUnit = Field(description="Second, Minute, Hour or Day.")
+    limit: int = Field(ge=1, le=MAX_RATE_LIMIT, description="Allowed amount per unit.")
+    unit: RateUnit = Field(description="Second, Minute, Hour, Day, Week, Month or Year.")
+
+
+class TenantBudget(Model):
+    """A tenant's own budget, instead of the default one."""
+
+    model_config = Model.model_config | {
+        "json_schema_extra": validations(
+            cel("has(self.tokens) || has(self.requests)", "a tenant budget needs tokens or requests"),
+        )
+    }
+
+    tenant: TenantName = Field(
+        description="The tenant, as the tenant header carries it; with API keys, its client id (a rotated key's "
+        "client id <tenant>.<suffix> counts as the same tenant)."
+    )
+    tokens: RateLimitValue | None = Field(default=None, description="Its token budget; none when unset.")
+    requests: RateLimitValue | None = Field(default=None, description="Its request budget; none when unset.")
 
 
 class RateLimit(Model):
@@ -172,17 +202,87 @@ class RateLimit(Model):
 
     model_config = Model.model_config | {
         "json_schema_extra": validations(
-            cel("has(self.tokens) || has(self.requests)", "rateLimit needs tokens or requests"),
+            cel("has(self.tokens) || has(self.requests) || has(self.tenants)",
+                "rateLimit needs tokens, requests or tenants"),
+            cel("!has(self.tenants) || self.tenants.all(a, self.tenants.exists_one(b, a.tenant == b.tenant))",
+                "each tenant has at most one budget in rateLimit.tenants"),
         )
     }
 
     tenant_header: HeaderName | None = Field(
-        default=None, description="One budget per distinct value of this header; one shared budget when unset."
+        default=None,
+        description="One budget per distinct value of this header. With spec.auth it is auth.tenantHeader (set "
+        "by the gateway from the authenticated caller, never by the client); without, one shared budget when "
+        "unset.",
     )
     tokens: RateLimitValue | None = Field(
-        default=None, description="Token budget, charged from the response's total tokens."
+        default=None, description="Default token budget of each tenant, charged from the response's total tokens."
     )
-    requests: RateLimitValue | None = Field(default=None, description="Request budget.")
+    requests: RateLimitValue | None = Field(default=None, description="Default request budget of each tenant.")
+    tenants: list[TenantBudget] | None = Field(
+        default=None, min_length=1, max_length=MAX_TENANT_BUDGETS,
+        description="Tenants with a budget of their own (a tier), which replaces the default one for them.",
+    )
+    without_tenant: Literal["Shared", "Refused"] = Field(
+        default="Shared",
+        description="Requests that carry no tenant header: Shared (the default budget, one bucket for all of "
+        "them) or Refused (answered 429). With spec.auth there are none: an unauthenticated request is "
+        "answered 401 before any budget.",
+    )
+
+
+class APIKeyAuth(Model):
+    """API keys in Envoy Gateway's Secret format: one data key per client id, its value the key."""
+
+    secret_refs: list[ObjectName] = Field(
+        default_factory=lambda: [DEFAULT_API_KEY_SECRET], min_length=1, max_length=16,
+        description=f"Secrets of this namespace holding the keys, read by Envoy Gateway (a client id in several: "
+        f"the first Secret's key counts). Default: {DEFAULT_API_KEY_SECRET}, which `model-traffic keys` writes.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    headers: list[HeaderName] = Field(
+        default_factory=lambda: ["authorization"], min_length=1, max_length=4,
+        description="Request headers the key is read from, in order (a 'Bearer ' prefix is dropped, so OpenAI "
+        "clients send it as their api_key). The key is removed before the request goes upstream.",
+    )
+
+
+class JWTAuth(Model):
+    """JSON Web Tokens of one issuer, checked against its JWKS."""
+
+    issuer: str = Field(min_length=1, max_length=253, description="The iss the tokens must carry.")
+    jwks_uri: str = Field(
+        min_length=1, max_length=253, pattern=r"^https?://[^\s]+$",
+        description="Where the issuer publishes its JSON Web Key Set.",
+    )
+    audiences: list[str] | None = Field(
+        default=None, min_length=1, max_length=8, description="Accepted aud values; any when unset."
+    )
+    tenant_claim: str = Field(
+        min_length=1, max_length=253, pattern=r"^[A-Za-z0-9_.:/-]+$",
+        description="The claim whose value is the tenant (nested claims with dots, e.g. org.id).",
+    )
+
+
+class Auth(Model):
+    """Who may call the model; the authenticated caller becomes the tenant."""
+
+    model_config = Model.model_config | {
+        "json_schema_extra": validations(
+            cel("has(self.apiKey) != has(self.jwt)", "auth needs exactly one of apiKey or jwt"),
+            cel(f"self.tenantHeader.lowerAscii() != '{MODEL_HEADER}'"
+                " && self.tenantHeader.lowerAscii() != 'authorization'",
+                f"tenantHeader cannot be {MODEL_HEADER} or authorization"),
+        )
+    }
+
+    tenant_header: HeaderName = Field(
+        default=DEFAULT_TENANT_HEADER,
+        description="The header the gateway sets to the authenticated tenant (the API key's client id, or the "
+        "JWT claim); budgets and metrics read it.",
+    )
+    api_key: APIKeyAuth | None = Field(default=None, description="API keys.")
+    jwt: JWTAuth | None = Field(default=None, description="JSON Web Tokens.")
 
 
 class LLMRequestCost(Model):
@@ -220,6 +320,17 @@ class VirtualModelSpec(Model):
                 "without matches",
             ),
             cel(
+                "!has(self.auth) || !has(self.rateLimit) || !has(self.rateLimit.tenantHeader)"
+                " || self.rateLimit.tenantHeader.lowerAscii() == self.auth.tenantHeader.lowerAscii()",
+                "rateLimit.tenantHeader must be auth.tenantHeader (or unset): budgets key on the authenticated tenant",
+            ),
+            cel(
+                "!has(self.rateLimit) || has(self.auth) || has(self.rateLimit.tenantHeader)"
+                " || (!has(self.rateLimit.tenants)"
+                " && (!has(self.rateLimit.withoutTenant) || self.rateLimit.withoutTenant == 'Shared'))",
+                "rateLimit.tenants and withoutTenant need a tenant: set spec.auth or rateLimit.tenantHeader",
+            ),
+            cel(
                 "self.backends.all(p, p.kind != 'InferencePool' || has(p.matches)"
                 " || self.backends.all(o, has(o.matches) || o.priority != p.priority || o == p))",
                 "an InferencePool must be alone in its priority tier",
@@ -241,6 +352,9 @@ class VirtualModelSpec(Model):
     timeouts: Timeouts | None = Field(default=None, description="Request timeouts.")
     load_balancer: LoadBalancer | None = Field(default=None, description="Endpoint selection within a backend.")
     health_check: HealthCheck | None = Field(default=None, description="Passive health checking.")
+    auth: Auth | None = Field(
+        default=None, description="Authentication: API keys or JWT; the caller's identity is the tenant."
+    )
     rate_limit: RateLimit | None = Field(default=None, description="Token and request budgets per tenant.")
     llm_request_costs: list[LLMRequestCost] | None = Field(
         default=None, max_length=36, description="Token accounting; total tokens when unset."
@@ -283,5 +397,5 @@ class VirtualModel(Model):
     status: VirtualModelStatus | None = None
 
 
-__all__ = ["KIND", "MODEL_HEADER", "PLURAL", "BackendMatch", "HeaderMatch", "ObjectName", "VirtualModelSpec",
-           "VirtualModelStatus"]
+__all__ = ["DEFAULT_API_KEY_SECRET", "DEFAULT_TENANT_HEADER", "KIND", "MODEL_HEADER", "PLURAL", "TENANT_PATTERN",
+           "Auth", "BackendMatch", "HeaderMatch", "ObjectName", "RateLimit", "VirtualModelSpec", "VirtualModelStatus"]

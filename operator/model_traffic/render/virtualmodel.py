@@ -38,7 +38,14 @@ from pydantic import ValidationError
 
 from model_traffic import kube
 from model_traffic.api.common import GatewayRef
-from model_traffic.api.virtualmodel import MODEL_HEADER, BackendReference, Retry, VirtualModelSpec
+from model_traffic.api.virtualmodel import (
+    MODEL_HEADER,
+    BackendReference,
+    RateLimit,
+    RateLimitValue,
+    Retry,
+    VirtualModelSpec,
+)
 from model_traffic.conditions import Detail, Verdict
 from model_traffic.kube import ResourceType
 from model_traffic.render.common import Child, Plan
@@ -421,35 +428,144 @@ def _retry(retry: Retry, fallback: bool) -> dict[str, Any]:
     return out
 
 
-def _rate_limit(spec: VirtualModelSpec) -> dict[str, Any] | None:
-    limit = spec.rate_limit
-    if limit is None:
-        return None
-    selectors: list[dict[str, Any]] = []
-    if limit.tenant_header:
-        selectors = [{"headers": [{"name": limit.tenant_header, "type": "Distinct"}]}]
+def tenant_header(spec: VirtualModelSpec) -> str | None:
+    """The header budgets are keyed on: the authenticated tenant's with spec.auth, else rateLimit.tenantHeader."""
+    if spec.auth is not None:
+        return spec.auth.tenant_header
+    return spec.rate_limit.tenant_header if spec.rate_limit else None
+
+
+def tenant_regex(tenants: list[str]) -> str:
+    """The tenant header values of these tenants: the client id of each, or of a rotated key of it
+    (<tenant>.<suffix>, see model_traffic.keys). Tenant names are DNS labels: no regex metacharacters. Envoy's
+    header matchers match a regex against the whole value."""
+    return f"({'|'.join(tenants)})(\\.[-a-z0-9]+)?"
+
+
+def _budget_rules(limit: RateLimit, tokens: RateLimitValue | None, requests: RateLimitValue | None,
+                  selector: list[dict[str, Any]], cost_key: str) -> list[dict[str, Any]]:
     rules: list[dict[str, Any]] = []
-    if limit.tokens:
+    if tokens:
         rule: dict[str, Any] = {
-            "limit": {"requests": limit.tokens.limit, "unit": limit.tokens.unit},
+            "limit": {"requests": tokens.limit, "unit": tokens.unit},
             # Checked on the request (cost 0), charged on the response with the tokens the AI Gateway counted.
             "cost": {
                 "request": {"from": "Number", "number": 0},
                 "response": {"from": "Metadata",
-                             "metadata": {"namespace": AI_GATEWAY_METADATA_NAMESPACE, "key": token_cost_key(spec)}},
+                             "metadata": {"namespace": AI_GATEWAY_METADATA_NAMESPACE, "key": cost_key}},
             },
         }
-        if selectors:
-            rule["clientSelectors"] = selectors
+        if selector:
+            rule["clientSelectors"] = [{"headers": selector}]
         rules.append(rule)
-    if limit.requests:
-        rule = {"limit": {"requests": limit.requests.limit, "unit": limit.requests.unit}}
-        if selectors:
-            rule["clientSelectors"] = selectors
+    if requests:
+        rule = {"limit": {"requests": requests.limit, "unit": requests.unit}}
+        if selector:
+            rule["clientSelectors"] = [{"headers": selector}]
         rules.append(rule)
+    return rules
+
+
+def _rate_limit(spec: VirtualModelSpec) -> dict[str, Any] | None:
+    """Envoy Gateway's global rate limit. A rule's header match of type Distinct gives one bucket per value; any
+    other match gives the rule one bucket for all the requests it selects (internal/xds/translator/ratelimit.go:
+    a request_headers action for Distinct, a header_value_match action with a fixed descriptor otherwise). A
+    request is refused when any rule that selects it is spent, so each request is selected by exactly one
+    budget: a tenant's own, else the default one (which inverts a match of the tenants with their own), else,
+    without a tenant header, the shared or refused one."""
+    limit = spec.rate_limit
+    if limit is None:
+        return None
+    header = tenant_header(spec)
+    cost_key = token_cost_key(spec)
+    if header is None:
+        return {"type": "Global", "global": {"rules": _budget_rules(limit, limit.tokens, limit.requests, [], cost_key)}}
+    rules: list[dict[str, Any]] = []
+    for budget in limit.tenants or []:
+        own = [{"name": header, "type": "RegularExpression", "value": tenant_regex([budget.tenant])}]
+        rules += _budget_rules(limit, budget.tokens, budget.requests, own, cost_key)
+    default: list[dict[str, Any]] = [{"name": header, "type": "Distinct"}]
+    if limit.tenants:
+        default.append({"name": header, "type": "RegularExpression",
+                        "value": tenant_regex([b.tenant for b in limit.tenants]), "invert": True})
+    rules += _budget_rules(limit, limit.tokens, limit.requests, default, cost_key)
+    if spec.auth is None:
+        # A request without the header: a Distinct match produces no descriptor, so no default rule selects it.
+        # ".*" matches every value a present header can have; inverted, it selects the header's absence.
+        absent = [{"name": header, "type": "RegularExpression", "value": ".*", "invert": True}]
+        if limit.without_tenant == "Refused":
+            rules.append({"clientSelectors": [{"headers": absent}], "limit": {"requests": 0, "unit": "Second"}})
+        else:
+            rules += _budget_rules(limit, limit.tokens, limit.requests, absent, cost_key)
     # type: Global is deprecated in favour of the global field alone; Envoy Gateway releases before it
     # require it, and the AI Gateway docs write both.
     return {"type": "Global", "global": {"rules": rules}}
+
+
+def _security_policy(spec: VirtualModelSpec, world: VirtualModelWorld) -> dict[str, Any] | None:
+    """The Envoy Gateway SecurityPolicy spec for spec.auth, on the HTTPRoute the AI Gateway generates.
+
+    API keys: Envoy's api_key_auth filter answers 401 to a request without a known key; for a known one it
+    sets the tenant header to the key's client id with ``headers.setCopy`` (envoy
+    source/extensions/filters/http/api_key_auth/api_key_auth.cc), which REPLACES any value the client sent,
+    and ``sanitize`` (hide_credentials) removes the key (Envoy Gateway v1.9.1
+    internal/xds/translator/api_key_auth.go). Envoy Gateway orders the HTTP filters so api_key_auth (7) and
+    jwt_authn (10) run before the AI Gateway's ext_proc (100+) and the global rate limit (303)
+    (internal/xds/translator/httpfilters.go, newOrderedHTTPFilter): budgets and metrics see the
+    authenticated tenant.
+
+    JWT: jwt_authn's claim_to_headers ADDS the claim's value (``addCopy``, envoy
+    source/extensions/filters/http/jwt_authn/authenticator.cc), after any value the client sent, and the
+    rate limit's request_headers action reads the first value: the client-sent header must be removed
+    before the filters, by the Gateway owner's ClientTrafficPolicy ``headers.earlyRequestHeaders.remove``
+    (docs/tenants.md). The ``TenantHeader`` detail says so.
+    """
+    auth = spec.auth
+    if auth is None:
+        return None
+    policy: dict[str, Any] = {"targetRefs": [{"group": GATEWAY_API_GROUP, "kind": "HTTPRoute", "name": world.name}]}
+    if auth.api_key is not None:
+        policy["apiKeyAuth"] = {
+            "credentialRefs": [{"group": "", "kind": "Secret", "name": name} for name in auth.api_key.secret_refs],
+            "extractFrom": [{"headers": list(auth.api_key.headers)}],
+            "forwardClientIDHeader": auth.tenant_header,
+            "sanitize": True,
+        }
+    elif auth.jwt is not None:
+        provider: dict[str, Any] = {
+            "name": "tenants",
+            "issuer": auth.jwt.issuer,
+            "remoteJWKS": {"uri": auth.jwt.jwks_uri},
+            "claimToHeaders": [{"header": auth.tenant_header, "claim": auth.jwt.tenant_claim}],
+        }
+        if auth.jwt.audiences:
+            provider["audiences"] = list(auth.jwt.audiences)
+        policy["jwt"] = {"providers": [provider]}
+    return policy
+
+
+def _auth_details(spec: VirtualModelSpec) -> list[Detail]:
+    auth = spec.auth
+    if auth is None:
+        return [Detail("Authenticated", None, "NotConfigured", "spec.auth is unset: callers are not authenticated")]
+    if auth.jwt is not None:
+        return [
+            Detail("Authenticated", True, "JWT",
+                   f"tokens of issuer {auth.jwt.issuer}; claim {auth.jwt.tenant_claim} becomes {auth.tenant_header}"),
+            Detail("TenantHeader", False, "ClientMayAddTenantHeader",
+                   f"Envoy's JWT filter adds {auth.tenant_header} after any value the client sent, and budgets read "
+                   f"the first: the Gateway's ClientTrafficPolicy must remove {auth.tenant_header} early "
+                   "(headers.earlyRequestHeaders.remove; docs/tenants.md)"),
+        ]
+    secrets = ", ".join(auth.api_key.secret_refs if auth.api_key else [])
+    # The operator does not read the Secrets (Envoy Gateway does): a missing one is Envoy Gateway's refusal of
+    # the SecurityPolicy, read back into ChildrenAccepted.
+    authenticated = Detail("Authenticated", True, "APIKeys",
+                           f"API keys from Secret {secrets} (one data key per client id), checked by Envoy Gateway")
+    return [authenticated,
+            Detail("TenantHeader", True, "SetByGateway",
+                   f"{auth.tenant_header} is the API key's client id, set by Envoy's api_key_auth filter over any "
+                   "value the client sent, before budgets and metrics read it; the key is removed before upstream")]
 
 
 def _load_balancer(spec: VirtualModelSpec) -> dict[str, Any] | None:
@@ -563,7 +679,7 @@ def render(spec: VirtualModelSpec, world: VirtualModelWorld) -> Plan:
                           "the cluster serves no aigateway.envoyproxy.io API: install Envoy AI Gateway's CRDs")
         return Plan(verdict, [Detail("BackendsResolved", None, "NotChecked", "")], status=status)
     route_type = kube.AI_GATEWAY_ROUTE.at(world.ai_gateway_version)
-    prune_all = [route_type, kube.BACKEND_TRAFFIC_POLICY]
+    prune_all = [route_type, kube.BACKEND_TRAFFIC_POLICY, kube.SECURITY_POLICY]
 
     resolved, problems = _resolve(spec, world)
     missing = [p.message for p in problems.values() if p.missing]
@@ -583,6 +699,8 @@ def render(spec: VirtualModelSpec, world: VirtualModelWorld) -> Plan:
         reason = "BackendsNotFound" if missing else "BackendsNotReady"
         routed = "none is routed" if not resolved else "left out of the route"
         details.append(Detail("BackendsResolved", False, reason, f"{routed}: {'; '.join(left_out)}"))
+
+    details += _auth_details(spec)
 
     # --- refusals: nothing is routed ---------------------------------------------------------------
     parents = gateway_refs(spec, world.default_gateway)
@@ -618,14 +736,24 @@ def render(spec: VirtualModelSpec, world: VirtualModelWorld) -> Plan:
         return Plan(refusal, details, prune=prune_all, status=status)
 
     # --- the route --------------------------------------------------------------------------------
-    children = [_route(spec, world, model, parents, layout.rules, route_type)]
+    # The SecurityPolicy is written first: on a new model it is there when Envoy Gateway first sees the route.
+    children: list[Child] = []
+    prune: list[ResourceType] = []
+    security = _security_policy(spec, world)
+    if security is not None:
+        children.append(Child(kube.SECURITY_POLICY, {
+            "apiVersion": kube.SECURITY_POLICY.api_version, "kind": "SecurityPolicy",
+            "metadata": {"name": world.name}, "spec": security,
+        }))
+    else:
+        prune.append(kube.SECURITY_POLICY)
+    children.append(_route(spec, world, model, parents, layout.rules, route_type))
     status["route"] = world.name
     details.append(_reachable(model, layout))
 
     fallback = layout.fallback
     policy, retry_detail = _traffic_policy(spec, world.name, fallback)
     details.append(retry_detail)
-    prune: list[ResourceType] = []
     if policy is not None:
         children.append(Child(kube.BACKEND_TRAFFIC_POLICY, {
             "apiVersion": kube.BACKEND_TRAFFIC_POLICY.api_version, "kind": "BackendTrafficPolicy",

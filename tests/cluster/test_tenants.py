@@ -1,0 +1,163 @@
+"""Tenants end to end: API keys and JWT on a VirtualModel become an Envoy Gateway SecurityPolicy that the real
+Envoy Gateway judges, and budgets per tenant that it accepts.
+
+No test writes a controller's status: Envoy Gateway's field manager wrote every SecurityPolicy and
+BackendTrafficPolicy status read here (checked).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import textwrap
+from typing import Any
+
+import pytest
+
+from model_traffic import kube as k
+from model_traffic.kube import Kube
+from tests.cluster.conftest import ENVOY_GATEWAY_MANAGER, status_writers
+from tests.cluster.test_virtualmodel import GATEWAY, make_backends, vm_yaml, wait_vm
+from tests.conftest import Cluster, Operator, condition, wait_for
+
+pytestmark = pytest.mark.cluster
+
+KEY_A = "sk-test-acme-0123456789abcdef0123456789abcdef"
+KEY_B = "sk-test-beta-0123456789abcdef0123456789abcdef"
+
+
+def key_secret(name: str, keys: dict[str, str]) -> str:
+    data = "\n".join(f"  {client}: {base64.b64encode(key.encode()).decode()}" for client, key in keys.items())
+    return f"apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\ntype: Opaque\ndata:\n{data}\n"
+
+
+TIERED = f"""\
+    gatewayRefs: [{{name: {GATEWAY}}}]
+    backends: [{{name: openai}}]
+    auth: {{apiKey: {{}}}}
+    rateLimit:
+      tokens: {{limit: 100000, unit: Month}}
+      requests: {{limit: 1000, unit: Day}}
+      tenants:
+      - {{tenant: acme, tokens: {{limit: 5000000, unit: Week}}, requests: {{limit: 10, unit: Second}}}}
+      - {{tenant: beta, requests: {{limit: 100, unit: Year}}}}
+"""
+
+
+def test_api_keys_become_a_security_policy_envoy_gateway_accepts_with_tiered_budgets(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    make_backends(cluster, kube, namespace, "openai")
+    cluster.kubectl("apply", "-n", namespace, "-f", "-",
+                    stdin=key_secret("model-traffic-api-keys", {"acme": KEY_A, "beta": KEY_B}))
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=vm_yaml("gpt-4", TIERED))
+    obj = wait_vm(kube, namespace, "gpt-4", timeout=90)
+    accepted = condition(obj, "ChildrenAccepted")
+    assert accepted["status"] == "True", accepted
+    assert "SecurityPolicy/gpt-4" in accepted["message"] and "BackendTrafficPolicy/gpt-4" in accepted["message"]
+    assert condition(obj, "TenantHeader")["reason"] == "SetByGateway"
+
+    policy = kube.get(k.SECURITY_POLICY, namespace, "gpt-4")
+    assert policy is not None
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+    assert policy["spec"]["apiKeyAuth"] == {
+        "credentialRefs": [{"group": "", "kind": "Secret", "name": "model-traffic-api-keys"}],
+        "extractFrom": [{"headers": ["authorization"]}], "forwardClientIDHeader": "x-tenant-id", "sanitize": True}
+    # The AI Gateway generated the HTTPRoute the policy targets, and Envoy Gateway accepted the policy on it.
+    assert kube.get(k.HTTP_ROUTE, namespace, "gpt-4") is not None
+    [ancestor] = policy["status"]["ancestors"]
+    assert {c["type"]: c["status"] for c in ancestor["conditions"]}["Accepted"] == "True"
+    assert status_writers(policy) == {ENVOY_GATEWAY_MANAGER}
+    # Every unit of the tiers (Week, Month, Year among them) was accepted by Envoy Gateway.
+    traffic = kube.get(k.BACKEND_TRAFFIC_POLICY, namespace, "gpt-4")
+    assert traffic is not None and status_writers(traffic) == {ENVOY_GATEWAY_MANAGER}
+    units = {r["limit"]["unit"] for r in traffic["spec"]["rateLimit"]["global"]["rules"]}
+    assert units == {"Week", "Second", "Year", "Month", "Day"}
+
+    # No key byte in anything the operator wrote: status, Events, children.
+    written = json.dumps([obj["status"], policy["spec"], traffic["spec"],
+                          cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout])
+    for key in (KEY_A, KEY_B):
+        assert key not in written and base64.b64encode(key.encode()).decode() not in written
+
+    # auth removed: the SecurityPolicy is pruned.
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=vm_yaml("gpt-4", f"""\
+        gatewayRefs: [{{name: {GATEWAY}}}]
+        backends: [{{name: openai}}]
+    """))
+    wait_for(lambda: kube.get(k.SECURITY_POLICY, namespace, "gpt-4") is None, 30, "SecurityPolicy pruned")
+
+
+def test_a_security_policy_envoy_gateway_refuses_is_not_ready_until_its_cause_goes(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    make_backends(cluster, kube, namespace, "openai")
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=vm_yaml("gpt-4", f"""\
+        gatewayRefs: [{{name: {GATEWAY}}}]
+        backends: [{{name: openai}}]
+        auth: {{apiKey: {{secretRefs: [team-keys, more-keys]}}}}
+    """))
+    # The Secrets are missing: Envoy Gateway refuses the policy (validateSecretRef), and the model is not Ready.
+    obj = wait_vm(kube, namespace, "gpt-4", "False", "ChildRefused", timeout=90)
+    message = condition(obj, "Ready")["message"]
+    assert "SecurityPolicy/gpt-4" in message and "team-keys" in message, message
+    assert condition(obj, "Stalled")["status"] == "True"
+    events = cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
+    assert "ChildRefused" in events
+
+    # Two Secrets that give one key to two clients: Envoy Gateway refuses the duplicate.
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=key_secret("team-keys", {"acme": KEY_A}))
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=key_secret("more-keys", {"other": KEY_A}))
+    obj = wait_vm(kube, namespace, "gpt-4", "False", "ChildRefused", timeout=90)
+
+    def refused_for_duplicate() -> dict[str, Any] | None:
+        found = kube.get(k.VIRTUAL_MODEL, namespace, "gpt-4")
+        return found if "duplicated API key" in condition(found, "Ready").get("message", "") else None
+
+    obj = wait_for(refused_for_duplicate, 60, "refused for the duplicated key")
+    assert KEY_A not in json.dumps(obj["status"])
+
+    # Fixed: it heals by itself.
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=key_secret("more-keys", {"other": KEY_B}))
+    wait_vm(kube, namespace, "gpt-4", timeout=90)
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("auth: {}", "exactly one of apiKey or jwt"),
+    ("auth: {apiKey: {}, tenantHeader: x-ai-eg-model}", "tenantHeader cannot be"),
+    ("auth: {apiKey: {}}\nrateLimit: {tenantHeader: x-other, requests: {limit: 1, unit: Day}}",
+     "rateLimit.tenantHeader must be auth.tenantHeader"),
+    ("rateLimit: {requests: {limit: 1, unit: Day}, withoutTenant: Refused}", "need a tenant"),
+    ("rateLimit: {tenantHeader: x-t, tenants: [{tenant: a, requests: {limit: 1, unit: Day}},"
+     " {tenant: a, tokens: {limit: 1, unit: Day}}]}", "at most one budget"),
+    ("rateLimit: {tenantHeader: x-t, tenants: [{tenant: a}]}", "a tenant budget needs tokens or requests"),
+    ("rateLimit: {requests: {limit: 1, unit: Fortnight}}", "Unsupported value"),
+])
+def test_tenant_specs_are_refused_at_apply_with_a_message(
+    cluster: Cluster, namespace: str, spec: str, message: str
+) -> None:
+    body = f"gatewayRefs: [{{name: {GATEWAY}}}]\nbackends: [{{name: openai}}]\n{spec}\n"
+    result = cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-",
+                             stdin=vm_yaml("gpt-4", textwrap.indent(body, "    ")), check=False)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_jwt_becomes_a_security_policy_envoy_gateway_accepts(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    make_backends(cluster, kube, namespace, "openai")
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=vm_yaml("gpt-4", f"""\
+        gatewayRefs: [{{name: {GATEWAY}}}]
+        backends: [{{name: openai}}]
+        auth:
+          jwt: {{issuer: "https://idp.example.com", jwksUri: "https://idp.example.com/jwks.json",
+                 audiences: [models], tenantClaim: org_id}}
+        rateLimit: {{requests: {{limit: 10, unit: Minute}}}}
+    """))
+    obj = wait_vm(kube, namespace, "gpt-4", timeout=90)
+    assert "SecurityPolicy/gpt-4" in condition(obj, "ChildrenAccepted")["message"]
+    assert condition(obj, "TenantHeader")["reason"] == "ClientMayAddTenantHeader"
+    policy = kube.get(k.SECURITY_POLICY, namespace, "gpt-4")
+    assert policy is not None and status_writers(policy) == {ENVOY_GATEWAY_MANAGER}
+    assert policy["spec"]["jwt"]["providers"][0]["claimToHeaders"] == [{"header": "x-tenant-id", "claim": "org_id"}]
+
