@@ -87,3 +87,107 @@ def test_helm_ldflags_stamp_version_commit_and_the_kubernetes_version_of_its_cli
     assert not any("gitCommit" in flag for flag in helm_ldflags(HELM_GOMOD, ""))
     with pytest.raises(BuildError):
         helm_ldflags("module x\n", "")
+
+
+# --- what the chart and the docs claim about versions --------------------------------------------------------
+
+INSTALL_MD = ROOT / "docs" / "install.md"
+
+
+def marked_table(markdown: str, marker: str) -> list[list[str]]:
+    """The body rows of the table between two ``<!-- marker -->`` comments, as lists of cells."""
+    parts = markdown.split(f"<!-- {marker} -->")
+    assert len(parts) == 3, f"docs/install.md has no <!-- {marker} --> block"
+    rows = [line for line in parts[1].strip().splitlines() if line.startswith("|")][2:]
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+
+
+def cel_functions_in_crds() -> set[str]:
+    """Every function and macro the CRDs' x-kubernetes-validations rules call."""
+    found: set[str] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for validation in node.get("x-kubernetes-validations") or []:
+                # Strings are dropped first: a regex literal like r'\{\{' holds no calls.
+                code = re.sub(r"r?'(?:[^'\\]|\\.)*'", "''", validation["rule"])
+                found.update(re.findall(r"\b([A-Za-z_]\w*)\(", code))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    for path in (ROOT / "crds").glob("*.yaml"):
+        walk(yaml.safe_load(path.read_text()))
+    return found
+
+
+def test_every_cel_function_of_the_crds_is_in_the_install_docs_floor_table() -> None:
+    rows = marked_table(INSTALL_MD.read_text(), "cel-functions")
+    documented: dict[str, int] = {}
+    for functions, _library, since in rows:
+        minor = re.match(r"1\.(\d+)", since)
+        assert minor, f"no Kubernetes version in {since!r}"
+        for function in re.findall(r"`(\w+)`", functions):
+            documented[function] = int(minor.group(1))
+    used = cel_functions_in_crds()
+    assert used, "no CEL rule found in crds/"
+    assert used <= set(documented), f"CEL functions used in crds/ but not in docs/install.md: {used - set(documented)}"
+    # The docs state the floor the table implies.
+    floor = max(documented[function] for function in used)
+    assert f"cannot be installed before Kubernetes 1.{floor}." in INSTALL_MD.read_text()
+
+
+def test_chart_kube_version_is_the_tested_kubernetes_minor() -> None:
+    from model_traffic.localcluster.build import KUBERNETES_VERSION
+
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    major, minor, _ = KUBERNETES_VERSION.removeprefix("v").split(".")
+    # The floor is what the tests run: an older minor in the chart would be a claim nothing checks.
+    assert chart["kubeVersion"] == f">={major}.{minor}.0-0"
+    assert f'`kubeVersion: ">={major}.{minor}.0-0"`' in INSTALL_MD.read_text()
+    tested = {row[0]: row[1] for row in marked_table(INSTALL_MD.read_text(), "tested-versions")}
+    assert tested["Kubernetes (kube-apiserver, controller-manager, scheduler, kubectl)"] == KUBERNETES_VERSION
+
+
+def test_install_docs_name_exactly_the_upstream_versions_the_stack_builds() -> None:
+    from model_traffic.localcluster import upstream
+    from model_traffic.localcluster.build import HELM_VERSION
+
+    tested = {row[0].split(" (")[0]: row[1] for row in marked_table(INSTALL_MD.read_text(), "tested-versions")}
+    assert tested["Envoy Gateway"] == upstream.ENVOY_GATEWAY.version
+    assert tested["Envoy AI Gateway"] == upstream.ENVOY_AI_GATEWAY.version
+    assert tested["KServe"] == upstream.KSERVE.version
+    assert tested["Gateway API Inference Extension"].startswith(upstream.GATEWAY_API_INFERENCE_EXTENSION.version)
+    assert tested["Helm"] == HELM_VERSION
+
+
+QUICKSTART_KIND = ROOT / "docs" / "quickstart-kind.md"
+
+
+def shell_lines(markdown: str) -> list[str]:
+    """The lines of a page's ```sh blocks."""
+    return [line for block in re.findall(r"```sh\n(.*?)```", markdown, re.DOTALL) for line in block.splitlines()]
+
+
+def test_kind_quick_start_installs_upstream_crds_only_through_their_charts_and_builds_nothing_from_go() -> None:
+    lines = shell_lines(QUICKSTART_KIND.read_text())
+    assert lines
+    for line in lines:
+        # A pinned copy of another project's CRDs applied over what its chart installed drifts from the
+        # controller that chart runs: the upstream charts own their CRDs.
+        assert not re.search(r"kubectl (apply|create|replace)\b.*(https?://|crds?/)", line), line
+        assert not re.match(r"\s*go (build|install|run)\b", line), line
+        assert "k8s.io/kubernetes" not in line, line
+    text = QUICKSTART_KIND.read_text()
+    for chart in ("gateway-helm", "ai-gateway-crds-helm", "ai-gateway-helm", "kserve-crd"):
+        assert chart in text, f"the kind quick start no longer installs {chart}"
+
+
+def test_docs_send_people_to_kubectl_events_not_flux_events_for_our_objects() -> None:
+    for path in [*(ROOT / "docs").glob("*.md"), ROOT / "README.md"]:
+        for line in path.read_text().splitlines():
+            if "flux events" in line:
+                # `flux events` lists Events of Flux's own kinds only (fluxcd.io/flux/cmd/flux_events).
+                assert "not these" in line or "Flux's own" in line, f"{path.name}: {line}"
