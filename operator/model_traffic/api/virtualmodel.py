@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from model_traffic import costcel
 from model_traffic.api.backend import ChildRef
 from model_traffic.api.common import (
     HEADER_VALUE_PATTERN,
@@ -298,6 +299,15 @@ class LLMRequestCost(Model):
         "ReasoningToken", "CEL",
     ] = Field(description="What is counted.")
     cel: str | None = Field(default=None, max_length=4096, description="CEL expression, for type CEL.")
+
+    @field_validator("cel")
+    @classmethod
+    def _compiles_as_the_ai_gateway_compiles_it(cls, value: str | None) -> str | None:
+        # A CRD rule cannot parse CEL held in a string, and the AI Gateway only logs a bad one: the spec is refused
+        # when read (Stalled, InvalidSpec, the parser's message). See model_traffic.costcel.
+        if value is not None and (problem := costcel.problem(value)):
+            raise ValueError(problem)
+        return value
 
 
 class VirtualModelSpec(Model):
