@@ -149,6 +149,33 @@ def _rollout_edit(args: argparse.Namespace, spec: dict[str, Any]) -> tuple[dict[
     return ctl.set_weights(spec, ctl.parse_weights(args.weights))
 
 
+def keys(args: argparse.Namespace) -> int:
+    """``model-traffic keys``: the API keys of tenants (see :mod:`model_traffic.keys`)."""
+    from model_traffic import keys as keys_
+
+    return keys_.run(args.keys_command, args.namespace or _current_namespace(), args.tenant, secret_name=args.secret,
+                     client_id=getattr(args, "client_id", None), every=getattr(args, "all", False))
+
+
+def _add_keys_parser(sub: Any) -> None:
+    from model_traffic.api.virtualmodel import DEFAULT_API_KEY_SECRET
+
+    keys_parser = sub.add_parser("keys", help="API keys of tenants, in the Secret spec.auth.apiKey reads")
+    keys_sub = keys_parser.add_subparsers(dest="keys_command", required=True)
+    for command, help_text in (("create", "a tenant's first key, printed once"),
+                               ("list", "client ids and creation times (never a key)"),
+                               ("rotate", "a second key for a tenant; the old one stays valid until revoked"),
+                               ("revoke", "remove a tenant's key (--client-id to pick one of two, or --all)")):
+        parser = keys_sub.add_parser(command, help=help_text)
+        parser.add_argument("tenant", nargs="?" if command == "list" else None, help="the tenant")
+        parser.add_argument("-n", "--namespace", help="default: the kubeconfig context's namespace")
+        parser.add_argument("--secret", default=DEFAULT_API_KEY_SECRET, help="the Secret (default: %(default)s)")
+        if command == "revoke":
+            parser.add_argument("--client-id", help="the key to revoke, e.g. the old one after a rotation")
+            parser.add_argument("--all", action="store_true", help="revoke every key of the tenant")
+        parser.set_defaults(func=keys)
+
+
 def main(argv: list[str] | None = None) -> int:
     invoked = os.path.basename(sys.argv[0])
     prog = invoked if invoked in ("model-traffic", "model-traffic-operator") else "model-traffic-operator"
@@ -179,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         elif command == "set-weights":
             command_parser.add_argument("weights", nargs="+", metavar="VERSION=WEIGHT")
         command_parser.set_defaults(func=rollout)
+    _add_keys_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     result: int = args.func(args)

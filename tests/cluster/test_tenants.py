@@ -1,5 +1,6 @@
 """Tenants end to end: API keys and JWT on a VirtualModel become an Envoy Gateway SecurityPolicy that the real
-Envoy Gateway judges, and budgets per tenant that it accepts.
+Envoy Gateway judges, budgets per tenant that it accepts, and the key lifecycle of `model-traffic keys` against the
+real API server.
 
 No test writes a controller's status: Envoy Gateway's field manager wrote every SecurityPolicy and
 BackendTrafficPolicy status read here (checked).
@@ -8,13 +9,16 @@ BackendTrafficPolicy status read here (checked).
 from __future__ import annotations
 
 import base64
+import io
 import json
 import textwrap
 from typing import Any
 
 import pytest
 
+from model_traffic import keys
 from model_traffic import kube as k
+from model_traffic.api.virtualmodel import DEFAULT_API_KEY_SECRET
 from model_traffic.kube import Kube
 from tests.cluster.conftest import ENVOY_GATEWAY_MANAGER, status_writers
 from tests.cluster.test_virtualmodel import GATEWAY, make_backends, vm_yaml, wait_vm
@@ -161,3 +165,62 @@ def test_jwt_becomes_a_security_policy_envoy_gateway_accepts(
     assert policy is not None and status_writers(policy) == {ENVOY_GATEWAY_MANAGER}
     assert policy["spec"]["jwt"]["providers"][0]["claimToHeaders"] == [{"header": "x-tenant-id", "claim": "org_id"}]
 
+
+# --- model-traffic keys, against the real API server -----------------------------------------------------------
+
+def keys_cmd(kube: Kube, namespace: str, *args: str, **options: Any) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    command, tenant = args[0], (args[1] if len(args) > 1 else None)
+    code = keys.run(command, namespace, tenant, kube_=kube, out=out, err=err, **options)
+    return code, out.getvalue(), err.getvalue()
+
+
+def stored_keys(kube: Kube, namespace: str) -> dict[str, str]:
+    secret = kube.core.read_namespaced_secret(DEFAULT_API_KEY_SECRET, namespace)
+    return {cid: base64.b64decode(value).decode() for cid, value in (secret.data or {}).items()}
+
+
+def test_key_lifecycle_create_list_rotate_revoke(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    code, first, err = keys_cmd(kube, namespace, "create", "acme")
+    assert code == 0, err
+    first = first.strip()
+    assert stored_keys(kube, namespace) == {"acme": first}  # the key printed is the one stored, and only there
+    assert first not in err
+    assert keys_cmd(kube, namespace, "create", "acme")[0] == 1  # one create per tenant
+    assert keys_cmd(kube, namespace, "create", "beta")[0] == 0
+
+    # A VirtualModel on those keys is accepted by Envoy Gateway.
+    make_backends(cluster, kube, namespace, "openai")
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=vm_yaml("gpt-4", f"""\
+        gatewayRefs: [{{name: {GATEWAY}}}]
+        backends: [{{name: openai}}]
+        auth: {{apiKey: {{}}}}
+    """))
+    wait_vm(kube, namespace, "gpt-4", timeout=90)
+
+    code, second, err = keys_cmd(kube, namespace, "rotate", "acme")
+    assert code == 0, err
+    second = second.strip()
+    stored = stored_keys(kube, namespace)
+    [rotated] = [cid for cid in stored if cid.startswith("acme.")]
+    assert stored == {"acme": first, rotated: second, "beta": stored["beta"]}  # both acme keys valid
+    assert keys_cmd(kube, namespace, "rotate", "acme")[0] == 1  # not a third
+    code, listed, _ = keys_cmd(kube, namespace, "list")
+    rows = [line.split() for line in listed.splitlines()[1:]]
+    assert [row[:2] for row in rows] == [["acme", "acme"], ["acme", rotated], ["beta", "beta"]]
+    assert first not in listed and second not in listed
+
+    assert keys_cmd(kube, namespace, "revoke", "acme")[0] == 1  # two keys: which one?
+    code, _, err = keys_cmd(kube, namespace, "revoke", "acme", client_id="acme")
+    assert code == 0, err
+    assert set(stored_keys(kube, namespace)) == {rotated, "beta"}
+    # Envoy Gateway still accepts the policy with the edited Secret; the model stays Ready.
+    obj = wait_vm(kube, namespace, "gpt-4", timeout=90)
+
+    # No key byte anywhere the operator writes, nor in its log.
+    everything = json.dumps(obj) + cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
+    everything += operator.log_path.read_text(errors="replace")
+    for key in (first, second):
+        assert key not in everything and base64.b64encode(key.encode()).decode() not in everything
