@@ -15,7 +15,7 @@ from typing import Any
 
 import kopf
 
-from model_traffic import apply, kube
+from model_traffic import apply, health, kube
 from model_traffic.api import backend, trafficconfig, virtualmodel
 from model_traffic.api.common import GROUP, VERSION
 from model_traffic.cache import CachedKube, Caches
@@ -120,6 +120,19 @@ def start(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
     threading.Thread(target=_resync_forever, args=(rt, config), name="resync", daemon=True).start()
+
+
+@kopf.on.probe(id="apiServer", errors=kopf.ErrorsMode.PERMANENT)
+async def api_server_reachable(**_: Any) -> str:
+    """Part of kopf's /healthz: fails (HTTP 500) once the API server has not answered for longer than the bound,
+    where kopf alone would keep answering 200 while its watches retry in vain (model_traffic.health)."""
+    tracker = health.current()
+    if tracker is None:
+        return "not checked"
+    verdict = tracker.health()
+    if not verdict.healthy:
+        raise kopf.PermanentError(verdict.message)
+    return verdict.message
 
 
 @kopf.on.cleanup()

@@ -18,13 +18,17 @@ from model_traffic.settings import Settings
 
 @contextlib.contextmanager
 def standby_health_endpoint(port: int) -> Iterator[None]:
-    """``GET /healthz`` answers 200 while the block runs (a replica waiting for the Lease is alive and ready)."""
+    """``GET /healthz`` while the block runs: a replica waiting for the Lease is alive and ready (200) as long as
+    it reaches the API server (see model_traffic.health), 503 otherwise."""
+    from model_traffic import health
 
     class Health(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            ok = self.path.split("?")[0] == "/healthz"
-            body = b"standby: waiting for leadership\n" if ok else b"not found\n"
-            self.send_response(200 if ok else 404)
+            found = self.path.split("?")[0] == "/healthz"
+            tracker = health.current()
+            verdict = tracker.health() if tracker else health.Health(True, "")
+            body = (f"standby: waiting for leadership; {verdict.message}\n" if found else "not found\n").encode()
+            self.send_response(404 if not found else 200 if verdict.healthy else 503)
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -48,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     import kopf
     from prometheus_client import start_http_server
 
-    from model_traffic import app, metrics  # noqa: F401  (app registers the handlers)
+    from model_traffic import app, health, metrics  # noqa: F401  (app registers the handlers)
     from model_traffic.kube import Kube
     from model_traffic.leader import LeaderElector
 
@@ -65,6 +69,9 @@ def run(args: argparse.Namespace) -> int:
     liveness_port = args.liveness_port if args.liveness_port is not None else settings.liveness_port
     if settings.metrics_port:
         start_http_server(settings.metrics_port)  # a standby's metrics too (model_traffic_* stay empty there)
+    # The probes (the standby's endpoint below, then kopf's with app.api_server_reachable) fail once the API
+    # server has not answered for longer than the bound.
+    health.install(health.ApiServerReachability(Kube().api_client, settings.api_server_unreachable_seconds))
     if settings.leader_elect:
         elector = LeaderElector(Kube().api_client, settings.leader_election_namespace)
         # A standby is healthy while it waits: it answers the probes until kopf's own endpoint takes the port.

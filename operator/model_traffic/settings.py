@@ -18,6 +18,8 @@ class Settings:
     resync_seconds: float = 300.0
     metrics_port: int = 8080
     liveness_port: int = 8081
+    # /healthz fails once the API server has not answered for this long (kopf's watches retry silently for ever).
+    api_server_unreachable_seconds: float = 60.0
     default_gateway: str | None = None  # "namespace/name"
     ai_gateway_version: str | None = None  # override of discovery
     leader_elect: bool = False
@@ -35,6 +37,7 @@ class Settings:
             resync_seconds=float(env("MTO_RESYNC_SECONDS", "300")),
             metrics_port=int(env("MTO_METRICS_PORT", "8080")),
             liveness_port=int(env("MTO_LIVENESS_PORT", "8081")),
+            api_server_unreachable_seconds=float(env("MTO_API_SERVER_UNREACHABLE_SECONDS", "60")),
             default_gateway=env("MTO_DEFAULT_GATEWAY") or None,
             ai_gateway_version=env("MTO_AI_GATEWAY_VERSION") or None,
             leader_elect=env("MTO_LEADER_ELECT", "false").lower() in ("1", "true", "yes"),
