@@ -11,12 +11,13 @@ PYTEST_ARGS ?=
 
 IMAGE ?= model-traffic-operator:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
-.PHONY: help prerequisites venv binaries helm chart-lint crds docs lint unit test demo cluster cluster-down run bench clean image
+.PHONY: help prerequisites venv binaries helm chart-lint crds docs lint unit test demo cluster cluster-down run bench chaos clean image release
 
 help:
 	@echo "make demo          local control plane + operator + examples, ends with kubectl get"
 	@echo "make test          lint, unit and cluster tests (what CI runs)"
 	@echo "make bench         time to Ready for 2,000 backends + 2,000 VirtualModels + 200 TrafficConfigs, the floor, requests (BENCH_ARGS)"
+	@echo "make chaos         SIGKILL the operator CHAOS_KILLS (100) times during rollouts of every strategy; invariants and figures"
 	@echo "make cluster       keep a local stack running: control plane, fake nodes, Envoy Gateway, AI Gateway, KServe"
 	@echo "                   (.local/kubeconfig); make cluster-down stops it"
 	@echo "make run           run the operator in the foreground against \$$KUBECONFIG (MTO_DEFAULT_GATEWAY defaults to"
@@ -25,6 +26,8 @@ help:
 	@echo "make crds          regenerate crds/ from operator/model_traffic/api (and docs/api.md)"
 	@echo "make docs          regenerate the generated parts of docs/"
 	@echo "make image         build the container image (Docker with BuildKit; IMAGE=name:tag)"
+	@echo "make release       dist/: the packaged chart, a chart of the CRDs, install.yaml, image.txt, SHA256SUMS"
+	@echo "                   (RELEASE_IMAGE_REPOSITORY=registry/name; the tag is the project version)"
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -74,6 +77,12 @@ demo: binaries
 bench: binaries
 	$(PY) tools/bench.py $(BENCH_ARGS)
 
+# tests/chaos at length: rounds of eight rollouts (four strategies, passing and failing analysis) until CHAOS_KILLS
+# SIGKILLs of the operator; prints the figures and writes them to .local/chaos.json (make test runs a few kills).
+CHAOS_KILLS ?= 100
+chaos: binaries helm
+	MTO_CHAOS_KILLS=$(CHAOS_KILLS) MTO_CHAOS_REPORT=$(LOCAL)/chaos.json $(PY) -m pytest tests/chaos -q -s -ra $(PYTEST_ARGS)
+
 cluster: binaries
 	$(PY) -m model_traffic.localcluster up --dir $(LOCAL) --crds crds
 
@@ -86,6 +95,12 @@ run: venv
 image:
 	docker build --tag $(IMAGE) .
 	docker run --rm --read-only $(IMAGE) --help >/dev/null
+
+RELEASE_IMAGE_REPOSITORY ?= model-traffic-operator
+
+# Into dist/ (gitignored): see tools/release.py. Then: make image IMAGE="$(cat dist/image.txt)", and push it.
+release: helm
+	$(PY) tools/release.py --helm "$$($(ENSURE_HELM))" --image-repository "$(RELEASE_IMAGE_REPOSITORY)"
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -8,6 +8,7 @@ Secrets. Everywhere else: the session ``operator`` fixture runs the operator as 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
@@ -77,8 +78,8 @@ WATCHED = [
          CHILD + "; an AIServiceBackend is also dry-run applied to probe the schema"),
     Rule("serving.kserve.io", ("inferenceservices",), ALL_VERBS,
          "read as a backend's endpoint; a TrafficConfig owns one per model version"),
-    Rule("", ("secrets",), ("get", "list", "watch"),
-         "credentials: which keys exist is checked, values never copied; watched to heal when fixed"),
+    Rule("", ("secrets",), ("get",),
+         "credentials: the Secret a backend names is read by name (which keys exist), never listed or watched"),
     Rule("inference.networking.k8s.io", ("inferencepools",), ("get", "list", "watch"),
          "a backend's or route's InferencePool: checked to exist, watched"),
     Rule("gateway.networking.k8s.io", ("gateways",), ("get", "list", "watch"),
@@ -736,6 +737,9 @@ def test_the_operator_is_never_refused_while_serving_all_kinds(
     assert not refused, "the operator was refused:\n" + "\n".join(refused[:10])
     assert {e["involvedObject"]["kind"] for e in events_posted(cluster, namespace)} >= {
         "ManagedAIServiceBackend", "VirtualModel"}
+    # What docs/gitops.md tells people to run for an object's Events (not `flux events`: Flux's kinds only).
+    shown = cluster.kubectl("events", "--for", "virtualmodel/gpt", "-n", namespace).stdout
+    assert "VirtualModel/gpt" in shown and "ManagedAIServiceBackend/openai" not in shown, shown
 
 
 def test_namespaced_install_serves_its_namespaces_only(
@@ -843,3 +847,63 @@ def test_a_standby_replica_answers_the_charts_probes_and_serves_its_metrics(clus
         for process in (standby, leader.process):
             process.kill()
             process.wait()
+
+
+# --- make release --------------------------------------------------------------------------------------------
+
+def test_release_artifacts_install_on_the_api_server(cluster: Cluster, namespaces: list[str], tmp_path: Path) -> None:
+    """What `make release` writes: the chart and the CRDs chart packaged, install.yaml that the API server takes
+    (server-side dry run), every part naming the image pinned to the project version."""
+    from model_traffic.localcluster.build import ensure_helm
+    from tools import release  # tools/ is no package: a namespace package from the repository root
+
+    release_ns = namespaces[0]
+    out = tmp_path / "dist"
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "release.py"), "--helm", str(ensure_helm()),
+                             "--out", str(out), "--image-repository", "registry.example/mto",
+                             "--namespace", release_ns], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    version = release.project_version()
+    image = f"registry.example/mto:{version}"
+    chart_tgz = out / f"model-traffic-operator-{version}.tgz"
+    crds_tgz = out / f"model-traffic-operator-crds-{version}.tgz"
+    assert (out / "image.txt").read_text().strip() == image
+    sums: dict[str, str] = {}
+    for line in (out / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split("  ")
+        sums[name] = digest
+    assert set(sums) == {chart_tgz.name, crds_tgz.name, "install.yaml", "image.txt"}
+    for name, digest in sums.items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest, name
+
+    # The packaged chart: lints, carries the CRDs, and runs the pinned image with its default values.
+    helm("lint", "--strict", str(chart_tgz))
+    shown = yaml.safe_load(helm("show", "chart", str(chart_tgz)).stdout)
+    assert shown["version"] == shown["appVersion"] == version
+    packaged = parse_manifests(helm("template", "mto", str(chart_tgz), "--namespace", release_ns,
+                                    "--include-crds").stdout)
+    assert of(packaged, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"] == image
+    generated = {yaml.safe_load(p.read_text())["metadata"]["name"]: yaml.safe_load(p.read_text())
+                 for p in (ROOT / "crds").glob("*.yaml")}
+    assert {m["metadata"]["name"] for m in packaged if m["kind"] == "CustomResourceDefinition"} == set(generated)
+
+    # The CRDs chart: the same CRDs as templates (helm upgrade upgrades them), kept when it is uninstalled.
+    crds = parse_manifests(helm("template", "crds", str(crds_tgz)).stdout)
+    assert {m["metadata"]["name"] for m in crds} == set(generated)
+    for crd in crds:
+        assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        assert crd["spec"] == generated[crd["metadata"]["name"]]["spec"]
+
+    # install.yaml: the CRDs, the Namespace, the rendered chart; the API server accepts every object.
+    manifests = parse_manifests((out / "install.yaml").read_text())
+    assert [m["metadata"]["name"] for m in manifests if m["kind"] == "CustomResourceDefinition"] == sorted(generated)
+    assert of(manifests, "Namespace")["metadata"]["name"] == release_ns
+    assert of(manifests, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"] == image
+    namespaced = [m for m in manifests if m["kind"] not in (
+        "CustomResourceDefinition", "Namespace", "ClusterRole", "ClusterRoleBinding")]
+    assert {m["metadata"]["namespace"] for m in namespaced} == {release_ns}
+    # --force-conflicts: the session's own chart install (release "model-traffic-operator", as in install.yaml)
+    # owns the ClusterRoleBinding of that name with other subjects; a dry run changes nothing either way.
+    applied = cluster.kubectl("apply", "--server-side", "--dry-run=server", "--force-conflicts",
+                              "--field-manager=release-test", "-f", str(out / "install.yaml"))
+    assert len(applied.stdout.strip().splitlines()) == len(manifests), applied.stdout
