@@ -132,6 +132,23 @@ def virtual_model_gpt4(w: Walkthrough) -> None:
     assert condition(obj, "ChildrenAccepted")["status"] == "True"
 
 
+def api_key_secret(w: Walkthrough) -> None:
+    secret = w.kube.core.read_namespaced_secret("model-traffic-api-keys", NAMESPACE)
+    assert set(secret.data or {}) == {"acme", "trial"}  # one data key per client id: Envoy Gateway's format
+
+
+def virtual_model_claude(w: Walkthrough) -> None:
+    """Authenticated and budgeted per tenant: Envoy Gateway accepted the SecurityPolicy and the per-tenant limits."""
+    obj = w.ready(k.VIRTUAL_MODEL, "claude", reason="Ready")
+    accepted = condition(obj, "ChildrenAccepted")
+    assert accepted["status"] == "True" and "SecurityPolicy/claude" in accepted["message"], accepted
+    assert condition(obj, "TenantHeader")["reason"] == "SetByGateway"
+    policy = w.kube.get(k.SECURITY_POLICY, NAMESPACE, "claude")
+    assert policy is not None and policy["spec"]["apiKeyAuth"]["forwardClientIDHeader"] == "x-tenant-id"
+    traffic = w.kube.get(k.BACKEND_TRAFFIC_POLICY, NAMESPACE, "claude")
+    assert traffic is not None and len(traffic["spec"]["rateLimit"]["global"]["rules"]) == 5
+
+
 def traffic_config_llama(w: Walkthrough) -> None:
     """The canary: one InferenceService and backend per version, then 10% to v2 once KServe reports both Ready."""
     for version, storage in (("v1", "hf://meta-llama/Meta-Llama-3-8B-Instruct:e1945c4"),
@@ -183,6 +200,8 @@ EXPECTED: dict[tuple[str, str], Check] = {
         "anthropic", {"Backend", "AIServiceBackend", "BackendSecurityPolicy"}, "api.anthropic.com:443"),
     ("ManagedAIServiceBackend", "vllm"): backend("vllm", {"Backend", "AIServiceBackend"}, "10.0.0.7:8000"),
     ("VirtualModel", "gpt-4"): virtual_model_gpt4,
+    ("Secret", "model-traffic-api-keys"): api_key_secret,
+    ("VirtualModel", "claude"): virtual_model_claude,
     ("TrafficConfig", "llama"): traffic_config_llama,
 }
 
