@@ -164,6 +164,36 @@ def keys(args: argparse.Namespace) -> int:
                      client_id=getattr(args, "client_id", None), every=getattr(args, "all", False))
 
 
+def usage(args: argparse.Namespace) -> int:
+    """``model-traffic usage``: tokens, requests, errors, latency and cost by model, tenant or day (see
+    :mod:`model_traffic.usage`)."""
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from model_traffic import kube
+    from model_traffic import usage as usage_
+    from model_traffic.reconcilers.virtualmodel import model_name_of
+
+    address = args.prometheus or Settings.from_env().prometheus_address
+    try:
+        if not address:
+            raise usage_.UsageError("no Prometheus: pass --prometheus URL or set MTO_PROMETHEUS_ADDRESS")
+        seconds = usage_.window_seconds(args.since)
+        until = datetime.fromisoformat(args.until.replace("Z", "+00:00")) if args.until else datetime.now(UTC)
+        until = until if until.tzinfo else until.replace(tzinfo=UTC)  # a time without a zone is UTC
+        prices = usage_.load_prices(Path(args.prices).read_text()) if args.prices else None
+        models = None
+        if args.namespace:  # the model names the VirtualModels of that namespace serve
+            models = sorted(model_name_of(vm["metadata"]["name"], vm.get("spec") or {})
+                            for vm in kube.Kube().list_objects(kube.VIRTUAL_MODEL, args.namespace))
+        rows = usage_.collect(args.by, seconds, until, usage_.PrometheusVectors(address), prices, models)
+    except (usage_.UsageError, OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    sys.stdout.write(usage_.table(rows, args.by, prices is not None))
+    return 0
+
+
 def _add_keys_parser(sub: Any) -> None:
     from model_traffic.api.virtualmodel import DEFAULT_API_KEY_SECRET
 
@@ -214,6 +244,14 @@ def main(argv: list[str] | None = None) -> int:
             command_parser.add_argument("weights", nargs="+", metavar="VERSION=WEIGHT")
         command_parser.set_defaults(func=rollout)
     _add_keys_parser(sub)
+    usage_parser = sub.add_parser("usage", help="tokens, requests, errors, latency and cost from Prometheus")
+    usage_parser.add_argument("--by", choices=["model", "tenant", "day"], default="model")
+    usage_parser.add_argument("--since", default="7d", help="the period: 30m, 12h, 7d, 2w (default: %(default)s)")
+    usage_parser.add_argument("--until", help="end of the period, RFC 3339 (default: now)")
+    usage_parser.add_argument("-n", "--namespace", help="only the models of this namespace's VirtualModels")
+    usage_parser.add_argument("--prometheus", help="its URL (default: $MTO_PROMETHEUS_ADDRESS)")
+    usage_parser.add_argument("--prices", help="YAML/JSON: backend model -> {input, output} in microdollars a token")
+    usage_parser.set_defaults(func=usage)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     result: int = args.func(args)

@@ -580,6 +580,31 @@ def test_operator_down_means_no_replica_leads(tmp_path: Path) -> None:
     }])
 
 
+def test_the_stalled_series_follows_the_stalled_condition(cluster: Cluster, kube: Kube, operator: Operator,
+                                                          namespace: str) -> None:
+    """ModelTrafficObjectStalled reads model_traffic_object_stalled: the operator sets it from the condition."""
+    series = f'{{kind="ManagedAIServiceBackend",name="meta",namespace="{namespace}"}}'
+    # The cloud metadata address is denied by the default outbound policy: AddressNotAllowed, Stalled.
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=our_yaml("ManagedAIServiceBackend", "meta", """\
+        schema: {name: OpenAI}
+        endpoint: {ip: {address: 169.254.169.254, port: 80}}
+        """))
+    stalled = wait_ready(kube, namespace, "meta", status="False", reason="AddressNotAllowed")
+    assert condition(stalled, "Stalled")["status"] == "True"
+    wait_for(lambda: f"model_traffic_object_stalled{series} 1.0" in operator.metrics(), 10, "stalled = 1")
+    assert f"model_traffic_object_ready{series} 0.0" in operator.metrics()
+    # Fixed: Ready, and no longer Stalled.
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=our_yaml("ManagedAIServiceBackend", "meta", """\
+        schema: {name: OpenAI}
+        endpoint: {ip: {address: 10.0.0.9, port: 8000}}
+        """))
+    wait_ready(kube, namespace, "meta")
+    wait_for(lambda: f"model_traffic_object_stalled{series} 0.0" in operator.metrics(), 10, "stalled = 0")
+    # Deleted: the series goes with the object (no alert on an object that no longer exists).
+    cluster.kubectl("delete", "-n", namespace, "managedaiservicebackend", "meta")
+    wait_for(lambda: f"model_traffic_object_stalled{series}" not in operator.metrics(), 30, "the series to go")
+
+
 def github_anchors(markdown: str) -> set[str]:
     """The anchors GitHub gives a page's headings."""
     anchors = set()
