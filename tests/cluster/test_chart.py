@@ -86,7 +86,8 @@ WATCHED = [
          "a VirtualModel reports its Gateway's address and follows it"),
     Rule("gateway.networking.k8s.io", ("httproutes",), ("get", "list", "watch"),
          "the AI Gateway's HTTPRoute generated from our AIGatewayRoute: its status is read"),
-    Rule("", ("events",), ("create",), "an Event on each change of readiness (core/v1, as kopf's own)"),
+    Rule("", ("events",), ("create", "patch"),
+         "an Event on each change of readiness (core/v1, as kopf's own); a repeated one's series count grows"),
 ]
 # Cluster-scoped in every mode.
 OBSERVER = [

@@ -108,8 +108,9 @@ handler for; get is the fresh read before each reconcile and the reads of refere
 - apiGroups: [gateway.networking.k8s.io]
   resources: [gateways, httproutes]
   verbs: [get, list, watch]
-# An Event on each change of readiness (core/v1 Events, what kubectl describe shows).
+# An Event on each change of readiness (core/v1 Events, what kubectl describe shows); patch: a repeated rollout
+# Event (a failed check) is one Event whose series count grows.
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, patch]
 {{- end -}}
