@@ -9,6 +9,10 @@
   concurrency) and the ratio; API requests per object by verb (the API server's ``apiserver_request_total``);
   mutating requests while idle and across an operator restart (both should be 0) and reads on restart; peak
   RSS; p95 of spec change -> child updated over 20 changes; SIGTERM -> exit.
+- requests per client: ``apiserver_request_total`` has no user label, so the bench's API server writes an audit
+  log (metadata only, see localcluster/controlplane.py) and the bench counts its lines by client (the operator's
+  reconciles, its kopf watches, the floor script, the bench's kubectl, each upstream controller: by user agent),
+  by phase (convergence, idle, restart, floor) and by verb and resource.
 
 ``BENCH_ARGS="--objects 200 --idle 30"`` for a quick run. Not shipped: it lives in tools/.
 """
@@ -27,6 +31,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -135,6 +140,67 @@ def mutating(requests: dict[str, float]) -> float:
     return sum(v for verb, v in requests.items() if verb in MUTATING)
 
 
+# User agents of the clients the bench tells apart in the audit log (the rest: the agent's product name).
+OPERATOR_AGENT = "model-traffic-operator"  # model_traffic.kube.Kube: the reconciles
+KOPF_AGENT = "kopf"  # the operator's watches
+FLOOR_AGENT = "mto-bench-floor"  # the bare server-side-apply loop below
+
+
+def utc_stamp() -> str:
+    """Now, in the format of the audit log's timestamps (metav1.MicroTime, UTC): they compare as strings."""
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def client_of(user_agent: str, username: str) -> str:
+    if user_agent.startswith(OPERATOR_AGENT):
+        return "operator (reconciles)"
+    if user_agent.startswith(KOPF_AGENT):
+        return "operator (kopf watches)"
+    if user_agent.startswith(FLOOR_AGENT):
+        return "floor script"
+    if user_agent.startswith("kubectl"):
+        return "bench (kubectl)"
+    return user_agent.split("/", 1)[0] or username or "unknown"
+
+
+def requests_per_client(audit_log: Path, phases: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    """Audit log lines counted per phase and client: totals, by verb, and by verb and resource."""
+    counts: dict[str, dict[str, Counter[str]]] = {phase: {} for phase in phases}
+    try:
+        lines = audit_log.open()
+    except OSError:
+        return {}
+    with lines:
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            received = str(event.get("requestReceivedTimestamp") or "")
+            phase = next((p for p, (start, end) in phases.items() if start <= received < end), None)
+            if phase is None:
+                continue
+            client = client_of(str(event.get("userAgent") or ""), str((event.get("user") or {}).get("username") or ""))
+            ref = event.get("objectRef") or {}
+            resource = str(ref.get("resource") or event.get("requestURI", "?").split("?")[0])
+            if ref.get("subresource"):
+                resource += "/" + str(ref["subresource"])
+            verb = str(event.get("verb") or "?")
+            counter = counts[phase].setdefault(client, Counter())
+            counter[f"{verb} {resource}"] += 1
+    summary: dict[str, Any] = {}
+    for phase, clients in counts.items():
+        by_client: dict[str, Any] = {}
+        for client, counter in sorted(clients.items(), key=lambda item: -sum(item[1].values())):
+            by_verb: Counter[str] = Counter()
+            for key, value in counter.items():
+                by_verb[key.split(" ", 1)[0]] += value
+            by_client[client] = {"total": sum(counter.values()), "by_verb": dict(by_verb.most_common()),
+                                 "by_verb_and_resource": dict(counter.most_common())}
+        summary[phase] = by_client
+    return summary
+
+
 def rss_mib(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -145,154 +211,200 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def p95(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] if ordered else float("nan")
 
 
-def cluster_figures(count: int, idle: float, figures: dict[str, Any]) -> None:
-
-    from model_traffic import apply as apply_layer
-    from model_traffic import kube as k
+def cluster_figures(count: int, idle: float, ready_timeout: float, figures: dict[str, Any]) -> None:
     from model_traffic import localcluster
-    from model_traffic.kube import Kube
-    from model_traffic.localcluster.process import stop
 
     binaries = localcluster.ensure_binaries()
-    with (tempfile.TemporaryDirectory(prefix="mto-bench-") as tmp,
-          localcluster.LocalStack(Path(tmp), binaries, crds=[ROOT / "crds"]) as stack):
-        port = 18080
-        env = {**os.environ, "KUBECONFIG": str(stack.kubeconfig), "MTO_METRICS_PORT": str(port),
-               "MTO_RESYNC_SECONDS": "3600", "MTO_DEFAULT_GATEWAY": stack.default_gateway}
-        os.environ["KUBECONFIG"] = str(stack.kubeconfig)
-        kube = Kube()
+    with tempfile.TemporaryDirectory(prefix="mto-bench-") as tmp:
+        stack = localcluster.LocalStack(Path(tmp), binaries, crds=[ROOT / "crds"])
+        stack.plane.audit_log = Path(tmp) / "audit.log"
+        with stack:
+            run_on_stack(stack, binaries, count, idle, ready_timeout, figures, Path(tmp))
 
-        def kubectl(*args: str, stdin: str | None = None) -> str:
-            return subprocess.run([str(binaries.kubectl), *args], env=env, input=stdin, capture_output=True,
-                                  text=True, check=True).stdout
 
-        def server_requests() -> dict[str, float]:
-            return requests_by_verb(kubectl("get", "--raw", "/metrics"))
+def run_on_stack(stack: Any, binaries: Any, count: int, idle: float, ready_timeout: float, figures: dict[str, Any],
+                 tmp: Path) -> None:
+    from model_traffic import apply as apply_layer
+    from model_traffic import kube as k
+    from model_traffic.kube import Kube
+    from model_traffic.localcluster.process import stop
+    from model_traffic.runtime import DEFAULT_WORKERS
 
-        def scrape() -> str:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-                return str(response.read().decode())
+    port = 18080
+    env = {**os.environ, "KUBECONFIG": str(stack.kubeconfig), "MTO_METRICS_PORT": str(port),
+           "MTO_RESYNC_SECONDS": "3600", "MTO_DEFAULT_GATEWAY": stack.default_gateway}
+    os.environ["KUBECONFIG"] = str(stack.kubeconfig)
+    kube = Kube()
+    kube.api_client.user_agent = "mto-bench"  # the bench's own reads and spec changes, not the operator's
+    phases: dict[str, tuple[str, str]] = {}  # phase -> (start, end) in the audit log's time format
 
-        peak = {"rss": 0.0}
-        log = (Path(tmp) / "operator.log").open("wb")
+    def kubectl(*args: str, stdin: str | None = None) -> str:
+        return subprocess.run([str(binaries.kubectl), *args], env=env, input=stdin, capture_output=True,
+                              text=True, check=True).stdout
 
-        def start() -> subprocess.Popen[bytes]:
-            process = subprocess.Popen([sys.executable, "-m", "model_traffic", "run", "--liveness-port", "18081"],
-                                       env=env, stdout=log, stderr=subprocess.STDOUT)
-            while True:
-                try:
-                    scrape()
-                    return process
-                except OSError:
-                    time.sleep(0.2)
+    def server_requests() -> dict[str, float]:
+        return requests_by_verb(kubectl("get", "--raw", "/metrics"))
 
-        kubectl("create", "namespace", NAMESPACE)
-        docs = manifests(count, stack.default_gateway)
-        total = len(docs)
-        operator = start()
-        stop_watching = threading.Event()
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return str(response.read().decode())
 
-        def watch_rss() -> None:
-            """Peak RSS (the InferenceServices are served by the stack's real KServe controller)."""
-            while not stop_watching.is_set():
-                peak["rss"] = max(peak["rss"], rss_mib(operator.pid))
-                time.sleep(1)
+    peak = {"rss": 0.0}
+    log = (Path(tmp) / "operator.log").open("wb")
 
-        threading.Thread(target=watch_rss, daemon=True).start()
-        before = server_requests()
-        started = time.monotonic()
-        for chunk in range(0, total, 500):
-            batch = "\n---\n".join(json.dumps(d) for d in docs[chunk:chunk + 500])
-            kubectl("apply", "--server-side", "-f", "-", stdin=batch)
-        reconciled_at = ready_at = None
-        while time.monotonic() - started < 1800:
-            text = scrape()
-            reconciled = series(text, "model_traffic_object_ready", f'namespace="{NAMESPACE}"')
-            ready = metric(text, "model_traffic_object_ready", f'namespace="{NAMESPACE}"')
-            if reconciled_at is None and reconciled >= total:
-                reconciled_at = time.monotonic() - started
-            if ready >= total:
-                ready_at = time.monotonic() - started
-                break
-            if reconciled_at is not None and time.monotonic() - started > reconciled_at + 300:
-                break  # the gateway controllers have not accepted everything in 5 more minutes: report what is known
+    def start() -> subprocess.Popen[bytes]:
+        process = subprocess.Popen([sys.executable, "-m", "model_traffic", "run", "--liveness-port", "18081"],
+                                   env=env, stdout=log, stderr=subprocess.STDOUT)
+        while True:
+            try:
+                scrape()
+                return process
+            except OSError:
+                time.sleep(0.2)
+
+    kubectl("create", "namespace", NAMESPACE)
+    docs = manifests(count, stack.default_gateway)
+    total = len(docs)
+    operator = start()
+    stop_watching = threading.Event()
+
+    def watch_rss() -> None:
+        """Peak RSS (the InferenceServices are served by the stack's real KServe controller)."""
+        while not stop_watching.is_set():
+            peak["rss"] = max(peak["rss"], rss_mib(operator.pid))
             time.sleep(1)
-        figures["objects"] = {"ManagedAIServiceBackend": count, "VirtualModel": count, "TrafficConfig": count // 10}
-        figures["seconds_to_all_reconciled"] = reconciled_at
-        figures["seconds_to_all_ready"] = ready_at
-        figures["ready_at_end"] = metric(scrape(), "model_traffic_object_ready", f'namespace="{NAMESPACE}"')
-        converge = delta(server_requests(), before)
-        figures["api_requests_per_object_during_convergence_all_clients"] = {
-            verb: round(v / total, 2) for verb, v in sorted(converge.items())}
 
-        before = server_requests()
-        time.sleep(idle)
-        figures[f"mutating_requests_idle_{idle:.0f}s_all_clients"] = mutating(delta(server_requests(), before))
+    threading.Thread(target=watch_rss, daemon=True).start()
+    before = server_requests()
+    phase_start = utc_stamp()
+    started = time.monotonic()
+    for chunk in range(0, total, 500):
+        batch = "\n---\n".join(json.dumps(d) for d in docs[chunk:chunk + 500])
+        kubectl("apply", "--server-side", "-f", "-", stdin=batch)
+    reconciled_at = ready_at = None
+    while time.monotonic() - started < 1800:
+        text = scrape()
+        reconciled = series(text, "model_traffic_object_ready", f'namespace="{NAMESPACE}"')
+        ready = metric(text, "model_traffic_object_ready", f'namespace="{NAMESPACE}"')
+        if reconciled_at is None and reconciled >= total:
+            reconciled_at = time.monotonic() - started
+            figures["operator_cpu_seconds_to_all_reconciled"] = round(cpu_seconds(operator.pid), 1)
+        if ready >= total:
+            ready_at = time.monotonic() - started
+            break
+        if reconciled_at is not None and time.monotonic() - started > reconciled_at + ready_timeout:
+            break  # the controllers have not accepted everything in ready_timeout more seconds: report what is known
+        time.sleep(1)
+    figures["objects"] = {"ManagedAIServiceBackend": count, "VirtualModel": count, "TrafficConfig": count // 10}
+    figures["seconds_to_all_reconciled"] = reconciled_at
+    figures["seconds_to_all_ready"] = ready_at
+    figures["ready_at_end"] = metric(scrape(), "model_traffic_object_ready", f'namespace="{NAMESPACE}"')
+    phases["convergence"] = (phase_start, utc_stamp())
+    converge = delta(server_requests(), before)
+    figures["api_requests_per_object_during_convergence_all_clients"] = {
+        verb: round(v / total, 2) for verb, v in sorted(converge.items())}
 
-        # Spec change -> child updated, 20 times.
-        latencies: list[float] = []
-        for i in range(20):
-            name = f"b{i}"
-            new_port = 9000 + i
-            change = time.monotonic()
-            kube.custom.patch_namespaced_custom_object(
-                "modeltraffic.io", "v1alpha1", NAMESPACE, "managedaiservicebackends", name,
-                {"spec": {"endpoint": {"ip": {"port": new_port}}}}, _content_type="application/merge-patch+json")
-            while time.monotonic() - change < 60:
-                child = kube.get(k.BACKEND, NAMESPACE, name) or {}
-                ports = [e.get("ip", {}).get("port") for e in (child.get("spec") or {}).get("endpoints") or []]
-                if new_port in ports:
-                    latencies.append(time.monotonic() - change)
-                    break
-                time.sleep(0.02)
-        figures["spec_change_to_child_p95_seconds"] = round(p95(latencies), 3)
-        time.sleep(5)
+    before = server_requests()
+    phase_start = utc_stamp()
+    time.sleep(idle)
+    phases["idle"] = (phase_start, utc_stamp())
+    figures[f"mutating_requests_idle_{idle:.0f}s_all_clients"] = mutating(delta(server_requests(), before))
 
-        stopping = time.monotonic()
-        operator.send_signal(signal.SIGTERM)
-        try:
-            operator.wait(60)
-        except subprocess.TimeoutExpired:
-            stop(operator, grace=1)
-        figures["sigterm_to_exit_seconds"] = round(time.monotonic() - stopping, 1)
-        figures["peak_rss_mib"] = round(peak["rss"])
-
-        before = server_requests()
-        restarted = time.monotonic()
-        operator = start()
-        while time.monotonic() - restarted < 600:
-            if metric(scrape(), "model_traffic_reconcile_total") >= total:
+    # Spec change -> child updated, 20 times.
+    latencies: list[float] = []
+    for i in range(20):
+        name = f"b{i}"
+        new_port = 9000 + i
+        change = time.monotonic()
+        kube.custom.patch_namespaced_custom_object(
+            "modeltraffic.io", "v1alpha1", NAMESPACE, "managedaiservicebackends", name,
+            {"spec": {"endpoint": {"ip": {"port": new_port}}}}, _content_type="application/merge-patch+json")
+        while time.monotonic() - change < 60:
+            child = kube.get(k.BACKEND, NAMESPACE, name) or {}
+            ports = [e.get("ip", {}).get("port") for e in (child.get("spec") or {}).get("endpoints") or []]
+            if new_port in ports:
+                latencies.append(time.monotonic() - change)
                 break
-            time.sleep(1)
-        figures["restart_seconds_to_all_reconciled"] = round(time.monotonic() - restarted, 1)
-        time.sleep(5)
-        restart = delta(server_requests(), before)
-        figures["restart_requests_by_verb_all_clients"] = restart
-        figures["restart_mutating_requests_all_clients"] = mutating(restart)
-        stop_watching.set()
-        stop(operator, grace=15)
+            time.sleep(0.02)
+    figures["spec_change_to_child_p95_seconds"] = round(p95(latencies), 3)
+    time.sleep(5)
 
-        # The floor: the same children, written by a bare server-side-apply loop, same client, same concurrency.
-        kubectl("create", "namespace", FLOOR_NAMESPACE)
-        children = []
-        for rtype in (k.BACKEND, k.AI_SERVICE_BACKEND, k.AI_GATEWAY_ROUTE):
-            for obj in kube.list_objects(rtype, NAMESPACE, f"{apply_layer.LABEL_MANAGED_BY}={apply_layer.MANAGED_BY}"):
-                children.append({"apiVersion": obj["apiVersion"], "kind": obj["kind"],
-                                 "metadata": {"name": obj["metadata"]["name"], "namespace": FLOOR_NAMESPACE},
-                                 "spec": obj["spec"]})
-        floor_started = time.monotonic()
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(lambda c: kube.apply(c), children))
-        figures["floor_children"] = len(children)
-        figures["floor_seconds"] = round(time.monotonic() - floor_started, 1)
-        if reconciled_at:
-            figures["ratio_reconciled_to_floor"] = round(reconciled_at / max(0.001, figures["floor_seconds"]), 1)
-        log.close()
+    stopping = time.monotonic()
+    operator.send_signal(signal.SIGTERM)
+    try:
+        operator.wait(60)
+    except subprocess.TimeoutExpired:
+        stop(operator, grace=1)
+    figures["sigterm_to_exit_seconds"] = round(time.monotonic() - stopping, 1)
+    figures["peak_rss_mib"] = round(peak["rss"])
+
+    before = server_requests()
+    phase_start = utc_stamp()
+    restarted = time.monotonic()
+    operator = start()
+    while time.monotonic() - restarted < 600:
+        if metric(scrape(), "model_traffic_reconcile_total") >= total:
+            break
+        time.sleep(1)
+    figures["restart_seconds_to_all_reconciled"] = round(time.monotonic() - restarted, 1)
+    time.sleep(5)
+    phases["restart"] = (phase_start, utc_stamp())
+    restart = delta(server_requests(), before)
+    figures["restart_requests_by_verb_all_clients"] = restart
+    figures["restart_mutating_requests_all_clients"] = mutating(restart)
+    stop_watching.set()
+    stop(operator, grace=15)
+
+    # The floor: the same children, written by a bare server-side-apply loop, same client, same concurrency (as
+    # many threads as the operator has reconcile workers).
+    kubectl("create", "namespace", FLOOR_NAMESPACE)
+    children = []
+    for rtype in (k.BACKEND, k.AI_SERVICE_BACKEND, k.AI_GATEWAY_ROUTE):
+        for obj in kube.list_objects(rtype, NAMESPACE, f"{apply_layer.LABEL_MANAGED_BY}={apply_layer.MANAGED_BY}"):
+            children.append({"apiVersion": obj["apiVersion"], "kind": obj["kind"],
+                             "metadata": {"name": obj["metadata"]["name"], "namespace": FLOOR_NAMESPACE},
+                             "spec": obj["spec"]})
+    floor_kube = Kube()
+    floor_kube.api_client.user_agent = FLOOR_AGENT
+    phase_start = utc_stamp()
+    floor_started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=DEFAULT_WORKERS) as pool:
+        list(pool.map(lambda c: floor_kube.apply(c), children))
+    figures["floor_children"] = len(children)
+    figures["floor_threads_and_operator_workers"] = DEFAULT_WORKERS
+    figures["floor_seconds"] = round(time.monotonic() - floor_started, 1)
+    phases["floor"] = (phase_start, utc_stamp())
+    if reconciled_at:
+        figures["ratio_reconciled_to_floor"] = round(reconciled_at / max(0.001, figures["floor_seconds"]), 1)
+    log.close()
+
+    time.sleep(2)  # the API server writes its audit lines as requests end
+    by_client = requests_per_client(tmp / "audit.log", phases)
+    figures["requests_per_client"] = by_client
+    operator_total: Counter[str] = Counter()
+    for client in ("operator (reconciles)", "operator (kopf watches)"):
+        operator_total.update((by_client.get("convergence", {}).get(client) or {}).get("by_verb", {}))
+    figures["operator_requests_per_object_during_convergence"] = {
+        verb: round(value / total, 2) for verb, value in sorted(operator_total.items())}
+    for phase in ("idle", "restart"):
+        figures[f"operator_mutating_requests_{phase}"] = sum(
+            value for client in ("operator (reconciles)", "operator (kopf watches)")
+            for verb, value in ((by_client.get(phase, {}).get(client) or {}).get("by_verb", {})).items()
+            if verb.upper() in MUTATING)
 
 
 FLOOR_NAMESPACE = "bench-floor"
@@ -303,15 +415,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--objects", type=int, default=2000,
                         help="ManagedAIServiceBackends and VirtualModels each (TrafficConfigs: /10)")
     parser.add_argument("--idle", type=float, default=120.0, help="seconds of idle to count mutating requests in")
+    parser.add_argument("--ready-timeout", type=float, default=300.0,
+                        help="seconds to wait for all Ready after all are reconciled")
     parser.add_argument("--render-only", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="where to save the figures (JSON)")
     args = parser.parse_args(argv)
     figures: dict[str, Any] = {"render": dict(render_figures())}
     if not args.render_only:
-        cluster_figures(args.objects, args.idle, figures)
+        cluster_figures(args.objects, args.idle, args.ready_timeout, figures)
     out = args.out or Path(tempfile.gettempdir()) / f"mto-bench-{int(time.time())}.json"
     out.write_text(json.dumps(figures, indent=2))
+    by_client = figures.pop("requests_per_client", {})
     print(json.dumps(figures, indent=2))
+    for phase, clients in by_client.items():
+        print(f"requests per client, {phase}:")
+        for client, counted in clients.items():
+            verbs = ", ".join(f"{verb} {value}" for verb, value in counted["by_verb"].items())
+            print(f"  {client:32} {counted['total']:8}  ({verbs})")
     print(f"figures saved to {out}")
     return 0
 
