@@ -289,21 +289,40 @@ async def managed_backend_event_for_virtual_models(namespace: str | None, name: 
     _reconcile_referencing(kwargs["virtual_model_references"], virtualmodel.KIND, namespace, backend.KIND, name)
 
 
-@kopf.on.event(kube.AI_SERVICE_BACKEND.group, kube.AI_SERVICE_BACKEND.version, kube.AI_SERVICE_BACKEND.plural,
-               id="virtual-models-of-aiservicebackend")
-async def ai_service_backend_event_for_virtual_models(namespace: str | None, name: str, **kwargs: Any) -> None:
-    _reconcile_referencing(kwargs["virtual_model_references"], virtualmodel.KIND, namespace, "AIServiceBackend", name)
-
-
 @kopf.on.event(kube.INFERENCE_POOL.group, kube.INFERENCE_POOL.version, kube.INFERENCE_POOL.plural,
                id="virtual-models-of-inferencepool")
 async def inference_pool_event_for_virtual_models(namespace: str | None, name: str, **kwargs: Any) -> None:
     _reconcile_referencing(kwargs["virtual_model_references"], virtualmodel.KIND, namespace, "InferencePool", name)
 
 
+@kopf.on.event(kube.AI_SERVICE_BACKEND.group, kube.AI_SERVICE_BACKEND.version, kube.AI_SERVICE_BACKEND.plural,
+               id="virtual-models-of-aiservicebackend")
+async def ai_service_backend_event_for_virtual_models(namespace: str | None, name: str, **kwargs: Any) -> None:
+    _reconcile_referencing(kwargs["virtual_model_references"], virtualmodel.KIND, namespace, "AIServiceBackend", name)
+
+
+# What VirtualModels read of each Gateway (render/virtualmodel.py gateway_address), as last seen. Envoy Gateway
+# rewrites a Gateway's status for every route attached to it (attachedRoutes): reconciling all its VirtualModels
+# each time made N route attachments cost N x N reconciles. Losing this in a restart loses nothing: the initial
+# listing reconciles every VirtualModel anyway.
+_GATEWAY_SEEN: dict[tuple[str, str], str] = {}
+
+
+def _gateway_as_read(body: kopf.Body) -> str:
+    listeners = [(x.get("name"), x.get("port")) for x in (body.get("spec") or {}).get("listeners") or []]
+    return repr(((body.get("status") or {}).get("addresses"), listeners))
+
+
 @kopf.on.event(kube.GATEWAY.group, kube.GATEWAY.version, kube.GATEWAY.plural)
-async def gateway_event(namespace: str | None, name: str, **kwargs: Any) -> None:
-    """A Gateway changed (its address): reconcile the VirtualModels attached to it, in any namespace."""
+async def gateway_event(type: str, body: kopf.Body, namespace: str | None, name: str, **kwargs: Any) -> None:
+    """A Gateway's address or listeners changed: reconcile the VirtualModels attached to it, in any namespace."""
+    key, seen = (namespace or "", name), _gateway_as_read(body)
+    if type == "DELETED":
+        _GATEWAY_SEEN.pop(key, None)
+    elif _GATEWAY_SEEN.get(key) == seen:
+        return
+    else:
+        _GATEWAY_SEEN[key] = seen
     for owner in sorted(set(kwargs["virtual_model_gateways"].get((namespace or "", "Gateway", name), []))):
         _enqueue(virtualmodel.KIND, *owner)
 
