@@ -641,6 +641,9 @@ def ai_gateway_args(certs: Path) -> list[str]:
         # The chart leaves the flag out when leader election is off, and the flag defaults to true: say it.
         "--enableLeaderElection=false",
         "--rootPrefix=/",
+        # The tenant on the gateway's gen_ai_* metrics, as label tenant_id (docs/tenants.md): passed to each Envoy's
+        # external processor (internal/controller/gateway_mutator.go); the controller refuses a malformed value.
+        "--metricsRequestHeaderAttributes=x-tenant-id:tenant.id",
         "--cacheSyncTimeout=2m",
         "--watchNamespaces=",
         "--quotaRateLimitServiceAddr=envoy-ai-gateway-ratelimit.envoy-gateway-system",
