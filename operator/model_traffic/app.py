@@ -289,16 +289,16 @@ async def managed_backend_event_for_virtual_models(namespace: str | None, name: 
     _reconcile_referencing(kwargs["virtual_model_references"], virtualmodel.KIND, namespace, backend.KIND, name)
 
 
-@kopf.on.event(kube.INFERENCE_POOL.group, kube.INFERENCE_POOL.version, kube.INFERENCE_POOL.plural,
-               id="virtual-models-of-inferencepool")
-async def inference_pool_event_for_virtual_models(namespace: str | None, name: str, **kwargs: Any) -> None:
-    _reconcile_referencing(kwargs["virtual_model_references"], virtualmodel.KIND, namespace, "InferencePool", name)
-
-
 @kopf.on.event(kube.AI_SERVICE_BACKEND.group, kube.AI_SERVICE_BACKEND.version, kube.AI_SERVICE_BACKEND.plural,
                id="virtual-models-of-aiservicebackend")
 async def ai_service_backend_event_for_virtual_models(namespace: str | None, name: str, **kwargs: Any) -> None:
     _reconcile_referencing(kwargs["virtual_model_references"], virtualmodel.KIND, namespace, "AIServiceBackend", name)
+
+
+@kopf.on.event(kube.INFERENCE_POOL.group, kube.INFERENCE_POOL.version, kube.INFERENCE_POOL.plural,
+               id="virtual-models-of-inferencepool")
+async def inference_pool_event_for_virtual_models(namespace: str | None, name: str, **kwargs: Any) -> None:
+    _reconcile_referencing(kwargs["virtual_model_references"], virtualmodel.KIND, namespace, "InferencePool", name)
 
 
 # What VirtualModels read of each Gateway (render/virtualmodel.py gateway_address), as last seen. Envoy Gateway
