@@ -28,7 +28,8 @@ from model_traffic.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Kinds we own as children, watched by our managed-by label so hand edits and deletions are undone.
+# Kinds we own as children: an event of one reconciles its owner (found by its controller owner reference, else by
+# our labels), so hand edits and deletions are undone, also of a child whose labels were removed.
 # The HTTPRoute is the AI Gateway's, generated from our AIGatewayRoute with its labels: watched for its status.
 # TrafficConfig's children (InferenceServices, ManagedAIServiceBackends, its VirtualModel) too: their status
 # (readiness, the live weights) moves the rollout on.
@@ -36,7 +37,6 @@ CHILD_TYPES = (kube.BACKEND, kube.AI_SERVICE_BACKEND, kube.BACKEND_SECURITY_POLI
                kube.AI_GATEWAY_ROUTE, kube.BACKEND_TRAFFIC_POLICY, kube.SECURITY_POLICY,
                virtualmodel_reconciler.HTTP_ROUTE,
                kube.INFERENCE_SERVICE, kube.MANAGED_AI_SERVICE_BACKEND, kube.VIRTUAL_MODEL)
-OUR_LABELS = {apply.LABEL_MANAGED_BY: apply.MANAGED_BY}
 
 # What reconciles read instead of the API server (see model_traffic.cache): all objects of the kinds we reconcile
 # or reference, our labelled objects of the kinds we only write.
@@ -55,8 +55,8 @@ def _claimed_model_names(obj: Any) -> list[str]:
 def _register_cache(rtype: kube.ResourceType, complete: bool) -> None:
     """Feed the cache from kopf's watch of the kind: an index function sees every event but deletions before any
     handler does (and kopf fills indexes before the first handler runs); the deletion handler is registered
-    before every other handler of the kind, and kopf runs them in order."""
-    labels = None if complete else OUR_LABELS
+    before every other handler of the kind, and kopf runs them in order. No label filter even where only our
+    children are kept: the cache itself tells ours (labels or owner reference) and forgets what stops being ours."""
     CACHES.register(rtype, complete=complete,
                     secondary=_claimed_model_names if rtype == kube.VIRTUAL_MODEL else None)
     cache_id = f"cache-{rtype.plural}.{rtype.group or 'core'}"
@@ -69,8 +69,8 @@ def _register_cache(rtype: kube.ResourceType, complete: bool) -> None:
         if type == "DELETED":
             CACHES.drop(rtype, body)
 
-    kopf.index(rtype.group, rtype.version, rtype.plural, labels=labels, id=cache_id)(cache_object)
-    kopf.on.event(rtype.group, rtype.version, rtype.plural, labels=labels, id=f"{cache_id}-deletions")(forget_deleted)
+    kopf.index(rtype.group, rtype.version, rtype.plural, id=cache_id)(cache_object)
+    kopf.on.event(rtype.group, rtype.version, rtype.plural, id=f"{cache_id}-deletions")(forget_deleted)
 
 
 for _rtype in COMPLETELY_CACHED:
@@ -233,16 +233,15 @@ async def referenced_backend_event(namespace: str | None, name: str, **kwargs: A
     _reconcile_referencing(kwargs["backend_references"], backend.KIND, namespace, "Backend", name)
 
 
-async def _on_child_event(labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
-    kind = labels.get(apply.LABEL_OWNER_KIND)
-    owner = labels.get(apply.LABEL_OWNER_NAME)
-    if kind in STATE.runtime.kinds and owner and namespace:
-        _enqueue(kind, namespace, owner)
+async def _on_child_event(body: kopf.Body, namespace: str | None, **_: Any) -> None:
+    # The owner by owner reference first, so a child whose labels were removed by hand is restored at once.
+    owner = apply.owner_of(body)
+    if owner is not None and owner[0] in STATE.runtime.kinds and namespace:
+        _enqueue(owner[0], namespace, owner[1])
 
 
 for _child in CHILD_TYPES:
-    kopf.on.event(_child.group, _child.version, _child.plural, labels=OUR_LABELS,
-                  id=f"child-{_child.plural}")(_on_child_event)
+    kopf.on.event(_child.group, _child.version, _child.plural, id=f"child-{_child.plural}")(_on_child_event)
 
 
 # --- VirtualModel ---------------------------------------------------------------------------------

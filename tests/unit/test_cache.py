@@ -97,3 +97,30 @@ def test_reads_of_cached_kinds_never_reach_the_server_but_a_miss_of_a_label_filt
     assert reads == []
     cached.get(kube.AI_GATEWAY_ROUTE, "llm", "r")  # before creating it: someone else's may exist
     assert reads == ["AIGatewayRoute/r"]
+
+
+def test_a_kind_cached_only_when_ours_keeps_a_child_that_lost_our_labels_and_forgets_what_is_not_ours() -> None:
+    c = caches()
+    owner_ref = {"apiVersion": "modeltraffic.io/v1alpha1", "kind": "VirtualModel", "name": "m", "uid": "u",
+                 "controller": True}
+    labelled = obj(kube.AI_GATEWAY_ROUTE, "m", "1", labels={"app.kubernetes.io/managed-by": "model-traffic-operator"})
+    c.put(kube.AI_GATEWAY_ROUTE, labelled)
+    stripped = obj(kube.AI_GATEWAY_ROUTE, "m", "2", spec={"edited": True})
+    stripped["metadata"]["ownerReferences"] = [owner_ref]  # labels removed by hand: still ours by owner reference
+    c.put(kube.AI_GATEWAY_ROUTE, stripped)
+    assert c.get(kube.AI_GATEWAY_ROUTE, "llm", "m")["spec"] == {"edited": True}  # type: ignore[index]
+    c.put(kube.AI_GATEWAY_ROUTE, obj(kube.AI_GATEWAY_ROUTE, "m", "3"))  # neither labels nor owner: not ours
+    assert c.get(kube.AI_GATEWAY_ROUTE, "llm", "m") is None
+    c.put(kube.AI_GATEWAY_ROUTE, obj(kube.AI_GATEWAY_ROUTE, "someone-elses", "4"))
+    assert c.size() == 0
+
+
+def test_objects_are_selected_by_labels_before_they_are_copied() -> None:
+    c = caches()
+    c.put(kube.BACKEND, obj(kube.BACKEND, "a", "1", labels={"tc": "one"}))
+    c.put(kube.BACKEND, obj(kube.BACKEND, "b", "2", labels={"tc": "two"}))
+    c.put(kube.BACKEND, obj(kube.BACKEND, "c", "3", namespace="other", labels={"tc": "one"}))
+    assert [o["metadata"]["name"] for o in c.objects(kube.BACKEND, "llm", "tc=one")] == ["a"]
+    assert sorted(o["metadata"]["name"] for o in c.objects(kube.BACKEND, None, "tc=one")) == ["a", "c"]
+    assert len(c.objects(kube.BACKEND)) == 3
+

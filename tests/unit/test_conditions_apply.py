@@ -51,3 +51,27 @@ def test_up_to_date_tolerates_server_defaults_but_not_edits() -> None:
     edited = {**desired, "spec": {"rules": [{"weight": 5, "priority": 0}]}}
     assert not apply.up_to_date(desired, edited)
     assert not apply.owned_by({"metadata": {"ownerReferences": [{"uid": "other", "controller": True}]}}, OWNER)
+
+
+def test_a_child_leads_to_its_owner_by_owner_reference_even_without_our_labels() -> None:
+    child = apply.with_ownership({"apiVersion": "gateway.envoyproxy.io/v1alpha1", "kind": "Backend",
+                                  "metadata": {"name": "openai"}, "spec": {}}, OWNER)
+    assert apply.owner_of(child) == ("ManagedAIServiceBackend", "openai")
+    child["metadata"]["labels"] = {}  # removed by hand: the owner reference still says whose it is
+    assert apply.controller_owner(child) == ("ManagedAIServiceBackend", "openai")
+    assert apply.owner_of(child) == ("ManagedAIServiceBackend", "openai")
+
+
+def test_an_object_generated_from_our_child_leads_to_our_owner_by_labels_and_foreign_ones_to_nobody() -> None:
+    route = apply.with_ownership({"apiVersion": "aigateway.envoyproxy.io/v1beta1", "kind": "AIGatewayRoute",
+                                  "metadata": {"name": "m"}, "spec": {}}, OWNER)
+    http_route = {"metadata": {"name": "m", "labels": route["metadata"]["labels"], "ownerReferences": [
+        {"apiVersion": "aigateway.envoyproxy.io/v1beta1", "kind": "AIGatewayRoute", "name": "m", "controller": True}]}}
+    assert apply.controller_owner(http_route) is None  # the AI Gateway's, not ours
+    assert apply.owner_of(http_route) == ("ManagedAIServiceBackend", "openai")  # the labels it copied from ours
+    foreign = {"metadata": {"name": "x", "ownerReferences": [
+        {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "controller": True}]}}
+    assert apply.owner_of(foreign) is None
+    not_controller = {"metadata": {"name": "x", "ownerReferences": [
+        {"apiVersion": "modeltraffic.io/v1alpha1", "kind": "VirtualModel", "name": "m", "controller": False}]}}
+    assert apply.owner_of(not_controller) is None
