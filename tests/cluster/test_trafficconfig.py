@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import subprocess
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -111,7 +114,9 @@ def wait_weights(kube: Kube, namespace: str, name: str, expected: dict[str, int]
 def events(cluster: Cluster, namespace: str, name: str) -> list[tuple[str, str]]:
     listing = get_json(cluster, "events", "-n", namespace, "--field-selector",
                        f"involvedObject.kind=TrafficConfig,involvedObject.name={name}")
-    items = sorted(listing["items"], key=lambda e: (e.get("firstTimestamp") or "", e["metadata"]["name"]))
+    # eventTime (microseconds) orders the rollout's own Events; the Ready Events have firstTimestamp only.
+    items = sorted(listing["items"], key=lambda e: (e.get("eventTime") or e.get("firstTimestamp") or "",
+                                                    e["metadata"]["name"]))
     return [(e["reason"], e["message"]) for e in items]
 
 
@@ -252,12 +257,12 @@ def test_failing_checks_roll_back_after_the_threshold(
     start_rollout(cluster, kube, namespace, "llama", f"""\
         analysis:
           interval: 1s
-          threshold: 2
+          threshold: 3
           stepWeights: [10, 50]
           webhooks: [{{name: load, type: Rollout, url: "{hooks.url('/load')}"}}]
     """)
     failed = wait_phase(kube, namespace, "llama", "Failed", timeout=30)
-    assert failed["failedChecks"] == 2
+    assert failed["failedChecks"] == 3
     assert failed["canaryWeight"] == 0
     assert failed["lastResults"] == [
         {"name": "webhook/load", "passed": False, "message": 'HTTP 500: {"error": "p95 too high"}'}]
@@ -268,6 +273,11 @@ def test_failing_checks_roll_back_after_the_threshold(
     assert condition(obj, "Stalled")["reason"] == "RolledBack"
     rolled = [m for r, m in events(cluster, namespace, "llama") if r == "RolledBack" and "rolled back v2" in m]
     assert len(rolled) == 1 and "webhook/load" in rolled[0] and "HTTP 500" in rolled[0], rolled
+    # The two failed checks before it: one Event with a series, in order by eventTime.
+    failed_checks = [e for e in get_json(cluster, "events", "-n", namespace)["items"]
+                     if e["reason"] == "CheckFailed" and e["involvedObject"]["name"] == "llama"]
+    assert len(failed_checks) == 1 and failed_checks[0]["series"]["count"] == 2, failed_checks
+    assert "(2 of 3)" in failed_checks[0]["message"] and failed_checks[0]["eventTime"]
     # Failed stays failed (no retry loop) until the spec changes.
     calls = len(hooks.calls("/load"))
     cluster.kubectl("wait", "--for=condition=Stalled", "trafficconfig/llama", "-n", namespace, "--timeout=5s")
@@ -669,6 +679,8 @@ def test_a_rollback_survives_a_restart(cluster: Cluster, kube: Kube, operator: O
     wait_weights(kube, namespace, "llama", {"llama-v1": 100})
     assert status(kube, namespace, "llama")["phase"] == "Failed"
     assert len(hooks.calls("/bad")) == calls  # the rollback is not forgotten, the checks do not start over
+    time.sleep(3)  # a restart that announced it again would have done so by now
+    assert [r for r, _ in events(cluster, namespace, "llama")].count("RolledBack") == 1
     assert json.dumps(status(kube, namespace, "llama")).count("v2") >= 1
 
 
@@ -709,3 +721,229 @@ def test_a_cli_edit_racing_another_write_is_retried(
     assert cli.main(["pause", "llama", "-n", namespace]) == 0
     assert raced == ["llama"]
     assert (kube.get(k.TRAFFIC_CONFIG, namespace, "llama") or {})["spec"]["paused"] is True
+
+
+# --- crash consistency (issue #12) ------------------------------------------------------------------------
+
+class WatchRecord:
+    """Every change of some kinds in a namespace, as `kubectl get --watch --output-watch-events` streams it (the
+    API server's own watch), kept with the resourceVersion: one etcd revision orders changes across kinds."""
+
+    def __init__(self, cluster: Cluster, namespace: str, *resources: str) -> None:
+        self.changes: list[tuple[int, str, dict[str, Any]]] = []  # (resourceVersion, event type, object)
+        self._lock = threading.Lock()
+        self._processes = [subprocess.Popen(
+            [str(cluster.kubectl_path), "get", resource, "-n", namespace, "--watch", "--output-watch-events",
+             "-o", "json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}) for resource in resources]
+        self._threads = [threading.Thread(target=self._read, args=(p,), daemon=True) for p in self._processes]
+        for thread in self._threads:
+            thread.start()
+
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        decoder, buffer = json.JSONDecoder(), ""
+        assert process.stdout is not None
+        for line in process.stdout:
+            buffer += line
+            try:
+                event, end = decoder.raw_decode(buffer.strip())
+            except ValueError:
+                continue
+            buffer = buffer.strip()[end:]
+            obj = event.get("object") or {}
+            with self._lock:
+                self.changes.append((int(obj["metadata"]["resourceVersion"]), event.get("type", ""), obj))
+
+    def stop(self) -> list[tuple[int, str, dict[str, Any]]]:
+        time.sleep(1)  # the last changes reach the streams
+        for process in self._processes:
+            process.terminate()
+            process.wait(10)
+        with self._lock:
+            return sorted(self.changes, key=lambda change: change[0])
+
+
+def route_backend_names(obj: dict[str, Any]) -> set[str]:
+    return {str(ref.get("name")) for rule in (obj.get("spec") or {}).get("rules") or []
+            for ref in rule.get("backendRefs") or []}
+
+
+def references_to_deleted_backends(changes: list[tuple[int, str, dict[str, Any]]]) -> tuple[list[str], int]:
+    """Each moment an AIServiceBackend (or the Envoy Gateway Backend the generated HTTPRoute calls) started to go
+    (deletionTimestamp set, or deleted outright) while the AIGatewayRoute or the HTTPRoute, as of that revision,
+    still referenced it; and how many backends went."""
+    routes: dict[str, set[str]] = {}  # kind -> names referenced as of the current revision
+    going: set[tuple[str, str]] = set()
+    violations: list[str] = []
+    for revision, kind_event, obj in changes:
+        kind, name = obj.get("kind"), obj["metadata"]["name"]
+        if kind in ("AIGatewayRoute", "HTTPRoute"):
+            routes[str(kind)] = set() if kind_event == "DELETED" else route_backend_names(obj)
+            continue
+        if (kind, name) in going or not (kind_event == "DELETED" or obj["metadata"].get("deletionTimestamp")):
+            continue
+        going.add((str(kind), name))
+        holders = [route for route, names in routes.items() if name in names]
+        if holders:
+            violations.append(f"{kind} {name} deleted at revision {revision} while {holders} referenced it")
+    return violations, len(going)
+
+
+def test_retirement_is_make_before_break_on_the_real_gateway(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str, hooks: WebhookServer
+) -> None:
+    """A promotion and a rollback, watched: no AIServiceBackend or Backend starts to go while the AIGatewayRoute
+    or the HTTPRoute the gateway serves (as Envoy AI Gateway generated it) still references it."""
+    record = WatchRecord(cluster, namespace, "aigatewayroutes", "httproutes", "aiservicebackends",
+                         "backends.gateway.envoyproxy.io")
+    try:
+        start_rollout(cluster, kube, namespace, "llama", """\
+            analysis: {interval: 1s, stepWeights: [50]}
+        """)
+        wait_phase(kube, namespace, "llama", "Succeeded", timeout=60)
+        assert status(kube, namespace, "llama")["stableVersion"] == "v2"
+        wait_for(lambda: kube.get(k.AI_SERVICE_BACKEND, namespace, "llama-v1") is None, 60, "v1 retired")
+
+        hooks.respond("/bad", 503)
+        apply(cluster, namespace, traffic_config("llama", f"""\
+            strategy: Canary
+            gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
+        """, TEMPLATE, f"""\
+            stable: {{version: v2}}
+            canary: {{version: v3}}
+            analysis:
+              interval: 1s
+              threshold: 1
+              stepWeights: [50]
+              webhooks: [{{name: bad, type: Rollout, url: "{hooks.url('/bad')}"}}]
+        """))
+        wait_served(kube, namespace, "llama-v3")
+        wait_phase(kube, namespace, "llama", "Failed", timeout=60)
+        wait_for(lambda: kube.get(k.AI_SERVICE_BACKEND, namespace, "llama-v3") is None, 60, "v3 retired")
+    finally:
+        changes = record.stop()
+    violations, deleted = references_to_deleted_backends(changes)
+    print(f"make-before-break: 1 promotion, 1 rollback, {deleted} backends retired, {len(changes)} changes "
+          f"watched, {len(violations)} route references to a deleted backend")
+    assert deleted >= 4  # the AIServiceBackend and Backend of v1, then of v3
+    assert violations == []
+
+
+def test_a_status_ahead_of_the_children_applies_the_recorded_step_after_a_restart(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    """The crash of issue #12 item 1, made deterministic: the operator dies after recording step 2 (weight 50) and
+    before the VirtualModel changed, with its Event not yet posted, and comes back after the interval. The next
+    reconcile applies weight 50 (not 80), posts the Event once, and the check of weight 50 waits one interval
+    after the VirtualModel carries it."""
+    start_rollout(cluster, kube, namespace, "llama", """\
+        analysis: {interval: 15s, stepWeights: [10, 50, 80]}
+    """)
+    wait_weights(kube, namespace, "llama", {"llama-v1": 90, "llama-v2": 10}, timeout=30)
+    wait_for(lambda: status(kube, namespace, "llama").get("trafficSince"), 30, "step 1 live")
+    operator.process.kill()
+    operator.process.wait()
+    try:
+        long_ago = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 120))
+        obj = kube.get(k.TRAFFIC_CONFIG, namespace, "llama") or {}
+        event_name = "llama.recorded-step-2"
+        ahead = {"status": {"canaryWeight": 50, "currentStep": 1, "lastStepTime": long_ago,
+                            "trafficSince": long_ago, "iterations": 1,
+                            "pendingEvents": [{"name": event_name, "type": "Normal", "reason": "StepAdvanced",
+                                               "message": "v2 at weight 50 (step 2 of 3)",
+                                               "time": long_ago.replace("Z", ".000000Z"), "count": 1}]}}
+        cluster.kubectl("patch", "trafficconfig", "llama", "-n", namespace, "--subresource=status", "--type=merge",
+                        "-p", json.dumps(ahead))
+        assert obj and weights(kube, namespace, "llama") == {"llama-v1": 90, "llama-v2": 10}
+    finally:
+        restarted = start_operator(cluster, operator.log_path, **{"MTO_METRICS_PORT": str(operator.metrics_port)})
+        operator.process = restarted.process
+    seen: list[tuple[float, dict[str, int]]] = []
+
+    def at_weight(expected: dict[str, int]) -> bool:
+        current = weights(kube, namespace, "llama")
+        if not seen or seen[-1][1] != current:
+            seen.append((time.monotonic(), current))
+        return current == expected
+
+    wait_for(lambda: at_weight({"llama-v1": 50, "llama-v2": 50}), 60, "the recorded step applied")
+    wait_for(lambda: at_weight({"llama-v1": 20, "llama-v2": 80}), 60, "the next step, an interval later")
+    history = [w for _, w in seen]
+    assert {"llama-v1": 50, "llama-v2": 50} in history, history
+    assert history.index({"llama-v1": 50, "llama-v2": 50}) < history.index({"llama-v1": 20, "llama-v2": 80})
+    at_50 = next(t for t, w in seen if w == {"llama-v1": 50, "llama-v2": 50})
+    at_80 = next(t for t, w in seen if w == {"llama-v1": 20, "llama-v2": 80})
+    assert at_80 - at_50 >= 13, f"weight 50 held {at_80 - at_50:.1f}s, less than its interval (15s)"
+    posted = [e for e in get_json(cluster, "events", "-n", namespace)["items"]
+              if e["metadata"]["name"] == event_name]
+    assert len(posted) == 1 and posted[0]["reason"] == "StepAdvanced" and posted[0].get("eventTime")
+    assert "pendingEvents" not in status(kube, namespace, "llama")
+    advanced = [m for r, m in events(cluster, namespace, "llama") if r == "StepAdvanced"]
+    assert sum("weight 50" in m for m in advanced) == 1 and sum("weight 80" in m for m in advanced) == 1
+
+
+def test_a_backend_left_by_a_crash_inside_a_retirement_is_found_and_retired(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    """Issue #12 item 3: a kill between deleting a version's InferenceService and its backend. The version is in
+    neither the status nor an InferenceService; the backend the TrafficConfig owns is found again and retired."""
+    start_rollout(cluster, kube, namespace, "llama", """\
+        analysis: {interval: 1h, stepWeights: [10]}
+    """)
+    wait_weights(kube, namespace, "llama", {"llama-v1": 90, "llama-v2": 10}, timeout=30)
+    stop_operator(operator)
+    try:
+        apply(cluster, namespace, traffic_config("llama", f"""\
+            gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
+        """, TEMPLATE, """\
+            stable: {version: v1}
+        """))
+        cluster.kubectl("delete", "inferenceservice", "llama-v2", "-n", namespace, "--wait=true")
+        recorded = status(kube, namespace, "llama")
+        forgotten = {"status": {"phase": "Succeeded", "candidateVersion": None, "canaryWeight": None,
+                                "currentStep": None, "trafficSince": None,
+                                "versions": [v for v in recorded["versions"] if v["version"] == "v1"]}}
+        cluster.kubectl("patch", "trafficconfig", "llama", "-n", namespace, "--subresource=status", "--type=merge",
+                        "-p", json.dumps(forgotten))
+        assert kube.get(k.MANAGED_AI_SERVICE_BACKEND, namespace, "llama-v2") is not None
+    finally:
+        restarted = start_operator(cluster, operator.log_path, **{"MTO_METRICS_PORT": str(operator.metrics_port)})
+        operator.process = restarted.process
+    wait_weights(kube, namespace, "llama", {"llama-v1": 100})
+    wait_for(lambda: kube.get(k.MANAGED_AI_SERVICE_BACKEND, namespace, "llama-v2") is None, 60,
+             "the orphaned backend retired")
+    cluster.kubectl("wait", "--for=condition=Ready", "trafficconfig/llama", "-n", namespace, "--timeout=60s")
+    retired = [m for r, m in events(cluster, namespace, "llama") if r == "Retired"]
+    assert any("ManagedAIServiceBackend llama-v2" in m for m in retired), retired
+
+
+def test_never_ready_while_its_virtual_model_is_refused(cluster: Cluster, kube: Kube, operator: Operator,
+                                                        namespace: str) -> None:
+    """Issue #12 item 7: a TrafficConfig whose VirtualModel is refused (another one claims its model name on the
+    same Gateway) is not Ready, and says why in the VirtualModel's words."""
+    apply(cluster, namespace, our_yaml("VirtualModel", "first", textwrap.dedent(f"""\
+        modelName: shared-model
+        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
+        backends: [{{name: nothing-here}}]
+    """)))
+    time.sleep(2)  # the older claim wins
+    apply(cluster, namespace, traffic_config("llama", f"""\
+        modelName: shared-model
+        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
+    """, TEMPLATE, """\
+        stable: {version: v1}
+    """))
+    wait_served(kube, namespace, "llama-v1")
+
+    def refused() -> dict[str, Any] | None:
+        obj = kube.get(k.TRAFFIC_CONFIG, namespace, "llama")
+        ready = condition(obj, "Ready")
+        return obj if ready.get("reason") == "ChildNotReady" and obj and \
+            (obj.get("status") or {}).get("phase") == "Succeeded" else None
+
+    obj = wait_for(refused, 60, "TrafficConfig not Ready because of its VirtualModel")
+    assert condition(obj, "Ready")["status"] == "False"
+    assert "VirtualModel llama" in condition(obj, "Ready")["message"]
+    assert "ModelNameConflict" in condition(obj, "Ready")["message"]
+    cluster.kubectl("delete", "virtualmodel", "first", "-n", namespace)
+    cluster.kubectl("wait", "--for=condition=Ready", "trafficconfig/llama", "-n", namespace, "--timeout=60s")
