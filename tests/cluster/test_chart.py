@@ -933,3 +933,47 @@ def test_release_artifacts_install_on_the_api_server(cluster: Cluster, namespace
     applied = cluster.kubectl("apply", "--server-side", "--dry-run=server", "--force-conflicts",
                               "--field-manager=release-test", "-f", str(out / "install.yaml"))
     assert len(applied.stdout.strip().splitlines()) == len(manifests), applied.stdout
+
+
+def test_the_crds_chart_adopts_upgrades_and_keeps_the_crds(cluster: Cluster, namespaces: list[str],
+                                                           tmp_path: Path) -> None:
+    """docs/upgrade.md, way A, on the real API server: adopt the CRDs the stack installed without Helm, let
+    `helm upgrade` change them (what the chart's crds/ never does), uninstall, and find them still there."""
+    import tarfile
+
+    from model_traffic.localcluster.build import ensure_helm
+    from tools import release
+
+    release_ns = namespaces[0]
+    kubeconfig = ("--kubeconfig", str(cluster.kubeconfig))
+    names = sorted(yaml.safe_load(p.read_text())["metadata"]["name"] for p in (ROOT / "crds").glob("*.yaml"))
+    version = release.project_version()
+    out = tmp_path / "dist"
+    release.release(str(ensure_helm()), out, "registry.example/mto", release_ns)
+    # The adoption docs/upgrade.md gives, for CRDs that belong to no release.
+    for name in names:
+        cluster.kubectl("label", "crd", name, "app.kubernetes.io/managed-by=Helm", "--overwrite")
+        cluster.kubectl("annotate", "crd", name, "--overwrite", "meta.helm.sh/release-name=model-traffic-operator-crds",
+                        f"meta.helm.sh/release-namespace={release_ns}")
+    chart = out / f"model-traffic-operator-crds-{version}.tgz"
+    helm("upgrade", "--install", "model-traffic-operator-crds", str(chart), "-n", release_ns, *kubeconfig)
+    try:
+        for name in names:
+            crd = json.loads(cluster.kubectl("get", "crd", name, "-o", "json").stdout)
+            assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        # A next version of the chart changes a CRD: helm upgrade writes the change.
+        with tarfile.open(chart) as archive:
+            archive.extractall(tmp_path / "next", filter="data")
+        changed = tmp_path / "next" / "model-traffic-operator-crds" / "files" / f"{names[0]}.yaml"
+        crd = yaml.safe_load(changed.read_text())
+        crd["metadata"].setdefault("labels", {})["example.com/upgraded"] = "yes"
+        changed.write_text(yaml.safe_dump(crd, sort_keys=False))
+        helm("upgrade", "model-traffic-operator-crds", str(tmp_path / "next" / "model-traffic-operator-crds"),
+             "-n", release_ns, *kubeconfig)
+        upgraded = json.loads(cluster.kubectl("get", "crd", names[0], "-o", "json").stdout)
+        assert upgraded["metadata"]["labels"]["example.com/upgraded"] == "yes"
+    finally:
+        helm("uninstall", "model-traffic-operator-crds", "-n", release_ns, *kubeconfig)
+    # Kept: uninstalling the chart does not delete the CRDs (and every object with them).
+    for name in names:
+        cluster.kubectl("get", "crd", name)
