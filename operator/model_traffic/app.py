@@ -39,8 +39,10 @@ CHILD_TYPES = (kube.BACKEND, kube.AI_SERVICE_BACKEND, kube.BACKEND_SECURITY_POLI
                kube.INFERENCE_SERVICE, kube.MANAGED_AI_SERVICE_BACKEND, kube.VIRTUAL_MODEL)
 
 # What reconciles read instead of the API server (see model_traffic.cache): all objects of the kinds we reconcile
-# or reference, our labelled objects of the kinds we only write.
-COMPLETELY_CACHED = (kube.MANAGED_AI_SERVICE_BACKEND, kube.VIRTUAL_MODEL, kube.TRAFFIC_CONFIG, kube.SECRET,
+# or reference, our labelled objects of the kinds we only write. Not Secrets: a backend's credentials Secret is
+# read by name when the backend reconciles (a GET, the only verb the chart grants on Secrets), so the operator never
+# lists or watches the Secrets of the cluster; reconcilers/backend.py looks again while one is missing.
+COMPLETELY_CACHED = (kube.MANAGED_AI_SERVICE_BACKEND, kube.VIRTUAL_MODEL, kube.TRAFFIC_CONFIG,
                      kube.INFERENCE_SERVICE, kube.INFERENCE_POOL, kube.GATEWAY, kube.BACKEND, kube.AI_SERVICE_BACKEND)
 CACHED_BY_OUR_LABELS = (kube.BACKEND_SECURITY_POLICY, kube.QUOTA_POLICY, kube.AI_GATEWAY_ROUTE,
                         kube.BACKEND_TRAFFIC_POLICY, kube.SECURITY_POLICY, kube.HTTP_ROUTE)
@@ -188,7 +190,8 @@ async def backend_event(type: str, body: kopf.Body, namespace: str | None, name:
 @kopf.index(GROUP, VERSION, backend.PLURAL)
 async def backend_references(namespace: str | None, name: str, spec: kopf.Spec,
                              **_: Any) -> dict[tuple[str, str, str], str]:
-    """(namespace, kind, name) of every object a backend reads -> the backend's name."""
+    """(namespace, kind, name) of every watched object a backend reads -> the backend's name (its credentials
+    Secret is not watched: see COMPLETELY_CACHED)."""
     namespace = namespace or ""
     refs: dict[tuple[str, str, str], str] = {}
     endpoint = spec.get("endpoint") or {}
@@ -196,9 +199,6 @@ async def backend_references(namespace: str | None, name: str, spec: kopf.Spec,
                         ("backendRef", "Backend")):
         if endpoint.get(field, {}).get("name"):
             refs[(namespace, kind, endpoint[field]["name"])] = name
-    secret = (spec.get("credentials") or {}).get("secretRef", {}).get("name")
-    if secret:
-        refs[(namespace, "Secret", secret)] = name
     return refs
 
 
@@ -209,11 +209,6 @@ def _reconcile_referencing(index: kopf.Index[Any, Any], owner_kind: str, namespa
         return
     for owner in sorted(set(index.get((namespace, kind, name), []))):
         _enqueue(owner_kind, namespace, owner)
-
-
-@kopf.on.event("", "v1", "secrets")
-async def secret_event(namespace: str | None, name: str, **kwargs: Any) -> None:
-    _reconcile_referencing(kwargs["backend_references"], backend.KIND, namespace, "Secret", name)
 
 
 @kopf.on.event(kube.INFERENCE_SERVICE.group, kube.INFERENCE_SERVICE.version, kube.INFERENCE_SERVICE.plural)

@@ -97,10 +97,11 @@ handler for; get is the fresh read before each reconcile and the reads of refere
 - apiGroups: [serving.kserve.io]
   resources: [inferenceservices]
   verbs: [get, list, watch, create, patch, delete]
-# Credentials: only which keys exist is read, never the values copied, never written.
+# Credentials: the Secret a backend names is read by name (which keys exist), never listed or watched, never
+# written: the operator cannot enumerate the Secrets of a namespace, let alone stream their data.
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, list, watch]
+  verbs: [get]
 - apiGroups: [inference.networking.k8s.io]
   resources: [inferencepools]
   verbs: [get, list, watch]

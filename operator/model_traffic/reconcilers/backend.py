@@ -11,7 +11,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from model_traffic import apply, kube
-from model_traffic.api.backend import ManagedAIServiceBackendSpec
+from model_traffic.api.backend import SECRET_KEY_BY_CREDENTIAL_TYPE, ManagedAIServiceBackendSpec
 from model_traffic.kube import Kube
 from model_traffic.outbound import DEFAULT_POLICY, OutboundPolicy
 from model_traffic.reconcilers.common import apply_plan, result_of
@@ -21,6 +21,9 @@ from model_traffic.runtime import Result, invalid_spec
 # Whether the AIServiceBackend schema accepts an InferencePool: a property of the installed CRDs, asked
 # with a server-side dry run and remembered briefly so a pool-backed backend does not ask every time.
 _CAPABILITY_TTL_SECONDS = 300.0
+# Secrets are read by name, not watched (least privilege: app.COMPLETELY_CACHED): while a backend's Secret or its key
+# is missing, the backend is reconciled again this often, so it heals soon after the Secret is fixed.
+SECRET_RECHECK_SECONDS = 10.0
 _pool_capability: dict[str, tuple[float, bool]] = {}
 _pool_capability_lock = threading.Lock()
 
@@ -100,4 +103,8 @@ def reconcile(kube_: Kube, body: dict[str, Any], version_override: str | None = 
     world = observe(kube_, spec, namespace, name, version_override, outbound)
     plan = render(spec, world)
     applied = apply_plan(kube_, owner, plan)
-    return result_of(plan, applied)
+    result = result_of(plan, applied)
+    if spec.credentials and result.requeue_after is None and (
+            world.secret_keys is None or SECRET_KEY_BY_CREDENTIAL_TYPE[spec.credentials.type] not in world.secret_keys):
+        result = dataclasses.replace(result, requeue_after=SECRET_RECHECK_SECONDS)
+    return result
