@@ -43,7 +43,8 @@ CHILD_TYPES = (kube.BACKEND, kube.AI_SERVICE_BACKEND, kube.BACKEND_SECURITY_POLI
 # read by name when the backend reconciles (a GET, the only verb the chart grants on Secrets), so the operator never
 # lists or watches the Secrets of the cluster; reconcilers/backend.py looks again while one is missing.
 COMPLETELY_CACHED = (kube.MANAGED_AI_SERVICE_BACKEND, kube.VIRTUAL_MODEL, kube.TRAFFIC_CONFIG,
-                     kube.INFERENCE_SERVICE, kube.INFERENCE_POOL, kube.GATEWAY, kube.BACKEND, kube.AI_SERVICE_BACKEND)
+                     kube.INFERENCE_SERVICE, kube.INFERENCE_POOL, kube.GATEWAY, kube.BACKEND, kube.AI_SERVICE_BACKEND,
+                     kube.REFERENCE_GRANT)
 CACHED_BY_OUR_LABELS = (kube.BACKEND_SECURITY_POLICY, kube.QUOTA_POLICY, kube.AI_GATEWAY_ROUTE,
                         kube.BACKEND_TRAFFIC_POLICY, kube.SECURITY_POLICY, kube.HTTP_ROUTE)
 CACHES = Caches()
@@ -281,12 +282,35 @@ async def virtual_model_event(type: str, body: kopf.Body, namespace: str | None,
 @kopf.on.event(GROUP, VERSION, backend.PLURAL, id="virtual-models-of-managed-backend")
 async def managed_backend_event_for_virtual_models(namespace: str | None, name: str, **kwargs: Any) -> None:
     _reconcile_referencing(kwargs["virtual_model_references"], virtualmodel.KIND, namespace, backend.KIND, name)
+    _reconcile_sharing(kwargs["virtual_model_shared_references"], namespace, backend.KIND, name)
 
 
 @kopf.on.event(kube.AI_SERVICE_BACKEND.group, kube.AI_SERVICE_BACKEND.version, kube.AI_SERVICE_BACKEND.plural,
                id="virtual-models-of-aiservicebackend")
 async def ai_service_backend_event_for_virtual_models(namespace: str | None, name: str, **kwargs: Any) -> None:
     _reconcile_referencing(kwargs["virtual_model_references"], virtualmodel.KIND, namespace, "AIServiceBackend", name)
+    _reconcile_sharing(kwargs["virtual_model_shared_references"], namespace, "AIServiceBackend", name)
+
+
+@kopf.index(GROUP, VERSION, virtualmodel.PLURAL)
+async def virtual_model_shared_references(namespace: str | None, name: str, spec: kopf.Spec,
+                                          **_: Any) -> dict[tuple[str, str, str], tuple[str, str]]:
+    """(namespace, kind, name) of a backend in another namespace, and (namespace, "ReferenceGrant", "*") ->
+    (namespace, name) of each VirtualModel using it."""
+    return virtualmodel_reconciler.shared_references(namespace or "", name, spec)
+
+
+def _reconcile_sharing(index: kopf.Index[Any, Any], namespace: str | None, kind: str, name: str) -> None:
+    """Something a VirtualModel of another namespace uses changed: reconcile it."""
+    for owner in sorted(set(index.get((namespace or "", kind, name), []))):
+        _enqueue(virtualmodel.KIND, *owner)
+
+
+@kopf.on.event(kube.REFERENCE_GRANT.group, kube.REFERENCE_GRANT.version, kube.REFERENCE_GRANT.plural,
+               id="virtual-models-of-referencegrant")
+async def reference_grant_event(namespace: str | None, **kwargs: Any) -> None:
+    _reconcile_sharing(kwargs["virtual_model_shared_references"], namespace, "ReferenceGrant",
+                       virtualmodel_reconciler.ANY_GRANT)
 
 
 @kopf.on.event(kube.INFERENCE_POOL.group, kube.INFERENCE_POOL.version, kube.INFERENCE_POOL.plural,

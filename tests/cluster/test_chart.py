@@ -86,6 +86,8 @@ WATCHED = [
          "a VirtualModel reports its Gateway's address and follows it"),
     Rule("gateway.networking.k8s.io", ("httproutes",), ("get", "list", "watch"),
          "the AI Gateway's HTTPRoute generated from our AIGatewayRoute: its status is read"),
+    Rule("gateway.networking.k8s.io", ("referencegrants",), ("get", "list", "watch"),
+         "a VirtualModel using a backend of another namespace: whether a ReferenceGrant there allows it"),
     Rule("", ("events",), ("create", "patch"),
          "an Event on each change of readiness (core/v1, as kopf's own); a repeated one's series count grows"),
 ]

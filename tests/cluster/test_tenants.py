@@ -224,3 +224,54 @@ def test_key_lifecycle_create_list_rotate_revoke(
     everything += operator.log_path.read_text(errors="replace")
     for key in (first, second):
         assert key not in everything and base64.b64encode(key.encode()).decode() not in everything
+
+
+# --- backends shared across namespaces ------------------------------------------------------------------------
+
+def test_a_backend_of_another_namespace_is_routed_once_a_reference_grant_there_allows_it(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    platform = f"{namespace}-platform"
+    cluster.kubectl("create", "namespace", platform)
+    try:
+        make_backends(cluster, kube, platform, "openai")
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=vm_yaml("gpt-4", f"""\
+            gatewayRefs: [{{name: {GATEWAY}}}]
+            backends: [{{name: openai, namespace: {platform}}}]
+        """))
+        obj = wait_vm(kube, namespace, "gpt-4", "False", "RefNotPermitted")
+        assert condition(obj, "Stalled")["status"] == "True"
+        message = condition(obj, "BackendsResolved")["message"]
+        assert f"no ReferenceGrant in namespace {platform} allows AIGatewayRoute of {namespace}" in message, message
+        assert kube.get(k.AI_GATEWAY_ROUTE, namespace, "gpt-4") is None  # nothing routed
+
+        # The platform team allows it: the route names the backend's namespace, and the real AI Gateway (its
+        # ReferenceGrant check) and Envoy Gateway (the generated HTTPRoute's Backend reference) accept it.
+        grant = textwrap.dedent(f"""\
+            apiVersion: gateway.networking.k8s.io/v1beta1
+            kind: ReferenceGrant
+            metadata: {{name: share-backends, namespace: {platform}}}
+            spec:
+              from:
+              - {{group: aigateway.envoyproxy.io, kind: AIGatewayRoute, namespace: {namespace}}}
+              - {{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: {namespace}}}
+              to:
+              - {{group: aigateway.envoyproxy.io, kind: AIServiceBackend}}
+              - {{group: gateway.envoyproxy.io, kind: Backend}}
+            """)
+        cluster.kubectl("apply", "-f", "-", stdin=grant)
+        obj = wait_vm(kube, namespace, "gpt-4", timeout=90)
+        accepted = condition(obj, "ChildrenAccepted")
+        assert accepted["status"] == "True" and "AIGatewayRoute/gpt-4" in accepted["message"], accepted
+        live = kube.get(k.AI_GATEWAY_ROUTE, namespace, "gpt-4")
+        assert live is not None
+        assert live["spec"]["rules"][0]["backendRefs"][0]["namespace"] == platform
+        http_route = kube.get(k.HTTP_ROUTE, namespace, "gpt-4")
+        assert http_route is not None and status_writers(http_route) == {ENVOY_GATEWAY_MANAGER}
+        assert [(b["name"], b.get("namespace")) for b in obj["status"]["backends"]] == [("openai", platform)]
+
+        # Taken back: the backend is left out again.
+        cluster.kubectl("delete", "referencegrant", "share-backends", "-n", platform)
+        wait_vm(kube, namespace, "gpt-4", "False", "RefNotPermitted")
+    finally:
+        cluster.kubectl("delete", "namespace", platform, "--wait=false", check=False)

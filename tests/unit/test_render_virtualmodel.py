@@ -26,8 +26,10 @@ from model_traffic.render.virtualmodel import (
     ObservedBackend,
     VirtualModelWorld,
     alternatives,
+    backend_key,
     describe_alternatives,
     gateway_address,
+    missing_grants,
     parse_gateway,
     render,
 )
@@ -48,7 +50,7 @@ def world(spec_: VirtualModelSpec | None = None, **fields: Any) -> VirtualModelW
     base: dict[str, Any] = {"namespace": "llm", "name": "gpt-4", "ai_gateway_version": "v1beta1",
                             "default_gateway": GATEWAY}
     if spec_ is not None:
-        base["backends"] = {(b.kind, b.name): READY for b in spec_.backends}
+        base["backends"] = {backend_key(b): READY for b in spec_.backends}
     base.update(fields)
     return VirtualModelWorld(**base)
 
@@ -1048,3 +1050,62 @@ def test_every_unit_envoy_gateway_accepts(unit: str) -> None:
     rules = child(plan_of(spec(rateLimit={"requests": budget(1, unit)})), "BackendTrafficPolicy")["spec"][
         "rateLimit"]["global"]["rules"]
     assert rules == [{"limit": {"requests": 1, "unit": unit}}]
+
+
+# --- backends shared across namespaces ---------------------------------------------------------------------
+
+def grant(from_: list[tuple[str, str]], to: list[tuple[str, str, str | None]], namespace: str = "team-a"
+          ) -> dict[str, Any]:
+    return {"spec": {"from": [{"group": g, "kind": k, "namespace": namespace} for g, k in from_],
+                     "to": [{"group": g, "kind": k, **({"name": n} if n else {})} for g, k, n in to]}}
+
+
+BOTH = grant([("aigateway.envoyproxy.io", "AIGatewayRoute"), ("gateway.networking.k8s.io", "HTTPRoute")],
+             [("aigateway.envoyproxy.io", "AIServiceBackend", None), ("gateway.envoyproxy.io", "Backend", None)])
+
+
+def test_a_shared_backend_needs_a_grant_for_the_route_and_one_for_the_generated_http_route() -> None:
+    assert missing_grants([BOTH], "team-a", "platform", "openai", "openai") == []
+    assert missing_grants([BOTH], "team-b", "platform", "openai", "openai") == [
+        "AIGatewayRoute of team-b to AIServiceBackend platform/openai",
+        "HTTPRoute of team-b to Backend platform/openai"]
+    only_route = grant([("aigateway.envoyproxy.io", "AIGatewayRoute")],
+                       [("aigateway.envoyproxy.io", "AIServiceBackend", "openai")])
+    assert missing_grants([only_route], "team-a", "platform", "openai", "openai") == [
+        "HTTPRoute of team-a to Backend platform/openai"]
+    assert missing_grants([only_route], "team-a", "platform", "other", None) == [
+        "AIGatewayRoute of team-a to AIServiceBackend platform/other"]  # a named `to` allows that one only
+
+
+def test_a_shared_backend_is_routed_with_its_namespace_and_reported_with_it() -> None:
+    s = spec(backends=[{"name": "openai", "namespace": "platform", "weight": 3}, {"name": "local"}])
+    plan = plan_of(s)
+    refs = child(plan, "AIGatewayRoute")["spec"]["rules"][0]["backendRefs"]
+    assert refs == [{"name": "openai", "namespace": "platform", "weight": 3, "priority": 0},
+                    {"name": "local", "weight": 1, "priority": 0}]
+    assert [(b["name"], b.get("namespace")) for b in plan.status["backends"]] == [("openai", "platform"),
+                                                                                  ("local", None)]
+
+
+def test_a_shared_backend_without_a_grant_is_left_out_with_ref_not_permitted() -> None:
+    s = spec(backends=[{"name": "openai", "namespace": "platform"}, {"name": "local"}])
+    refused = ObservedBackend(ready=True, not_permitted=True, message="no ReferenceGrant in namespace platform ...")
+    plan = plan_of(s, backends={("ManagedAIServiceBackend", "platform/openai"): refused,
+                                ("ManagedAIServiceBackend", "local"): READY})
+    resolved = detail(plan, "BackendsResolved")
+    assert (resolved.ok, resolved.reason) == (False, "RefNotPermitted")
+    assert "ManagedAIServiceBackend platform/openai not permitted" in resolved.message
+    assert [r["name"] for r in child(plan, "AIGatewayRoute")["spec"]["rules"][0]["backendRefs"]] == ["local"]
+    alone = spec(backends=[{"name": "openai", "namespace": "platform"}])
+    plan = plan_of(alone, backends={("ManagedAIServiceBackend", "platform/openai"): refused})
+    assert (plan.verdict.state, plan.verdict.reason) == ("Stalled", "RefNotPermitted") and plan.children == []
+
+
+def test_the_index_of_shared_backends_names_the_virtual_model_across_namespaces() -> None:
+    raw = {"backends": [{"name": "openai", "namespace": "platform"}, {"name": "local"},
+                        {"name": "raw", "kind": "AIServiceBackend", "namespace": "team-a"}]}
+    assert reconciler.shared_references("team-a", "gpt-4", raw) == {
+        ("platform", "ManagedAIServiceBackend", "openai"): ("team-a", "gpt-4"),
+        ("platform", "ReferenceGrant", reconciler.ANY_GRANT): ("team-a", "gpt-4")}
+    assert reconciler.references("team-a", "gpt-4", raw) == {
+        ("team-a", "ManagedAIServiceBackend", "local"): "gpt-4", ("team-a", "AIServiceBackend", "raw"): "gpt-4"}

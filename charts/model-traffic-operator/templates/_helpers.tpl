@@ -105,9 +105,10 @@ handler for; get is the fresh read before each reconcile and the reads of refere
 - apiGroups: [inference.networking.k8s.io]
   resources: [inferencepools]
   verbs: [get, list, watch]
-# The Gateway's address; the HTTPRoute the AI Gateway generates from our AIGatewayRoute (its status).
+# The Gateway's address; the HTTPRoute the AI Gateway generates from our AIGatewayRoute (its status); the
+# ReferenceGrants of a namespace sharing its backends (whether a VirtualModel may route to them).
 - apiGroups: [gateway.networking.k8s.io]
-  resources: [gateways, httproutes]
+  resources: [gateways, httproutes, referencegrants]
   verbs: [get, list, watch]
 # An Event on each change of readiness (core/v1 Events, what kubectl describe shows); patch: a repeated rollout
 # Event (a failed check) is one Event whose series count grows.

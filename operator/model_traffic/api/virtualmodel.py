@@ -76,10 +76,19 @@ class BackendMatch(Model):
     )
 
 
+# A namespace name (DNS label).
+NamespaceName = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", min_length=1, max_length=63)]
+
+
 class BackendReference(Model):
-    """One backend of the model, in this namespace."""
+    """One backend of the model, in this namespace unless it names another."""
 
     name: ObjectName = Field(description="Name of the backend.")
+    namespace: NamespaceName | None = Field(
+        default=None,
+        description="Namespace of a ManagedAIServiceBackend or AIServiceBackend shared by another team; a "
+        "ReferenceGrant there must allow it (docs/tenants.md). This namespace when unset.",
+    )
     kind: BackendKind = Field(
         default="ManagedAIServiceBackend",
         description="ManagedAIServiceBackend (default), an unmanaged AIServiceBackend, or an InferencePool.",
@@ -316,8 +325,10 @@ class VirtualModelSpec(Model):
     model_config = Model.model_config | {
         "json_schema_extra": validations(
             cel(
+                # Per kind, whatever the namespace: comparing namespaces too exceeds the API server's CEL cost
+                # budget at 128 backends.
                 "self.backends.all(a, self.backends.exists_one(b, a.name == b.name && a.kind == b.kind))",
-                "backend names must be unique (per kind)",
+                "backend names must be unique (per kind, across namespaces)",
             ),
             cel(
                 "self.backends.exists(b, !has(b.matches))",
@@ -328,6 +339,10 @@ class VirtualModelSpec(Model):
                 " || self.backends.exists(b, !has(b.matches) && b.priority == 0 && b.weight > 0)",
                 "tier 0 (priority 0) needs at least one backend with a positive weight among the backends "
                 "without matches",
+            ),
+            cel(
+                "self.backends.all(b, b.kind != 'InferencePool' || !has(b.namespace))",
+                "an InferencePool is routed in the VirtualModel's namespace only (AI Gateway routes no other)",
             ),
             cel(
                 "!has(self.auth) || !has(self.rateLimit) || !has(self.rateLimit.tenantHeader)"
@@ -373,6 +388,7 @@ class VirtualModelSpec(Model):
 
 class BackendStatus(Model):
     name: str = Field(description="Backend name.")
+    namespace: str | None = Field(default=None, description="Its namespace, when not the VirtualModel's.")
     kind: str = Field(description="Backend kind.")
     tier: int = Field(description="Priority tier.")
     share_percent: float = Field(

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from model_traffic import apply, kube
-from model_traffic.api.virtualmodel import VirtualModelSpec
+from model_traffic.api.virtualmodel import BackendReference, VirtualModelSpec
 from model_traffic.kube import Kube
 from model_traffic.reconcilers.backend import ai_gateway_version
 from model_traffic.reconcilers.common import Applied, apply_plan, result_of
@@ -18,9 +18,11 @@ from model_traffic.render.virtualmodel import (
     BackendKey,
     ObservedBackend,
     VirtualModelWorld,
+    backend_key,
     gateway_address,
     gateway_keys,
     gateway_refs,
+    missing_grants,
     parse_gateway,
     render,
 )
@@ -66,9 +68,26 @@ def references(namespace: str, name: str, spec: Mapping[str, Any]) -> dict[tuple
     """
     refs: dict[tuple[str, str, str], str] = {}
     for entry in spec.get("backends") or []:
-        if isinstance(entry, Mapping) and entry.get("name"):
+        if isinstance(entry, Mapping) and entry.get("name") and entry.get("namespace") in (None, "", namespace):
             kind = str(entry.get("kind") or "ManagedAIServiceBackend")
             refs[(namespace, kind, str(entry["name"]))] = name
+    return refs
+
+
+ANY_GRANT = "*"  # the index name under which a VirtualModel waits for every ReferenceGrant of a namespace
+
+
+def shared_references(namespace: str, name: str,
+                      spec: Mapping[str, Any]) -> dict[tuple[str, str, str], tuple[str, str]]:
+    """(backend namespace, kind, name) of each backend a VirtualModel uses in another namespace, and (that
+    namespace, "ReferenceGrant", ANY_GRANT) -> (namespace, name) of the VirtualModel: for a kopf index, so a
+    shared backend's change and a ReferenceGrant given or taken back reconcile it at once. Read from the raw spec."""
+    refs: dict[tuple[str, str, str], tuple[str, str]] = {}
+    for entry in spec.get("backends") or []:
+        if isinstance(entry, Mapping) and entry.get("name") and entry.get("namespace") not in (None, "", namespace):
+            other = str(entry["namespace"])
+            refs[(other, str(entry.get("kind") or "ManagedAIServiceBackend"), str(entry["name"]))] = (namespace, name)
+            refs[(other, "ReferenceGrant", ANY_GRANT)] = (namespace, name)
     return refs
 
 
@@ -138,6 +157,36 @@ def _observe_backend(kube_: Kube, namespace: str, kind: str, name: str, version:
     raise ValueError(f"unknown backend kind {kind!r}")
 
 
+def _observe_shared_backend(kube_: Kube, namespace: str, ref: BackendReference,
+                            version: str) -> ObservedBackend | None:
+    """A backend of another namespace: as observed there, unless that namespace's ReferenceGrants do not allow
+    this namespace's routes to reach it."""
+    other = str(ref.namespace)
+    envoy_backend: str | None = None
+    if ref.kind == "ManagedAIServiceBackend":
+        managed = kube_.get(MANAGED_AI_SERVICE_BACKEND, other, ref.name)
+        if managed is None:
+            return None
+        seen = ObservedBackend.from_managed_backend(managed)
+        if seen.routing == "InferencePool":
+            return dataclasses.replace(seen, not_permitted=True, message="it is routed through an InferencePool, "
+                                       "which AI Gateway routes in its own namespace only")
+        envoy_backend = ref.name  # its Envoy Gateway Backend has its name (render/backend.py)
+    else:
+        raw = kube_.get(kube.AI_SERVICE_BACKEND.at(version), other, ref.name)
+        if raw is None:
+            return None
+        seen = ObservedBackend(ready=True)
+        backend_ref = (raw.get("spec") or {}).get("backendRef") or {}
+        envoy_backend = str(backend_ref.get("name") or "") or None
+    missing = missing_grants(kube_.list_objects(kube.REFERENCE_GRANT, other), namespace, other, ref.name,
+                             envoy_backend)
+    if missing:
+        return dataclasses.replace(seen, not_permitted=True,
+                                   message=f"no ReferenceGrant in namespace {other} allows {'; nor '.join(missing)}")
+    return seen
+
+
 def observe(kube_: Kube, spec: VirtualModelSpec, body: dict[str, Any], version_override: str | None,
             default_gateway: str | None, namespaces: list[str] | None = None,
             rivals: Rivals | None = None) -> VirtualModelWorld:
@@ -149,7 +198,8 @@ def observe(kube_: Kube, spec: VirtualModelSpec, body: dict[str, Any], version_o
     if version is None:
         return world
     backends: dict[BackendKey, ObservedBackend | None] = {
-        (ref.kind, ref.name): _observe_backend(kube_, namespace, ref.kind, ref.name, version)
+        backend_key(ref): _observe_shared_backend(kube_, namespace, ref, version)
+        if ref.namespace not in (None, namespace) else _observe_backend(kube_, namespace, ref.kind, ref.name, version)
         for ref in spec.backends
     }
     # Rivals for the model name: everywhere, or only where the operator watches (and has permissions).

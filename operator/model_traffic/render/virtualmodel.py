@@ -81,6 +81,8 @@ class ObservedBackend:
     routing: Routing = "Backend"
     inference_pool: str | None = None  # for routing == InferencePool
     message: str = ""  # why it is not ready, when it is not
+    # In another namespace whose ReferenceGrants do not allow the reference (message: which grant is missing).
+    not_permitted: bool = False
 
     @classmethod
     def from_managed_backend(cls, obj: dict[str, Any]) -> ObservedBackend:
@@ -103,7 +105,7 @@ class ObservedBackend:
         return cls(ready=ready, routing=routing, inference_pool=pool, message=message)
 
 
-BackendKey = tuple[str, str]  # (kind, name)
+BackendKey = tuple[str, str]  # (kind, name), the name as namespace/name for a backend of another namespace
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,38 @@ class VirtualModelWorld:
 
 
 # --- helpers, public for the reconciler and the tests ------------------------------------------------
+
+# The references a backend of another namespace needs, each allowed by a ReferenceGrant in that namespace
+# (from group, from kind, to group, to kind): AI Gateway checks its AIGatewayRoute's reference to the
+# AIServiceBackend (v1.0.0 internal/controller/referencegrant.go), and Envoy Gateway the reference of the
+# HTTPRoute the AI Gateway generates to the Backend (Gateway API; AI Gateway writes the Backend's namespace into it,
+# internal/controller/ai_gateway_route.go, newHTTPRoute).
+AI_GATEWAY_GROUP = "aigateway.envoyproxy.io"
+ROUTE_TO_AI_SERVICE_BACKEND = (AI_GATEWAY_GROUP, "AIGatewayRoute", AI_GATEWAY_GROUP, "AIServiceBackend")
+HTTP_ROUTE_TO_BACKEND = (GATEWAY_API_GROUP, "HTTPRoute", "gateway.envoyproxy.io", "Backend")
+
+
+def _grants(grant: dict[str, Any], need: tuple[str, str, str, str], from_namespace: str, name: str) -> bool:
+    from_group, from_kind, to_group, to_kind = need
+    spec = grant.get("spec") or {}
+    allowed_from = any(f.get("group", "") == from_group and f.get("kind") == from_kind
+                       and f.get("namespace") == from_namespace for f in spec.get("from") or [])
+    # A `to` entry with a name allows that object only (Gateway API); AI Gateway v1.0.0 ignores the name, so an
+    # entry naming another AIServiceBackend is refused here although AI Gateway would take it.
+    allowed_to = any(t.get("group", "") == to_group and t.get("kind") == to_kind and t.get("name") in (None, "", name)
+                     for t in spec.get("to") or [])
+    return allowed_from and allowed_to
+
+
+def missing_grants(grants: list[dict[str, Any]], from_namespace: str, to_namespace: str, ai_service_backend: str,
+                   envoy_backend: str | None) -> list[str]:
+    """What no ReferenceGrant of ``to_namespace`` allows a route of ``from_namespace`` to reach, in words."""
+    needs = [(ROUTE_TO_AI_SERVICE_BACKEND, ai_service_backend)]
+    if envoy_backend:
+        needs.append((HTTP_ROUTE_TO_BACKEND, envoy_backend))
+    return [f"{need[1]} of {from_namespace} to {need[3]} {to_namespace}/{name}" for need, name in needs
+            if not any(_grants(g, need, from_namespace, name) for g in grants)]
+
 
 def model_name(spec: VirtualModelSpec, name: str) -> str:
     return spec.model_name or name
@@ -176,12 +210,20 @@ def token_cost_key(spec: VirtualModelSpec) -> str:
     return str((total or costs[0])["metadataKey"])
 
 
+def _qualified(ref: BackendReference) -> str:
+    return f"{ref.namespace}/{ref.name}" if ref.namespace else ref.name
+
+
 def _describe(ref: BackendReference) -> str:
-    return f"{ref.kind} {ref.name}"
+    return f"{ref.kind} {_qualified(ref)}"
 
 
-def _key(ref: BackendReference) -> BackendKey:
-    return (ref.kind, ref.name)
+def backend_key(ref: BackendReference) -> BackendKey:
+    """How the world and the status know a backend: (kind, name), or (kind, namespace/name) across namespaces."""
+    return (ref.kind, _qualified(ref))
+
+
+_key = backend_key
 
 
 def _percent(part: int, whole: int) -> float:
@@ -198,8 +240,9 @@ class _Resolved:
 
 @dataclass(frozen=True)
 class _LeftOut:
-    missing: bool  # not found (else: not Ready)
+    missing: bool  # not found (else: not Ready, or not permitted)
     message: str
+    not_permitted: bool = False
 
 
 def _resolve(spec: VirtualModelSpec, world: VirtualModelWorld) -> tuple[list[_Resolved], dict[BackendKey, _LeftOut]]:
@@ -207,9 +250,11 @@ def _resolve(spec: VirtualModelSpec, world: VirtualModelWorld) -> tuple[list[_Re
     resolved: list[_Resolved] = []
     left_out: dict[BackendKey, _LeftOut] = {}
     for ref in spec.backends:
-        seen = world.backends.get((ref.kind, ref.name))
+        seen = world.backends.get(_key(ref))
         if seen is None:
             left_out[_key(ref)] = _LeftOut(True, f"{_describe(ref)} not found")
+        elif seen.not_permitted:
+            left_out[_key(ref)] = _LeftOut(False, f"{_describe(ref)} not permitted: {seen.message}", True)
         elif not seen.ready:
             left_out[_key(ref)] = _LeftOut(
                 False, f"{_describe(ref)} not Ready" + (f" ({seen.message})" if seen.message else ""))
@@ -230,6 +275,8 @@ def _backend_ref(item: _Resolved) -> dict[str, Any]:
         out = {"group": kube.INFERENCE_POOL.group, "kind": "InferencePool", "name": item.pool}
     else:
         out = {"name": ref.name, "weight": ref.weight, "priority": ref.priority}
+        if ref.namespace:
+            out["namespace"] = ref.namespace  # AI Gateway checks a ReferenceGrant for it (referencegrant.go)
     if ref.model_name_override:
         out["modelNameOverride"] = ref.model_name_override
     return out
@@ -662,6 +709,8 @@ def _status_backends(spec: VirtualModelSpec, resolved: list[_Resolved], paths: l
             share = _percent(ref.weight, sum(tier))
         entry: dict[str, Any] = {"name": ref.name, "kind": ref.kind, "tier": ref.priority, "sharePercent": share,
                                  "ready": _key(ref) in ready}
+        if ref.namespace:
+            entry["namespace"] = ref.namespace
         path = path_of[_key(ref)]
         if not path.default:
             entry["onlyMatching"] = describe_alternatives(path.live or path.written)
@@ -684,6 +733,7 @@ def render(spec: VirtualModelSpec, world: VirtualModelWorld) -> Plan:
     resolved, problems = _resolve(spec, world)
     missing = [p.message for p in problems.values() if p.missing]
     unready = [p.message for p in problems.values() if not p.missing]
+    not_permitted = any(p.not_permitted for p in problems.values())
     paths = _paths(spec)
     layout = _layout(paths, resolved)
     status["backends"] = _status_backends(spec, resolved, paths, layout)
@@ -696,7 +746,7 @@ def render(spec: VirtualModelSpec, world: VirtualModelWorld) -> Plan:
         details.append(Detail("BackendsResolved", True, "Resolved",
                                f"all {len(spec.backends)} backends are Ready"))
     else:
-        reason = "BackendsNotFound" if missing else "BackendsNotReady"
+        reason = ("BackendsNotFound" if missing else "RefNotPermitted" if not_permitted else "BackendsNotReady")
         routed = "none is routed" if not resolved else "left out of the route"
         details.append(Detail("BackendsResolved", False, reason, f"{routed}: {'; '.join(left_out)}"))
 
@@ -715,17 +765,19 @@ def render(spec: VirtualModelSpec, world: VirtualModelWorld) -> Plan:
                           "spec.gatewayRefs is empty and the operator has no default Gateway "
                           "(MTO_DEFAULT_GATEWAY is unset or not namespace/name)")
     elif not resolved:
-        # Missing backends need someone to create them (Stalled); unready ones become Ready by themselves.
-        reason = "BackendsNotFound" if missing else "BackendsNotReady"
-        refusal = Verdict("Stalled" if missing else "Progressing", reason,
+        # Missing backends need someone to create them, refused references a ReferenceGrant (Stalled); unready ones
+        # become Ready by themselves.
+        reason = ("BackendsNotFound" if missing else "RefNotPermitted" if not_permitted else "BackendsNotReady")
+        refusal = Verdict("Progressing" if reason == "BackendsNotReady" else "Stalled", reason,
                           f"no backend of model {model!r} resolves: {'; '.join(left_out)}")
     elif not any(_key(r.ref) in default_keys for r in resolved):
         # Without its default rule the route would serve the header-matched requests only: not the model.
         default_left_out = [p for key, p in problems.items() if key in default_keys]
         any_missing = any(p.missing for p in default_left_out) or not default_left_out
-        reason = "BackendsNotFound" if any_missing else "BackendsNotReady"
+        reason = ("BackendsNotFound" if any_missing
+                  else "RefNotPermitted" if any(p.not_permitted for p in default_left_out) else "BackendsNotReady")
         why = "; ".join(p.message for p in default_left_out) or "there is none"
-        refusal = Verdict("Stalled" if any_missing else "Progressing", reason,
+        refusal = Verdict("Progressing" if reason == "BackendsNotReady" else "Stalled", reason,
                           f"no backend without matches of model {model!r} resolves (they serve the requests "
                           f"that match no backend's matches): {why}")
     if refusal is not None:
