@@ -11,12 +11,13 @@ PYTEST_ARGS ?=
 
 IMAGE ?= model-traffic-operator:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
-.PHONY: help prerequisites venv binaries helm chart-lint crds docs lint unit test demo cluster cluster-down run bench clean image release
+.PHONY: help prerequisites venv binaries helm chart-lint crds docs lint unit test demo cluster cluster-down run bench chaos clean image release
 
 help:
 	@echo "make demo          local control plane + operator + examples, ends with kubectl get"
 	@echo "make test          lint, unit and cluster tests (what CI runs)"
 	@echo "make bench         time to Ready for 2,000 backends + 2,000 VirtualModels + 200 TrafficConfigs, the floor, requests (BENCH_ARGS)"
+	@echo "make chaos         SIGKILL the operator CHAOS_KILLS (100) times during rollouts of every strategy; invariants and figures"
 	@echo "make cluster       keep a local stack running: control plane, fake nodes, Envoy Gateway, AI Gateway, KServe"
 	@echo "                   (.local/kubeconfig); make cluster-down stops it"
 	@echo "make run           run the operator in the foreground against \$$KUBECONFIG (MTO_DEFAULT_GATEWAY defaults to"
@@ -75,6 +76,12 @@ demo: binaries
 
 bench: binaries
 	$(PY) tools/bench.py $(BENCH_ARGS)
+
+# tests/chaos at length: rounds of eight rollouts (four strategies, passing and failing analysis) until CHAOS_KILLS
+# SIGKILLs of the operator; prints the figures and writes them to .local/chaos.json (make test runs a few kills).
+CHAOS_KILLS ?= 100
+chaos: binaries helm
+	MTO_CHAOS_KILLS=$(CHAOS_KILLS) MTO_CHAOS_REPORT=$(LOCAL)/chaos.json $(PY) -m pytest tests/chaos -q -s -ra $(PYTEST_ARGS)
 
 cluster: binaries
 	$(PY) -m model_traffic.localcluster up --dir $(LOCAL) --crds crds
