@@ -11,6 +11,8 @@ sits in one bucket, where ``histogram_quantile`` interpolates linearly.
 from __future__ import annotations
 
 import io
+import json
+import re
 import shutil
 import signal
 import socket
@@ -20,6 +22,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -212,3 +215,31 @@ def test_nothing_in_the_period_is_an_empty_table_not_an_error(backfilled: Backfi
     long_ago = backfilled.until - timedelta(days=30)
     rows = usage.collect("model", DAY, long_ago, usage.PrometheusVectors(backfilled.address))
     assert rows == []
+
+
+DASHBOARD = (Path(__file__).resolve().parents[2] / "charts" / "model-traffic-operator" / "files" / "dashboards"
+             / "model-traffic-tenants.json")
+
+
+def test_every_panel_of_the_tenants_dashboard_answers_from_the_gateway_metrics(backfilled: Backfilled) -> None:
+    """The chart's tenant dashboard: each query, with Grafana's variables as Grafana fills them, returns series
+    from the metrics the gateway exports, labelled as its legend expects."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    query = usage.PrometheusVectors(backfilled.address)
+    at = backfilled.until.timestamp()
+    for variable in dashboard["templating"]["list"][1:]:
+        metric, _, label = variable["definition"].removeprefix("label_values(").removesuffix(")").partition(", ")
+        assert {s[0].get(label) for s in query(f"count by ({label}) ({metric})", at)} == {"gpt-4", "claude"}
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            expr = (target["expr"].replace("$__rate_interval", "1h").replace("$__range", "3d")
+                    .replace('"$model"', '".*"'))
+            samples = query(expr, at)
+            assert samples, f"{panel['title']}: no data for {expr}"
+            wanted = set(re.findall(r"{{(\w+)}}", target.get("legendFormat", "")))
+            assert all(wanted <= set(labels) for labels, _ in samples), (panel["title"], wanted, samples[0][0])
+    [table] = [p for p in dashboard["panels"] if p["type"] == "table"]
+    totals = {(labels["tenant"], labels["gen_ai_original_model"], labels["gen_ai_token_type"]): round(value)
+              for labels, value in query(table["targets"][0]["expr"].replace("$__range", "3d")
+                                         .replace('"$model"', '".*"'), at)}
+    assert totals[("acme", "gpt-4", "input")] == 350000 and totals[("beta", "claude", "output")] == 24000
