@@ -275,3 +275,28 @@ def test_a_backend_of_another_namespace_is_routed_once_a_reference_grant_there_a
         wait_vm(kube, namespace, "gpt-4", "False", "RefNotPermitted")
     finally:
         cluster.kubectl("delete", "namespace", platform, "--wait=false", check=False)
+
+
+def test_budgets_without_auth_refused_callers_and_tiers_are_accepted_by_envoy_gateway(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    """The rules only a header selects (a tier's regular expression, the default's inverted one, the 0 budget of
+    callers without the header) are what Envoy Gateway translates, not just what its schema takes."""
+    make_backends(cluster, kube, namespace, "openai")
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=vm_yaml("gpt-4", f"""\
+        gatewayRefs: [{{name: {GATEWAY}}}]
+        backends: [{{name: openai}}]
+        rateLimit:
+          tenantHeader: x-team
+          requests: {{limit: 100, unit: Minute}}
+          tenants: [{{tenant: gold, requests: {{limit: 1000, unit: Minute}}}}]
+          withoutTenant: Refused
+    """))
+    obj = wait_vm(kube, namespace, "gpt-4", timeout=90)
+    assert "BackendTrafficPolicy/gpt-4" in condition(obj, "ChildrenAccepted")["message"]
+    traffic = kube.get(k.BACKEND_TRAFFIC_POLICY, namespace, "gpt-4")
+    assert traffic is not None and status_writers(traffic) == {ENVOY_GATEWAY_MANAGER}
+    rules = traffic["spec"]["rateLimit"]["global"]["rules"]
+    assert [r["limit"]["requests"] for r in rules] == [1000, 100, 0]
+    [ancestor] = traffic["status"]["ancestors"]
+    assert {c["type"]: c["status"] for c in ancestor["conditions"]}["Accepted"] == "True"
