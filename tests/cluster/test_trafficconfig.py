@@ -399,6 +399,45 @@ def test_each_version_runs_at_its_own_size(
         assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (replicas, replicas)
 
 
+def test_a_promoted_canary_takes_the_stable_size(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    """Issue #13: promoted automatically (spec.stable still names v1), v2 serves all traffic at the stable role's
+    size, as Argo Rollouts scales a promoted ReplicaSet to spec.replicas; checked on what KServe made."""
+    apply(cluster, namespace, traffic_config("llama", f"""\
+        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
+        inferenceService:
+          template:
+            predictor:
+              model:
+                modelFormat: {{name: huggingface}}
+                resources:
+                  requests: {{cpu: "2", memory: 4Gi}}
+                  limits: {{cpu: "2", memory: 4Gi}}
+        stable: {{version: v1, replicas: 2}}
+        canary:
+          version: v2
+          replicas: 1
+          resources:
+            requests: {{cpu: 500m, memory: 1Gi}}
+            limits: {{cpu: 500m, memory: 1Gi}}
+        analysis: {{interval: 1s, stepWeights: [50]}}
+    """))
+    wait_served(kube, namespace, "llama-v2")
+    done = wait_phase(kube, namespace, "llama", "Succeeded", timeout=90)
+    assert done["stableVersion"] == "v2"
+
+    def at_stable_size() -> dict[str, Any] | None:
+        hpa = get_json(cluster, "hpa", "-n", namespace, "llama-v2-predictor")
+        return hpa if (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 2) else None
+
+    wait_for(at_stable_size, 60, "llama-v2's HorizontalPodAutoscaler bounds at the stable size (2, 2)")
+    [container] = predictor_deployments(cluster, namespace)["llama-v2-predictor"]["spec"]["template"]["spec"][
+        "containers"]
+    assert container["resources"] == {"limits": {"cpu": "2", "memory": "4Gi"},
+                                      "requests": {"cpu": "2", "memory": "4Gi"}}
+
+
 # --- manual promotion, pause, abort, the CLI ----------------------------------------------------------------
 
 def model_traffic(cluster: Cluster, *args: str) -> str:
