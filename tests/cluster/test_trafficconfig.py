@@ -833,6 +833,12 @@ def test_retirement_is_make_before_break_on_the_real_gateway(
 ) -> None:
     """A promotion and a rollback, watched: no AIServiceBackend or Backend starts to go while the AIGatewayRoute
     or the HTTPRoute the gateway serves (as Envoy AI Gateway generated it) still references it."""
+    # The check itself can fail: a backend deleted while a route names it is reported.
+    broken = [(1, "ADDED", {"kind": "AIGatewayRoute", "metadata": {"name": "llama"},
+                            "spec": {"rules": [{"backendRefs": [{"name": "llama-v1"}]}]}}),
+              (2, "DELETED", {"kind": "AIServiceBackend", "metadata": {"name": "llama-v1"}})]
+    assert references_to_deleted_backends(broken) == (
+        ["AIServiceBackend llama-v1 deleted at revision 2 while ['AIGatewayRoute'] referenced it"], 1)
     record = WatchRecord(cluster, namespace, "aigatewayroutes", "httproutes", "aiservicebackends",
                          "backends.gateway.envoyproxy.io")
     try:
@@ -865,6 +871,45 @@ def test_retirement_is_make_before_break_on_the_real_gateway(
     print(f"make-before-break: 1 promotion, 1 rollback, {deleted} backends retired, {len(changes)} changes "
           f"watched, {len(violations)} route references to a deleted backend")
     assert deleted >= 4  # the AIServiceBackend and Backend of v1, then of v3
+    assert violations == []
+
+
+def test_aborts_and_ab_promotions_are_make_before_break_too(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    """An aborted canary (spec.canary removed mid-rollout) and an ABTest promotion (the candidate on a
+    header-matched rule of its own), watched as above."""
+    record = WatchRecord(cluster, namespace, "aigatewayroutes", "httproutes", "aiservicebackends",
+                         "backends.gateway.envoyproxy.io")
+    stable_only = (f"""\
+        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
+    """, TEMPLATE)
+    try:
+        start_rollout(cluster, kube, namespace, "llama", """\
+            analysis: {interval: 1h, stepWeights: [30]}
+        """)
+        wait_weights(kube, namespace, "llama", {"llama-v1": 70, "llama-v2": 30}, timeout=30)
+        apply(cluster, namespace, traffic_config("llama", *stable_only, "stable: {version: v1}\n"))
+        wait_for(lambda: kube.get(k.AI_SERVICE_BACKEND, namespace, "llama-v2") is None, 60, "aborted v2 retired")
+
+        apply(cluster, namespace, traffic_config("llama", "strategy: ABTest\n", *stable_only, """\
+            stable: {version: v1}
+            canary: {version: v3}
+            analysis:
+              interval: 1s
+              iterations: 2
+              match: [{headers: [{name: x-canary, value: "true"}]}]
+        """))
+        wait_served(kube, namespace, "llama-v3")
+        wait_phase(kube, namespace, "llama", "Succeeded", timeout=60)
+        assert status(kube, namespace, "llama")["stableVersion"] == "v3"
+        wait_for(lambda: kube.get(k.AI_SERVICE_BACKEND, namespace, "llama-v1") is None, 60, "v1 retired")
+    finally:
+        changes = record.stop()
+    violations, deleted = references_to_deleted_backends(changes)
+    print(f"make-before-break: 1 abort, 1 ABTest promotion, {deleted} backends retired, {len(changes)} changes "
+          f"watched, {len(violations)} route references to a deleted backend")
+    assert deleted >= 4  # the AIServiceBackend and Backend of v2, then of v1
     assert violations == []
 
 
