@@ -453,7 +453,7 @@ def test_alerts_use_only_metrics_the_operator_exports() -> None:
     import model_traffic.metrics  # noqa: F401  (registers them)
 
     exported = set(REGISTRY._names_to_collectors)
-    alerts = {r["alert"]: r["expr"] for g in prometheus_rule_groups() for r in g["rules"]}
+    alerts = {r["alert"]: r["expr"] for g in prometheus_rule_groups() for r in g["rules"] if "alert" in r}
     assert set(alerts) == {"ModelTrafficOperatorDown", "ModelTrafficReconcileErrors", "ModelTrafficObjectStalled",
                            "ModelTrafficRolloutFailed"}
     for alert, expr in alerts.items():
@@ -486,6 +486,41 @@ def leader_series(instance: str, values: str) -> dict[str, str]:
     """model_traffic_operator_leader of one replica, as scraped through the chart's Service."""
     return {"series": f'model_traffic_operator_leader{{job="{FULL}-metrics",namespace="{CHART_NAMESPACE}",'
                       f'instance="{instance}"}}', "values": values}
+
+
+def test_recording_rules_sum_the_gateway_usage_by_tenant_and_model(tmp_path: Path) -> None:
+    """The tenant group records AI Gateway's gen_ai_* rates by tenant and model; a rotated key counts as its tenant."""
+    def series(metric: str, tenant_id: str, extra: str = "") -> str:
+        return (f'{metric}{{tenant_id="{tenant_id}",gen_ai_original_model="gpt-4",gen_ai_request_model="gpt-4o"'
+                f"{extra}}}")
+
+    run_promtool_tests(tmp_path, [{
+        "interval": "1m",
+        "input_series": [  # per minute: acme 60 + 120 input tokens over two keys, beta 30; 30 requests, 15 failed
+            {"series": series("gen_ai_client_token_usage_sum", "acme", ',gen_ai_token_type="input"'),
+             "values": "0+60x20"},
+            {"series": series("gen_ai_client_token_usage_sum", "acme.1a2b3c4d", ',gen_ai_token_type="input"'),
+             "values": "0+120x20"},
+            {"series": series("gen_ai_client_token_usage_sum", "beta", ',gen_ai_token_type="input"'),
+             "values": "0+30x20"},
+            {"series": series("gen_ai_server_request_duration_seconds_count", "acme"), "values": "0+15x20"},
+            {"series": series("gen_ai_server_request_duration_seconds_count", "acme", ',error_type="_OTHER"'),
+             "values": "0+15x20"},
+        ],
+        "promql_expr_test": [
+            {"expr": "tenant_model_token_type:gen_ai_client_token_usage:rate5m", "eval_time": "10m", "exp_samples": [
+                {"labels": 'tenant_model_token_type:gen_ai_client_token_usage:rate5m{tenant="acme",'
+                           'gen_ai_original_model="gpt-4",gen_ai_token_type="input"}', "value": 3},
+                {"labels": 'tenant_model_token_type:gen_ai_client_token_usage:rate5m{tenant="beta",'
+                           'gen_ai_original_model="gpt-4",gen_ai_token_type="input"}', "value": 0.5}]},
+            {"expr": "tenant_model:gen_ai_server_requests:rate5m", "eval_time": "10m", "exp_samples": [
+                {"labels": 'tenant_model:gen_ai_server_requests:rate5m{tenant="acme",gen_ai_original_model="gpt-4"}',
+                 "value": 0.5}]},
+            {"expr": "tenant_model:gen_ai_server_request_errors:rate5m", "eval_time": "10m", "exp_samples": [
+                {"labels": 'tenant_model:gen_ai_server_request_errors:rate5m{tenant="acme",'
+                           'gen_ai_original_model="gpt-4"}', "value": 0.25}]},
+        ],
+    }])
 
 
 def test_alerts_fire_on_errors_stalled_objects_and_failed_rollouts(tmp_path: Path) -> None:
@@ -622,7 +657,7 @@ def test_every_alert_has_a_runbook_that_exists() -> None:
     base = "https://docs.example/model-traffic-operator/v0.1.0/docs"
     rendered = of(render({"metrics": {"prometheusRule": {"enabled": True, "runbookBaseURL": base + "/"}}}),
                   "PrometheusRule")
-    alerts = [r for g in rendered["spec"]["groups"] for r in g["rules"]]
+    alerts = [r for g in rendered["spec"]["groups"] for r in g["rules"] if "alert" in r]  # not recording rules
     for alert in alerts:
         url = alert["annotations"].get("runbook_url", "")
         assert url.startswith(base + "/"), f"{alert['alert']} has no runbook_url under {base}: {url!r}"
@@ -632,7 +667,8 @@ def test_every_alert_has_a_runbook_that_exists() -> None:
         assert anchor in github_anchors(doc.read_text()), f"{alert['alert']}: no heading #{anchor} in docs/{page}"
     # Without a base URL, no dangling relative link.
     plain = of(render({"metrics": {"prometheusRule": {"enabled": True}}}), "PrometheusRule")
-    assert not [r for g in plain["spec"]["groups"] for r in g["rules"] if "runbook_url" in r["annotations"]]
+    assert not [r for g in plain["spec"]["groups"] for r in g["rules"]
+                if "runbook_url" in r.get("annotations", {})]
 
 
 def test_grafana_dashboard_configmap_carries_every_dashboard() -> None:
