@@ -185,7 +185,7 @@ async def backend_event(type: str, body: kopf.Body, namespace: str | None, name:
         STATE.runtime.forget(backend.KIND, namespace, name)
         return
     if not is_status_echo(type, body):
-        STATE.runtime.enqueue(backend.KIND, namespace, name)
+        STATE.runtime.enqueue(backend.KIND, namespace, name, urgent=True)
 
 
 @kopf.index(GROUP, VERSION, backend.PLURAL)
@@ -271,7 +271,7 @@ async def virtual_model_event(type: str, body: kopf.Body, namespace: str | None,
     elif is_status_echo(type, body):
         return
     else:
-        STATE.runtime.enqueue(virtualmodel.KIND, namespace, name)
+        STATE.runtime.enqueue(virtualmodel.KIND, namespace, name, urgent=True)
     # The others claiming the same model name: a refused one may now own it (or must now be refused).
     model = (body.get("spec") or {}).get("modelName") or name
     for other in sorted(set(kwargs["virtual_model_names"].get(model, []))):
@@ -361,4 +361,4 @@ async def traffic_config_event(type: str, body: kopf.Body, namespace: str | None
         STATE.runtime.forget(trafficconfig.KIND, namespace, name)
         trafficconfig_reconciler.forget_metrics(namespace, name)
     elif not is_status_echo(type, body):
-        STATE.runtime.enqueue(trafficconfig.KIND, namespace, name)
+        STATE.runtime.enqueue(trafficconfig.KIND, namespace, name, urgent=True)

@@ -8,6 +8,10 @@ Every trigger only adds a key; a fixed pool of worker threads takes keys and run
   so the last trigger is always seen by a run that started after it.
 - A run may ask to be repeated later (``add_after``: a rollout's next check); a run that raises is
   repeated after ``backoff(failures, error)`` seconds. Nobody sleeps: waiting is an entry in the queue.
+- An urgent key (``add(key, urgent=True)``: its spec changed, or it is new) is taken before every other
+  waiting key. The others (a child's or a referenced object's event, a resync, a delayed run) wait behind,
+  and the longer they wait the more triggers of theirs collapse into one run: while many objects are
+  created at once, each gets its first status before any is looked at again for its children's sake.
 
 Losing the queue in a restart loses nothing: what to do is decided by each run from the cluster's state,
 and the initial listing after a restart adds every key again; only timing lives here.
@@ -43,10 +47,15 @@ class WorkQueue(Generic[K]):
         self._workers = workers
         self._clock = clock
         self._changed = threading.Condition()
+        self._urgent: collections.deque[K] = collections.deque()
         self._ready: collections.deque[K] = collections.deque()
-        self._queued_at: dict[K, float] = {}  # the keys in _ready, with when they were added (for the wait time)
+        # The keys waiting in _urgent or _ready, with when they were added (for the wait time) and whether they
+        # are urgent. A key made urgent while it waits in _ready is also appended to _urgent; its stale entry in
+        # _ready is skipped when reached.
+        self._queued_at: dict[K, tuple[float, bool]] = {}
         self._processing: set[K] = set()
         self._dirty: set[K] = set()  # added while processing: run once more afterwards
+        self._dirty_urgent: set[K] = set()  # of those, the ones added as urgent
         self._due: dict[K, float] = {}  # delayed keys -> when they become ready (the earliest wins)
         self._timeline: list[tuple[float, int, K]] = []  # heap over _due; stale entries are skipped
         self._sequence = 0  # ties in the heap, so keys themselves are never compared
@@ -55,10 +64,11 @@ class WorkQueue(Generic[K]):
         self._threads: list[threading.Thread] = []
 
     # -- triggers ----------------------------------------------------------------------------
-    def add(self, key: K) -> None:
-        """Handle the key as soon as a worker is free (once, however often it is added meanwhile)."""
+    def add(self, key: K, urgent: bool = False) -> None:
+        """Handle the key as soon as a worker is free (once, however often it is added meanwhile); an urgent
+        key before the keys that are not."""
         with self._changed:
-            self._add_locked(key)
+            self._add_locked(key, urgent)
 
     def add_after(self, key: K, delay: float) -> None:
         """Handle the key in ``delay`` seconds, unless it is already due sooner."""
@@ -84,23 +94,28 @@ class WorkQueue(Generic[K]):
             self._failures.pop(key, None)
             self._update_gauges()
 
-    def _add_locked(self, key: K) -> None:
+    def _add_locked(self, key: K, urgent: bool = False) -> None:
         if self._stopping:
             return
         # Every run decides anew when to look again, so a run now replaces a delayed one.
         self._due.pop(key, None)
         if key in self._processing:
             self._dirty.add(key)
+            if urgent:
+                self._dirty_urgent.add(key)
         elif key not in self._queued_at:
-            self._queued_at[key] = self._clock()
-            self._ready.append(key)
+            self._queued_at[key] = (self._clock(), urgent)
+            (self._urgent if urgent else self._ready).append(key)
             self._changed.notify()
+        elif urgent and not self._queued_at[key][1]:
+            self._queued_at[key] = (self._queued_at[key][0], True)
+            self._urgent.append(key)
         self._update_gauges()
 
     # -- introspection (tests, metrics) --------------------------------------------------------
     def depth(self) -> int:
         with self._changed:
-            return len(self._ready)
+            return len(self._queued_at)
 
     def pending(self) -> dict[K, float]:
         """Seconds until each delayed key is due."""
@@ -127,10 +142,12 @@ class WorkQueue(Generic[K]):
         with self._changed:
             self._stopping = True
             self._ready.clear()
+            self._urgent.clear()
             self._queued_at.clear()
             self._due.clear()
             self._timeline.clear()
             self._dirty.clear()
+            self._dirty_urgent.clear()
             self._changed.notify_all()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
@@ -149,14 +166,26 @@ class WorkQueue(Generic[K]):
                     if self._due.get(key) == due:
                         del self._due[key]
                         self._add_locked(key)
-                if self._ready:
-                    key = self._ready.popleft()
-                    metrics.WORKQUEUE_WAIT_SECONDS.observe(max(0.0, now - self._queued_at.pop(key)))
-                    self._processing.add(key)
+                taken = self._take()
+                if taken is not None:
+                    metrics.WORKQUEUE_WAIT_SECONDS.observe(max(0.0, now - self._queued_at.pop(taken)[0]))
+                    self._processing.add(taken)
                     self._update_gauges()
-                    return key
+                    return taken
                 timeout = self._timeline[0][0] - now if self._timeline else None
                 self._changed.wait(timeout)
+
+    def _take(self) -> K | None:
+        """The next waiting key, urgent ones first; stale entries (a key since made urgent) are dropped."""
+        while self._urgent:
+            key = self._urgent.popleft()
+            if key in self._queued_at:
+                return key
+        while self._ready:
+            key = self._ready.popleft()
+            if key in self._queued_at and not self._queued_at[key][1]:
+                return key
+        return None
 
     def _work(self) -> None:
         while (key := self._next()) is not None:
@@ -183,9 +212,11 @@ class WorkQueue(Generic[K]):
         with self._changed:
             self._processing.discard(key)
             dirty = key in self._dirty
+            urgent = key in self._dirty_urgent
             self._dirty.discard(key)
+            self._dirty_urgent.discard(key)
             if dirty:
-                self._add_locked(key)
+                self._add_locked(key, urgent)
         if not dirty and requeue_after is not None:
             self.add_after(key, requeue_after)
         else:
@@ -193,6 +224,6 @@ class WorkQueue(Generic[K]):
                 self._update_gauges()
 
     def _update_gauges(self) -> None:
-        metrics.WORKQUEUE_DEPTH.set(len(self._ready))
+        metrics.WORKQUEUE_DEPTH.set(len(self._queued_at))
         metrics.WORKQUEUE_DELAYED.set(len(self._due))
         metrics.WORKQUEUE_IN_PROGRESS.set(len(self._processing))

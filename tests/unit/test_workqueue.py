@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from model_traffic.runtime import ERROR_BACKOFF_CAP_SECONDS, retry_delay
+from model_traffic.runtime import ERROR_BACKOFF_CAP_SECONDS, EventPoster, retry_delay
 from model_traffic.workqueue import WorkQueue
 
 Key = tuple[str, str, str]
@@ -103,6 +103,28 @@ def test_different_keys_run_in_parallel() -> None:
     wait_until(lambda: len(handler.running) == 3)
     handler.release.set()
     assert queue.shutdown(1)
+
+
+def test_urgent_keys_run_before_waiting_ones_and_a_waiting_key_made_urgent_runs_once() -> None:
+    handler = Recorder()
+    queue = queue_of(handler, workers=1)
+    blocker: Key = ("VirtualModel", "llm", "blocker")
+    handler.release.clear()
+    queue.start()
+    queue.add(blocker)
+    wait_until(handler.entered.is_set)  # the one worker is busy: what follows waits in the queue
+    children = [("VirtualModel", "llm", f"child-event-{i}") for i in range(3)]
+    for key in children:
+        queue.add(key)
+    queue.add(("VirtualModel", "llm", "new"), urgent=True)
+    queue.add(children[2], urgent=True)  # its spec changed while it waited for a child's sake
+    queue.add(blocker, urgent=True)  # during its run: once more afterwards, still urgent
+    assert queue.depth() == 4
+    handler.release.set()
+    wait_until(lambda: len(handler.runs) == 6)
+    time.sleep(0.05)
+    assert handler.runs == [blocker, ("VirtualModel", "llm", "new"), children[2], blocker, children[0], children[1]]
+    assert queue.shutdown(1.0)
 
 
 def test_a_requested_requeue_runs_the_key_again_later_and_the_earliest_delay_wins() -> None:
@@ -206,3 +228,36 @@ def test_other_errors_back_off_from_five_seconds_to_the_cap() -> None:
     assert retry_delay(1, RuntimeError()) == 5.0
     assert retry_delay(2, ApiException(status=403)) == 10.0
     assert retry_delay(30, RuntimeError()) == ERROR_BACKOFF_CAP_SECONDS
+
+
+class SlowEvents:
+    """A Kube whose Event posts take a while (all an EventPoster uses)."""
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+        self.core = self
+        self._lock = threading.Lock()
+
+    def create_namespaced_event(self, namespace: str, event: object) -> None:
+        time.sleep(0.05)
+        with self._lock:
+            self.reasons.append(getattr(event, "reason", ""))
+
+
+BODY = {"apiVersion": "modeltraffic.io/v1alpha1", "kind": "TrafficConfig",
+        "metadata": {"name": "llama", "namespace": "llm", "uid": "u"}}
+
+
+def test_events_are_posted_off_the_reconcile_worker_and_drained_at_shutdown() -> None:
+    kube = SlowEvents()
+    poster = EventPoster(kube)  # type: ignore[arg-type]
+    poster.post(BODY, "Normal", "Inline", "before start: posted at once")
+    assert kube.reasons == ["Inline"]
+    poster.start()
+    started = time.monotonic()
+    for i in range(5):
+        poster.post(BODY, "Warning", f"Reason{i}", "m")
+    assert time.monotonic() - started < 0.05  # nobody waited for a post
+    assert poster.stop(5.0)
+    assert kube.reasons[0] == "Inline"
+    assert sorted(kube.reasons[1:]) == [f"Reason{i}" for i in range(5)]  # by several posters: any order
