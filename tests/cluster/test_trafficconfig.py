@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import textwrap
 import threading
@@ -911,6 +912,54 @@ def test_aborts_and_ab_promotions_are_make_before_break_too(
           f"watched, {len(violations)} route references to a deleted backend")
     assert deleted >= 4  # the AIServiceBackend and Backend of v2, then of v1
     assert violations == []
+
+
+def stack_process(cluster: Cluster, component: str) -> int:
+    """The pid of a controller this test session's local stack started (its binary sits in the session's
+    workdir, so this finds that one process and no other)."""
+    binary = str(cluster.workdir / component / "app")
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                if cmdline.read().split(b"\0")[0].decode(errors="replace") == binary:
+                    return int(entry)
+    raise AssertionError(f"no process runs {binary}")
+
+
+@contextlib.contextmanager
+def frozen(pid: int) -> Iterator[None]:
+    """The process stopped (SIGSTOP) meanwhile: it sees and writes nothing, as a controller that lags."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_a_backend_outlives_its_route_reference_when_the_ai_gateway_lags(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    """Make before break with a lagging gateway controller: while Envoy AI Gateway's controller is frozen, the
+    HTTPRoute it generated still sends to v1's Backend after the promotion took v1 out of the VirtualModel and the
+    AIGatewayRoute. v1's AIServiceBackend and Backend stay until the HTTPRoute drops them and Envoy Gateway
+    reported on it."""
+    start_rollout(cluster, kube, namespace, "llama", """\
+        analysis: {interval: 4s, stepWeights: [50]}
+    """)
+    wait_weights(kube, namespace, "llama", {"llama-v1": 50, "llama-v2": 50}, timeout=30)
+    with frozen(stack_process(cluster, "ai-gateway-controller")):
+        wait_weights(kube, namespace, "llama", {"llama-v2": 100}, timeout=30)
+        wait_for(lambda: "llama-v1" not in route_backend_names(kube.get(k.AI_GATEWAY_ROUTE, namespace, "llama")
+                                                               or {}), 30, "the AIGatewayRoute without v1")
+        time.sleep(5)  # what the operator would have done by now
+        http_route = kube.get(k.HTTP_ROUTE, namespace, "llama") or {}
+        assert "llama-v1" in route_backend_names(http_route), "the frozen controller kept the old HTTPRoute"
+        for rtype in (k.AI_SERVICE_BACKEND, k.BACKEND, k.MANAGED_AI_SERVICE_BACKEND):
+            live = kube.get(rtype, namespace, "llama-v1")
+            assert live is not None and not live["metadata"].get("deletionTimestamp"), f"{rtype.kind} llama-v1"
+        assert status(kube, namespace, "llama")["phase"] == "Promoting"
+    wait_for(lambda: kube.get(k.AI_SERVICE_BACKEND, namespace, "llama-v1") is None, 60, "v1 retired once served")
+    wait_phase(kube, namespace, "llama", "Succeeded", timeout=30)
 
 
 def test_a_status_ahead_of_the_children_applies_the_recorded_step_after_a_restart(
