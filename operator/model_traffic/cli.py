@@ -1,5 +1,6 @@
 """Command line: ``model-traffic-operator run`` starts the operator; ``model-traffic promote NAME`` and friends
-drive a TrafficConfig (see :mod:`model_traffic.ctl`)."""
+drive a TrafficConfig: promote, abort, retry, pause and resume are requests in its status, set-weight(s) edit its
+spec (see :mod:`model_traffic.ctl`)."""
 
 from __future__ import annotations
 
@@ -106,13 +107,24 @@ def _current_namespace() -> str:
 
 
 def rollout(args: argparse.Namespace) -> int:
-    """Edit a TrafficConfig's spec the way a person would."""
+    """Ask a rollout for an action (status.requests), or edit a TrafficConfig's spec the way a person would."""
     from kubernetes.client.exceptions import ApiException
 
     from model_traffic import ctl, kube
 
     namespace = args.namespace or _current_namespace()
     kube_ = kube.Kube()
+    if args.command in ctl.REQUESTS and getattr(args, "version", None) is None:
+        try:
+            token = ctl.ask(kube_, namespace, args.name, args.command)
+        except ApiException as error:
+            what = "not found" if error.status == 404 else f"HTTP {error.status} {error.reason}"
+            print(f"error: trafficconfig {namespace}/{args.name}: {what}", file=sys.stderr)
+            return 1
+        print(f"trafficconfig.modeltraffic.io/{args.name} {args.command} requested "
+              f"(status.requests.{args.command}={token}): {ctl.REQUESTS[args.command]}; "
+              "status.handledRequests and the Events say when it was acted on")
+        return 0
     # The edit is guarded by the resourceVersion it was computed from. The operator writes the status often
     # (which moves the resourceVersion too): on a conflict, read again and recompute.
     for attempt in range(1, EDIT_ATTEMPTS + 1):
@@ -145,12 +157,11 @@ EDIT_ATTEMPTS = 5
 def _rollout_edit(args: argparse.Namespace, spec: dict[str, Any]) -> tuple[dict[str, Any], str]:
     from model_traffic import ctl
 
-    if args.command == "promote":
+    if args.command == "promote":  # promote --version: a Weighted variant takes all traffic (desired state)
+        if spec.get("strategy") != "Weighted":
+            raise ctl.EditError(f"--version applies to the Weighted strategy; to promote the candidate of this "
+                                f"{spec.get('strategy') or 'Canary'} rollout: model-traffic promote {args.name}")
         return ctl.promote(spec, args.version)
-    if args.command == "abort":
-        return ctl.abort(spec)
-    if args.command in ("pause", "resume"):
-        return ctl.pause(spec, args.command == "pause")
     if args.command == "set-weight":
         return ctl.set_weight(spec, args.weight)
     return ctl.set_weights(spec, ctl.parse_weights(args.weights))
@@ -228,16 +239,20 @@ def main(argv: list[str] | None = None) -> int:
     crds_parser.add_argument("--check", action="store_true")
     crds_parser.add_argument("--stdout", action="store_true", help="print them instead (works from the image)")
     crds_parser.set_defaults(func=crds)
-    for command, help_text in (("promote", "make the candidate (Weighted: --version) the stable version"),
-                               ("abort", "roll back: all traffic to the stable version"),
-                               ("pause", "freeze the rollout where it is"), ("resume", "continue a paused rollout"),
+    for command, help_text in (("promote", "request: promote the candidate now (status; Weighted: --version edits "
+                                           "the spec)"),
+                               ("abort", "request: roll back, all traffic to the stable version (status)"),
+                               ("retry", "request: roll the rolled-back candidate out again (status)"),
+                               ("pause", "request: freeze the rollout where it is (status)"),
+                               ("resume", "request: continue a rollout paused by request (status)"),
                                ("set-weight", "hold the canary at a weight (Canary)"),
                                ("set-weights", "re-weight variants at once, e.g. v1=70 v2=30 (Weighted)")):
         command_parser = sub.add_parser(command, help=help_text)
         command_parser.add_argument("name", help="the TrafficConfig")
         command_parser.add_argument("-n", "--namespace", help="default: the kubeconfig context's namespace")
         if command == "promote":
-            command_parser.add_argument("--version", help="the version to promote (required for Weighted)")
+            command_parser.add_argument("--version", help="Weighted: the variant that takes all traffic (a spec "
+                                        "edit: weights are desired state)")
         elif command == "set-weight":
             command_parser.add_argument("weight", type=int)
         elif command == "set-weights":

@@ -1,16 +1,20 @@
-"""``model-traffic promote|abort|pause|resume|set-weight|set-weights``: one-line edits of a TrafficConfig.
+"""``model-traffic promote|abort|retry|pause|resume``: requests in a TrafficConfig's status; ``set-weight``,
+``set-weights`` and ``promote --version`` (Weighted): one-line edits of its spec.
 
-Each command writes exactly what a person or a GitOps commit would write in the spec (and nothing in the
-status), so both ways of driving a rollout meet in one place. The edits are pure functions of the spec,
-turned into a JSON merge patch guarded by the resourceVersion that was read.
+Actions on a rollout go to the status subresource (``status.requests.<action>: <token>``), the way Argo Rollouts
+takes ``status.abort`` and ``status.promoteFull``: a GitOps sync applies the spec and never reverts them, and
+asking needs only ``patch`` on ``trafficconfigs/status`` (the chart's promote role). The operator acts on a token
+once and records it in ``status.handledRequests`` with the progress it caused (render/trafficconfig.py).
 
-With GitOps, Git stays the source of truth: a sync reverts these edits unless the same change is
-committed. The commands print the spec change so it can be committed too.
+Weights are desired state: ``set-weight``/``set-weights`` (and promoting a Weighted variant) write exactly what a
+Git commit would write in the spec, as a JSON merge patch guarded by the resourceVersion that was read. With
+GitOps a sync reverts them unless the same change is committed; the commands print the change to commit.
 """
 
 from __future__ import annotations
 
 import copy
+import datetime
 from typing import Any
 
 from model_traffic import kube
@@ -47,15 +51,41 @@ def promote(spec: dict[str, Any], version: str | None = None) -> tuple[dict[str,
             f"spec.stable.version={canary.get('version')}, spec.canary removed")
 
 
-def abort(spec: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    """Send all traffic back to the stable version and retire the candidate."""
-    if not spec.get("canary"):
-        raise EditError("there is no rollout to abort (spec.canary is not set)")
-    return {"canary": None}, f"spec.canary removed: all traffic to {(spec.get('stable') or {}).get('version')}"
+# What each request asks, as the CLI reports it (the operator's Event says what it did).
+REQUESTS = {
+    "promote": "promote the candidate now, skipping the remaining steps",
+    "abort": "roll back: all traffic to the stable version (phase Failed until a retry or a new candidate)",
+    "retry": "start the rollout of the rolled-back candidate again",
+    "pause": "freeze the rollout where it is",
+    "resume": "continue a paused rollout",
+}
 
 
-def pause(spec: dict[str, Any], paused: bool) -> tuple[dict[str, Any], str]:
-    return {"paused": paused}, f"spec.paused={str(paused).lower()}"
+def request_token(now: datetime.datetime | None = None) -> str:
+    """A new token: the time (RFC 3339, microseconds, UTC), so requests are acted on in the order they were made
+    and the same action asked twice is two requests."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    return now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def request(action: str, token: str) -> dict[str, Any]:
+    """The status merge patch that asks for ``action``: only this one key (a concurrent request of another action,
+    or the operator's own status write, is left as it is; the operator never writes status.requests)."""
+    if action not in REQUESTS:
+        raise EditError(f"unknown action {action} (one of {', '.join(REQUESTS)})")
+    return {"requests": {action: token}}
+
+
+def ask(kube_: kube.Kube, namespace: str, name: str, action: str, token: str | None = None) -> str:
+    """Patch the request into the status subresource; returns its token. Needs only patch on trafficconfigs/status
+    (no read: the operator refuses, with a Warning Event, a request that does not apply)."""
+    token = token or request_token()
+    kube_.custom.patch_namespaced_custom_object_status(
+        kube.TRAFFIC_CONFIG.group, kube.TRAFFIC_CONFIG.version, namespace, kube.TRAFFIC_CONFIG.plural, name,
+        {"status": request(action, token)}, field_manager=FIELD_MANAGER,
+        _content_type="application/merge-patch+json",
+    )
+    return token
 
 
 def set_weight(spec: dict[str, Any], weight: int) -> tuple[dict[str, Any], str]:

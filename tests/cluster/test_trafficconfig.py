@@ -465,10 +465,11 @@ def test_manual_promotion_waits_for_a_person_then_the_cli_promotes(
              10, "the Ready message to say how to promote")
 
     out = model_traffic(cluster, "promote", "llama", "-n", namespace)
-    assert "spec.stable.version=v2" in out
+    assert "promote requested (status.requests.promote=" in out
+    done = wait_phase(kube, namespace, "llama", "Succeeded")
+    assert done["stableVersion"] == "v2" and done["handledRequests"]["promote"] == done["requests"]["promote"]
     spec = (kube.get(k.TRAFFIC_CONFIG, namespace, "llama") or {})["spec"]
-    assert spec["stable"]["version"] == "v2" and "canary" not in spec  # what a Git commit would say
-    wait_phase(kube, namespace, "llama", "Succeeded")
+    assert spec["stable"]["version"] == "v1" and spec["canary"]["version"] == "v2"  # a request, not a spec edit
     wait_weights(kube, namespace, "llama", {"llama-v2": 100})
     wait_for(lambda: kube.get(k.INFERENCE_SERVICE, namespace, "llama-v1") is None, 30, "llama-v1 retired")
 
@@ -493,7 +494,7 @@ def test_pause_holds_the_weight_resume_continues_abort_returns_all_traffic(
     wait_for(lambda: (status(kube, namespace, "llama").get("canaryWeight") or 0) > held, 20, "the rollout to go on")
 
     model_traffic(cluster, "abort", "llama", "-n", namespace)
-    done = wait_phase(kube, namespace, "llama", "Succeeded")
+    done = wait_phase(kube, namespace, "llama", "Failed")  # rolled back by request until a retry or a new canary
     assert done["stableVersion"] == "v1"
     wait_weights(kube, namespace, "llama", {"llama-v1": 100})
     wait_for(lambda: kube.get(k.INFERENCE_SERVICE, namespace, "llama-v2") is None, 30, "the candidate retired")
@@ -758,9 +759,9 @@ def test_a_cli_edit_racing_another_write_is_retried(
 
     monkeypatch.setattr(ctl, "edit", edit_after_another_write)
     monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
-    assert cli.main(["pause", "llama", "-n", namespace]) == 0
+    assert cli.main(["set-weight", "llama", "30", "-n", namespace]) == 0  # a spec edit (pause is a request)
     assert raced == ["llama"]
-    assert (kube.get(k.TRAFFIC_CONFIG, namespace, "llama") or {})["spec"]["paused"] is True
+    assert (kube.get(k.TRAFFIC_CONFIG, namespace, "llama") or {})["spec"]["canary"]["weight"] == 30
 
 
 # --- crash consistency (issue #12) ------------------------------------------------------------------------

@@ -1,13 +1,15 @@
-"""The one-line rollout commands: each is the spec edit a person (or a Git commit) would make."""
+"""The one-line rollout commands: requests in the status (promote, abort, retry, pause, resume) and the spec
+edits a person (or a Git commit) would make (set-weight, set-weights, promote --version of a Weighted variant)."""
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import pytest
 
 from model_traffic import ctl
-from model_traffic.api.trafficconfig import TrafficConfigSpec
+from model_traffic.api.trafficconfig import TrafficConfigSpec, TrafficConfigStatus
 
 CANARY: dict[str, Any] = {
     "inferenceService": {"template": {"predictor": {}}},
@@ -56,12 +58,16 @@ def test_promote_a_variant_retires_the_others() -> None:
         ctl.promote(WEIGHTED, "v9")
 
 
-def test_abort_pause_resume() -> None:
-    assert merged(CANARY, ctl.abort(CANARY)[0]).get("canary") is None
-    with pytest.raises(ctl.EditError, match="no rollout to abort"):
-        ctl.abort(WEIGHTED)
-    assert ctl.pause(CANARY, True)[0] == {"paused": True}
-    assert ctl.pause(CANARY, False)[0] == {"paused": False}
+def test_a_request_is_one_key_of_status_requests_with_a_time_token() -> None:
+    token = ctl.request_token(datetime.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=datetime.UTC))
+    assert token == "2026-01-02T03:04:05.000006Z"
+    assert ctl.request("abort", token) == {"requests": {"abort": token}}
+    later = ctl.request_token(datetime.datetime(2026, 1, 2, 3, 4, 5, 7, tzinfo=datetime.UTC))
+    assert later > token  # tokens order as the requests were made (the operator acts on them in that order)
+    with pytest.raises(ctl.EditError, match="unknown action"):
+        ctl.request("set-weight", token)
+    for action in ctl.REQUESTS:  # every action the CLI asks for is a field of the status schema
+        TrafficConfigStatus.model_validate({"requests": ctl.request(action, token)["requests"]})
 
 
 def test_set_weight_holds_the_canary() -> None:

@@ -31,6 +31,11 @@ VERSION_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 Phase = Literal["Initializing", "Progressing", "Paused", "WaitingPromotion", "Promoting", "Succeeded", "Failed"]
 PHASES: tuple[Phase, ...] = get_args(Phase)
 
+# Actions people ask of a rollout through the status subresource (status.requests), which a GitOps sync does not
+# revert (Argo Rollouts' status.abort / status.promoteFull). Acted on in the order of their tokens.
+RequestAction = Literal["promote", "abort", "retry", "pause", "resume"]
+REQUEST_ACTIONS: tuple[RequestAction, ...] = get_args(RequestAction)
+
 # The variables a custom query may use (analysis.render_query substitutes them); refused at apply time otherwise.
 TEMPLATE_VARIABLES = ("Version", "ModelName", "ServedModel", "Interval", "Namespace")
 KNOWN_TEMPLATE_VARIABLES = ", ".join(f"{{{{ .{v} }}}}" for v in TEMPLATE_VARIABLES)
@@ -265,6 +270,24 @@ class PendingEvent(Model):
     count: int = Field(default=1, description="How often it happened in this rollout (a series from 2 on).")
 
 
+RequestToken = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class Requests(Model):
+    """One token per action. A new token (an RFC 3339 time, as the CLI and the Argo CD actions write) asks once."""
+
+    promote: RequestToken | None = Field(default=None, description="Skip the remaining steps: promote the "
+                                         "candidate now (it must be Ready).")
+    abort: RequestToken | None = Field(default=None, description="Roll back: all traffic to the stable; the phase "
+                                       "is Failed until a retry or a new candidate.")
+    retry: RequestToken | None = Field(default=None, description="Start the rollout of a rolled-back (Failed) "
+                                       "candidate again from its first step.")
+    pause: RequestToken | None = Field(default=None, description="Freeze the rollout where it is (also a rollout "
+                                       "that starts later), until a resume.")
+    resume: RequestToken | None = Field(default=None, description="Undo a requested pause (spec.paused, desired "
+                                        "state, is Git's to change).")
+
+
 class TrafficConfigStatus(StatusBase):
     phase: Phase | None = Field(default=None, description="Where the rollout is.")
     stable_version: str | None = Field(default=None, description="The stable version.")
@@ -285,6 +308,20 @@ class TrafficConfigStatus(StatusBase):
         description="Events recorded with the last progress and not yet confirmed posted (an outbox).",
     )
     last_results: list[MetricResult] = Field(default_factory=list, description="Last analysis results.")
+    requests: Requests | None = Field(
+        default=None,
+        description="Written by people, never by the operator: actions asked of the rollout through the status "
+        "subresource (model-traffic promote|abort|retry|pause|resume, Argo CD's resource actions), so a GitOps "
+        "sync does not revert them. A request is pending while its token differs from handledRequests'.",
+    )
+    handled_requests: Requests | None = Field(
+        default=None,
+        description="The token of each action's request the operator acted on (or refused, with a Warning Event), "
+        "recorded with the progress it caused, so a request is acted on exactly once, across crashes too.",
+    )
+    paused_by_request: bool | None = Field(
+        default=None, description="A pause request holds the rollout (until a resume request).",
+    )
     versions: list[VersionStatus] = Field(default_factory=list, description="Each live version.")
     # Declared like the other kinds' (the operator writes it for all three): undeclared, the API server pruned it
     # and every reconcile found the status changed and wrote it again.

@@ -57,10 +57,12 @@ from model_traffic.api import virtualmodel as vm_api
 from model_traffic.api.common import API_VERSION, duration_seconds
 from model_traffic.api.trafficconfig import (
     PHASES,
+    REQUEST_ACTIONS,
     Metric,
     MetricResult,
     ModelVersion,
     Phase,
+    RequestAction,
     TrafficConfigSpec,
     TrafficConfigStatus,
     Webhook,
@@ -93,13 +95,14 @@ TRANSITIONS: dict[Phase | None, frozenset[Phase]] = {
     # checks run and steps are taken; ends in a promotion, a rollback or a wait for a person
     "Progressing": frozenset({"Paused", "WaitingPromotion", "Promoting", "Failed", "Succeeded", "Initializing"}),
     # spec.paused: back where it was when resumed (from the status), or aborted / reset / replaced
-    "Paused": frozenset({"Initializing", "Progressing", "WaitingPromotion", "Succeeded", "Promoting"}),
-    "WaitingPromotion": frozenset({"Paused", "Promoting", "Succeeded", "Initializing", "Progressing"}),
+    # (and an abort request, status.requests.abort, rolls back from any started phase: Failed)
+    "Paused": frozenset({"Initializing", "Progressing", "WaitingPromotion", "Succeeded", "Promoting", "Failed"}),
+    "WaitingPromotion": frozenset({"Paused", "Promoting", "Succeeded", "Initializing", "Progressing", "Failed"}),
     # the old stable drains; a new candidate may already start
     "Promoting": frozenset({"Succeeded", "Initializing"}),
     "Succeeded": frozenset({"Initializing", "Promoting", "Progressing"}),
-    # a rolled-back candidate stays rolled back until spec.canary or spec.stable changes
-    "Failed": frozenset({"Succeeded", "Initializing", "Promoting"}),
+    # a rolled-back candidate stays rolled back until spec.canary or spec.stable changes, or a retry request
+    "Failed": frozenset({"Succeeded", "Initializing", "Promoting", "Progressing"}),
 }
 # Phases in which a candidate is deployed with its rollout started (its traffic, an A/B match, checks).
 STARTED_PHASES: frozenset[Phase] = frozenset({"Progressing", "WaitingPromotion", "Paused"})
@@ -388,14 +391,26 @@ class _State:
     last_results: list[MetricResult]
     versions: dict[str, str]  # version -> InferenceService name, as recorded
     version_metrics: dict[str, list[MetricResult]]  # Weighted: last measurements by version
+    requests: dict[str, str]  # action -> token, as people wrote them (status.requests; never written here)
+    handled: dict[str, str]  # action -> token of the request acted on (status.handledRequests)
+    paused_by_request: bool
 
     @classmethod
     def read(cls, status: TrafficConfigStatus) -> _State:
+        def tokens(requests: Any) -> dict[str, str]:
+            return {k: v for k, v in (requests.model_dump() if requests else {}).items() if v}
+
         return cls(status.phase, status.stable_version, status.candidate_version, status.canary_weight,
                    status.current_step, status.failed_checks or 0, status.iterations or 0, status.last_step_time,
                    status.traffic_since, list(status.last_results),
                    {v.version: v.inference_service for v in status.versions},
-                   {v.version: list(v.metrics) for v in status.versions if v.metrics})
+                   {v.version: list(v.metrics) for v in status.versions if v.metrics},
+                   tokens(status.requests), tokens(status.handled_requests), bool(status.paused_by_request))
+
+    def pending_requests(self) -> list[RequestAction]:
+        """Requests not acted on yet, oldest token first (the CLI's and Argo CD's tokens are RFC 3339 times)."""
+        pending = [a for a in REQUEST_ACTIONS if self.requests.get(a) and self.requests[a] != self.handled.get(a)]
+        return sorted(pending, key=lambda a: self.requests[a])
 
     def start_rollout(self, candidate: str) -> None:
         self.phase, self.candidate, self.weight, self.step = "Initializing", candidate, 0, None
@@ -582,11 +597,12 @@ class _Rollout:
             self.message = (f"{candidate} was rolled back ({describe_failures(s.last_results)}); all traffic to "
                             f"{stable}; change or remove spec.canary to go on")
             return
-        if spec.paused:
+        if spec.paused or s.paused_by_request:
             if s.phase != "Paused":
                 self.event("Normal", "Paused", f"rollout of {candidate} paused at weight {s.weight or 0}")
             s.phase = "Paused"
-            self.message = f"paused at weight {s.weight or 0}"
+            self.message = f"paused at weight {s.weight or 0}" + (
+                " (spec.paused)" if spec.paused else " (model-traffic resume to continue)")
             return
         if s.phase == "Paused":
             s.phase = self._resumed_phase()
@@ -679,6 +695,46 @@ class _Rollout:
             self.message = f"{candidate} deployed, {self.spec.strategy} checks running"
         self.event("Normal", "RolloutStarted", f"{self.spec.strategy} rollout of {candidate}: {self.message}")
 
+    # --- requests (status.requests): acted on once, recorded in status.handledRequests with their effect ----------
+    def act_on_requests(self, stable: str, in_rollout: bool) -> str:
+        """Act on the pending requests through the same moves as the rollout itself; returns the stable after them.
+        ``in_rollout``: the spec has a candidate beside the stable, the one the status records."""
+        s = self.s
+        for action in s.pending_requests():
+            s.handled[action] = s.requests[action]
+            candidate = s.candidate if in_rollout else None
+            started = candidate is not None and s.phase in ("Initializing", *STARTED_PHASES)
+            if action == "pause":
+                s.paused_by_request = True
+                if candidate is None:
+                    self.event("Normal", "PauseRequested", "paused: a rollout that starts holds until resumed")
+            elif action == "resume":
+                s.paused_by_request = False
+                if self.spec.paused:
+                    self.event("Warning", "ResumeRefused", "spec.paused is true: desired state, Git's to change")
+                elif candidate is None:
+                    self.event("Normal", "ResumeRequested", "resumed: nothing was paused")
+            elif action == "abort" and started and candidate is not None:
+                s.last_results = [*s.last_results, MetricResult(name="aborted", passed=False,
+                                                                message="aborted by request")]
+                self.message = f"rollout of {candidate} aborted by request; all traffic to {stable}"
+                self.event("Normal", "Aborted", self.message)
+                s.phase, s.weight, s.step, s.paused_by_request = "Failed", 0, None, False
+                s.traffic_changes()
+                self.post_rollout = self.webhooks("PostRollout")
+            elif action == "retry" and candidate is not None and s.phase == "Failed":
+                s.start_rollout(candidate)
+                self.event("Normal", "Retried", f"rollout of {candidate} started again from its first step")
+            elif action == "promote" and started and candidate is not None and self.ready(candidate):
+                self.promote(stable, candidate, "promoted by request, remaining steps skipped")
+                stable = candidate
+            else:
+                why = ("it is not Ready: " + self.why_not_ready(candidate) if action == "promote" and started and
+                       candidate is not None else f"the phase is {s.phase}" if candidate is not None else
+                       "no rollout is in progress")
+                self.event("Warning", "RequestRefused", f"{action} request not acted on: {why}")
+        return stable
+
     def _complete(self, stable: str, candidate: str) -> None:
         promotion = self.spec.analysis.promotion if self.spec.analysis else "Automatic"
         if self.spec.canary is not None and self.spec.canary.weight is not None:
@@ -694,8 +750,8 @@ class _Rollout:
             self.event("Normal", "WaitingPromotion", self.message)
 
     def _waiting_message(self, candidate: str) -> str:
-        return (f"{candidate} passed its analysis; promote it by setting spec.stable.version to {candidate} "
-                f"(model-traffic promote {self.world.name})")
+        return (f"{candidate} passed its analysis; promote it with model-traffic promote {self.world.name} "
+                f"(or set spec.stable.version to {candidate})")
 
     def promote(self, old: str, new: str, why: str) -> None:
         self.s.end_rollout("Promoting")
@@ -784,11 +840,15 @@ def step(
             if state.candidate is not None:
                 r.event("Normal", "RolloutReset", f"candidate changed from {state.candidate} to {canary}")
             state.start_rollout(canary)
-        r.advance(stable, canary)
+        stable = r.act_on_requests(stable, in_rollout=True)
+        if state.candidate is not None:
+            r.advance(stable, canary)
         stable = state.stable or stable
         if state.candidate is not None and state.phase != "Failed":
             candidate = canary  # a failed candidate drains; a promoted one is the stable
 
+    if state.pending_requests():  # not in a rollout: pause/resume recorded, the others refused with a reason
+        stable = r.act_on_requests(stable, in_rollout=False)
     state.stable = stable
     keep = [stable] + ([candidate] if candidate and candidate != stable else [])
     weights, matched = r.traffic(stable, state.candidate if state.candidate and state.candidate == candidate
@@ -799,6 +859,7 @@ def step(
 def _weighted(r: _Rollout, previous_phase: Phase | None) -> RolloutPlan:
     spec, s = r.spec, r.s
     variants = spec.variants or []
+    r.act_on_requests(spec.stable.version, in_rollout=False)  # no rollout: weights are desired state (spec)
     s.stable = spec.stable.version
     s.candidate, s.step, s.iterations, s.failed = None, None, 0, 0
     weights = {v.version: v.weight for v in variants if v.weight > 0}
@@ -898,6 +959,9 @@ def _finish(r: _Rollout, keep: list[str], weights: dict[str, int], matched: str 
         "lastStepTime": s.last_step_time, "trafficSince": s.traffic_since,
         "lastResults": [m.wire() for m in s.last_results], "versions": versions,
         "pendingEvents": pending or None,
+        # people's requests go through unchanged (the status write would otherwise remove them)
+        "requests": dict(s.requests) or None, "handledRequests": dict(s.handled) or None,
+        "pausedByRequest": s.paused_by_request or None,
     }
     status = {k: v for k, v in status.items() if v is not None}
     details.append(Detail("AnalysisPassed", None if not s.last_results else all(x.passed for x in s.last_results),
@@ -966,7 +1030,7 @@ def _pending_event(r: _Rollout, event: RolloutEvent) -> dict[str, Any]:
 def _requeue_after(r: _Rollout) -> float | None:
     """Seconds until a check (or a Weighted measurement) is due, when waiting on the clock (not on a watch)."""
     observing = r.spec.strategy == "Weighted" and bool(r.spec.analysis and r.spec.analysis.metrics)
-    if (r.s.phase not in ("Progressing", "Initializing") and not observing) or r.spec.paused:
+    if (r.s.phase not in ("Progressing", "Initializing") and not observing) or r.spec.paused or r.s.paused_by_request:
         return None
     due_in = r.next_due_in()
     return due_in if due_in else None
