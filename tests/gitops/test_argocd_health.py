@@ -149,7 +149,7 @@ def test_the_argocd_cm_snippet_embeds_the_script_for_each_kind() -> None:
     assert snippet["metadata"]["name"] == "argocd-cm"
     script = SCRIPT.read_text()
     keys = {f"resource.customizations.health.modeltraffic.io_{kind}" for kind in states.KINDS}
-    assert set(snippet["data"]) == keys
+    assert {key for key in snippet["data"] if ".health." in key} == keys  # (the actions: test_argocd_actions.py)
     for key in keys:
         assert snippet["data"][key] == script, f"{key} is not files/argocd/health.lua: paste it in, indented by 4"
     # Every kind the operator serves has its key (the CRDs are the list of kinds).
