@@ -142,7 +142,13 @@ def render(values: dict[str, Any] | None = None, **kwargs: Any) -> list[dict[str
 def roles(manifests: list[dict[str, Any]]) -> dict[tuple[str, str, str], set[Atom]]:
     """(kind, namespace, name) of each Role/ClusterRole -> its rules as atoms."""
     return {(m["kind"], m["metadata"].get("namespace", ""), m["metadata"]["name"]): atoms(m.get("rules") or [])
-            for m in manifests if m["kind"] in ("Role", "ClusterRole")}
+            for m in manifests if m["kind"] in ("Role", "ClusterRole") and not for_people(m)}
+
+
+def for_people(manifest: dict[str, Any]) -> bool:
+    """The aggregated roles for people (tests/cluster/test_rollout_actions.py), not the operator's."""
+    return any(label.startswith("rbac.authorization.k8s.io/aggregate-to-")
+               for label in manifest["metadata"].get("labels") or {})
 
 
 def assert_same(actual: set[Atom], expected: set[Atom], where: str) -> None:
