@@ -167,6 +167,38 @@ def _rollout_edit(args: argparse.Namespace, spec: dict[str, Any]) -> tuple[dict[
     return ctl.set_weights(spec, ctl.parse_weights(args.weights))
 
 
+def get(args: argparse.Namespace) -> int:
+    """``model-traffic get NAME [--watch]``: one screen of a rollout (see :mod:`model_traffic.rolloutview`)."""
+    import datetime
+    import time
+
+    from kubernetes.client.exceptions import ApiException
+
+    from model_traffic import kube, rolloutview
+
+    namespace = args.namespace or _current_namespace()
+    kube_ = kube.Kube()
+    while True:
+        try:
+            obj, events = rolloutview.fetch(kube_, namespace, args.name)
+        except ApiException as error:
+            print(f"error: trafficconfig {namespace}/{args.name}: HTTP {error.status} {error.reason}", file=sys.stderr)
+            return 1
+        if obj is None:
+            print(f"error: trafficconfig {namespace}/{args.name} not found", file=sys.stderr)
+            return 1
+        view = rolloutview.render(obj, events, datetime.datetime.now(datetime.UTC))
+        if not args.watch:
+            sys.stdout.write(view)
+            return 0
+        sys.stdout.write("\x1b[H\x1b[2J" + view)  # home and clear, as `watch` does
+        sys.stdout.flush()
+        try:
+            time.sleep(args.interval)
+        except KeyboardInterrupt:
+            return 0
+
+
 def keys(args: argparse.Namespace) -> int:
     """``model-traffic keys``: the API keys of tenants (see :mod:`model_traffic.keys`)."""
     from model_traffic import keys as keys_
@@ -258,6 +290,12 @@ def main(argv: list[str] | None = None) -> int:
         elif command == "set-weights":
             command_parser.add_argument("weights", nargs="+", metavar="VERSION=WEIGHT")
         command_parser.set_defaults(func=rollout)
+    get_parser = sub.add_parser("get", help="one screen of a TrafficConfig's rollout (--watch to follow it)")
+    get_parser.add_argument("name", help="the TrafficConfig")
+    get_parser.add_argument("-n", "--namespace", help="default: the kubeconfig context's namespace")
+    get_parser.add_argument("-w", "--watch", action="store_true", help="redraw until Ctrl-C")
+    get_parser.add_argument("--interval", type=float, default=2.0, help="seconds between redraws (--watch)")
+    get_parser.set_defaults(func=get)
     _add_keys_parser(sub)
     usage_parser = sub.add_parser("usage", help="tokens, requests, errors, latency and cost from Prometheus")
     usage_parser.add_argument("--by", choices=["model", "tenant", "day"], default="model")
