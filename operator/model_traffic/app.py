@@ -360,5 +360,13 @@ async def traffic_config_event(type: str, body: kopf.Body, namespace: str | None
     if type == "DELETED":
         STATE.runtime.forget(trafficconfig.KIND, namespace, name)
         trafficconfig_reconciler.forget_metrics(namespace, name)
-    elif not is_status_echo(type, body):
+    elif not is_status_echo(type, body) or has_pending_request(body):
         STATE.runtime.enqueue(trafficconfig.KIND, namespace, name, urgent=True)
+
+
+def has_pending_request(body: kopf.Body) -> bool:
+    """A rollout action (status.requests, written by people through the status subresource: no new generation)
+    not yet acted on: not an echo of our own write."""
+    status = body.get("status") or {}
+    requests, handled = status.get("requests") or {}, status.get("handledRequests") or {}
+    return any(token and handled.get(action) != token for action, token in requests.items())

@@ -148,3 +148,17 @@ def test_weighted_takes_no_rollout_requests() -> None:
     plan = reconcile(s, asked(first.status, "abort", "a"), at(1))
     assert "RequestRefused" in reasons(plan)
     assert vm_weights(plan) == {"llama-v1": 70, "llama-v2": 30}
+
+
+def test_a_pending_request_wakes_the_reconciler_though_no_generation_changed() -> None:
+    """A request is a status-only change: without this, the watch takes it for our own status write coming back."""
+    from model_traffic.app import has_pending_request, is_status_echo
+
+    def body(status: dict[str, Any]) -> Any:
+        return {"metadata": {"generation": 2}, "status": {"observedGeneration": 2, **status}}
+
+    asked_ = body({"requests": {"pause": "t1"}})
+    assert is_status_echo("MODIFIED", asked_) and has_pending_request(asked_)
+    assert not has_pending_request(body({"requests": {"pause": "t1"}, "handledRequests": {"pause": "t1"}}))
+    assert has_pending_request(body({"requests": {"pause": "t2"}, "handledRequests": {"pause": "t1"}}))
+    assert not has_pending_request(body({}))
