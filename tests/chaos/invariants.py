@@ -111,25 +111,27 @@ def check_steps(records: list[Record], kind: str, name: str, expected: list[Traf
 
 
 def check_no_reference_to_deleted_backend(records: list[Record], route: str) -> list[str]:
-    """Make-before-break: at no revision did the route name an AIServiceBackend that no longer existed.
+    """Make-before-break: at no revision did the route name an AIServiceBackend that no longer existed (or whose
+    ManagedAIServiceBackend, its owner, was being deleted).
 
     Walks the merged history in revision order: a deletion while the route still names the backend, or a route
-    write naming a backend deleted earlier (and not created again), is a window in which requests fail.
+    write naming a backend deleted earlier (and not created again), is a window in which requests fail. A deletion
+    starts when the backend gets its deletionTimestamp (Envoy AI Gateway's finalizer then holds the object for a
+    while, but the backend is on its way out), not only when the object is finally gone.
     """
     violations = []
-    existing: set[str] = set()
-    deleted: dict[str, int] = {}  # backend -> revision of its deletion
+    deleted: dict[str, int] = {}  # backend -> revision at which its deletion started
     referenced: set[str] = set()
     for record in records:
-        if record.kind == "AIServiceBackend":
-            if record.type == "DELETED":
-                existing.discard(record.name)
+        # The ManagedAIServiceBackend of the same name owns the AIServiceBackend: deleting it deletes the other.
+        if record.kind in ("AIServiceBackend", "ManagedAIServiceBackend"):
+            deleting = record.type == "DELETED" or bool(record.obj["metadata"].get("deletionTimestamp"))
+            if deleting and record.name not in deleted:
                 deleted[record.name] = record.revision
                 if record.name in referenced:
-                    violations.append(f"AIServiceBackend {record.name} deleted at revision {record.revision} while "
+                    violations.append(f"{record.kind} {record.name} deleted at revision {record.revision} while "
                                       f"AIGatewayRoute {route} still referenced it")
-            else:
-                existing.add(record.name)
+            elif not deleting and record.kind == "AIServiceBackend":
                 deleted.pop(record.name, None)
         elif record.kind == "AIGatewayRoute" and record.name == route:
             referenced = set() if record.type == "DELETED" else route_references(record.obj)

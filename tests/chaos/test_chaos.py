@@ -334,10 +334,15 @@ def test_rollouts_survive_random_kills(round_number: int, cluster: Cluster, kube
         if scenario.finished_at is not None:
             figures.rollouts_finished += 1
         else:
+            status = (kube.get(k.TRAFFIC_CONFIG, namespace, scenario.name) or {}).get("status") or {}
+            left = [f"{rtype.kind} {name}" for rtype in (k.INFERENCE_SERVICE, k.MANAGED_AI_SERVICE_BACKEND)
+                    for name in (scenario.v1, scenario.v2)
+                    if name[-2:] not in scenario.wanted_versions() and kube.get(rtype, namespace, name)]
             figures.add("rollout-finished", [
-                f"{scenario.name} did not finish in {ROUND_SECONDS:.0f}s: status "
-                f"{((kube.get(k.TRAFFIC_CONFIG, namespace, scenario.name) or {}).get('status') or {}).get('phase')}, "
-                f"traffic {traffic(kube, scenario)}"])
+                f"{scenario.name} did not finish in {ROUND_SECONDS:.0f}s: phase {status.get('phase')}, stable "
+                f"{status.get('stableVersion')}, traffic {traffic(kube, scenario)}, route {routed(kube, scenario)}, "
+                f"not retired: {', '.join(left) or 'nothing'}; conditions "
+                f"{[(c.get('type'), c.get('reason'), c.get('message')) for c in status.get('conditions') or []]}"])
         expected = scenario.expected_states()
         figures.add("virtual-model-steps",
                     invariants.check_steps(records, "VirtualModel", scenario.name, expected))

@@ -45,6 +45,11 @@ def test_steps_in_order_hold_and_a_skipped_or_repeated_step_is_named() -> None:
                                   [state({"v1": 100}), state({"v1": 100}, ["v2"]), state({"v2": 100})]) == []
 
 
+def terminating(revision: int, name: str) -> Record:
+    return Record(revision, 0.0, "AIServiceBackend", "MODIFIED",
+                  {"metadata": {"name": name, "deletionTimestamp": "2026-01-01T00:00:00Z"}})
+
+
 def test_a_route_naming_a_deleted_backend_is_caught_in_revision_order() -> None:
     make_before_break = [backend(1, "v1"), backend(2, "v2"), route(3, {"v1": 50, "v2": 50}), route(4, {"v2": 100}),
                          backend(5, "v1", "DELETED")]
@@ -53,6 +58,16 @@ def test_a_route_naming_a_deleted_backend_is_caught_in_revision_order() -> None:
                          backend(4, "v1", "DELETED"), route(5, {"v2": 100})]
     [message] = invariants.check_no_reference_to_deleted_backend(break_before_make, "m")
     assert message == "AIServiceBackend v1 deleted at revision 4 while AIGatewayRoute m still referenced it"
+    # A finalizer keeps the object a while: the deletion starts with the deletionTimestamp.
+    held_by_a_finalizer = [backend(1, "v1"), backend(2, "v2"), route(3, {"v1": 50, "v2": 50}), terminating(4, "v1"),
+                           route(5, {"v2": 100}), backend(6, "v1", "DELETED")]
+    [message] = invariants.check_no_reference_to_deleted_backend(held_by_a_finalizer, "m")
+    assert message == "AIServiceBackend v1 deleted at revision 4 while AIGatewayRoute m still referenced it"
+    owner_first = [backend(1, "v1"), route(3, {"v1": 50, "v2": 50}),
+                   Record(4, 0.0, "ManagedAIServiceBackend", "DELETED", {"metadata": {"name": "v1"}}),
+                   route(5, {"v2": 100})]
+    [message] = invariants.check_no_reference_to_deleted_backend(owner_first, "m")
+    assert message == "ManagedAIServiceBackend v1 deleted at revision 4 while AIGatewayRoute m still referenced it"
 
 
 def event(revision: int, name: str, reason: str, count: int = 1) -> Record:
