@@ -128,8 +128,8 @@ INVALID = [
      """, "spec.rateLimit.tenantHeader"),
     ("VirtualModel", """\
         backends: [{name: a}]
-        rateLimit: {requests: {limit: 1, unit: Month}}
-     """, 'Unsupported value: "Month"'),
+        rateLimit: {requests: {limit: 1, unit: Fortnight}}
+     """, 'Unsupported value: "Fortnight"'),
     ("TrafficConfig", """\
         inferenceService: {ref: {name: llama}}
         stable: {version: v1}
