@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 LOCAL := .local
 export KUBECONFIG ?= $(CURDIR)/$(LOCAL)/kubeconfig
-# The Gateway the local stack (make cluster, make demo) has Envoy Gateway accept: model_traffic.localcluster.DEFAULT_GATEWAY.
+# The Gateway the local stack (make cluster, make demo) has Envoy Gateway accept: model_traffic_dev.localcluster.DEFAULT_GATEWAY.
 LOCAL_GATEWAY := envoy-gateway-system/ai-gateway
 PYTEST_ARGS ?=
 
@@ -23,24 +23,26 @@ help:
 	@echo "make run           run the operator in the foreground against \$$KUBECONFIG (MTO_DEFAULT_GATEWAY defaults to"
 	@echo "                   $(LOCAL_GATEWAY), the local stack's Gateway)"
 	@echo "make chart-lint    helm lint + template of charts/model-traffic-operator (builds helm from Go modules)"
-	@echo "make crds          regenerate crds/ from operator/model_traffic/api (and docs/api.md)"
+	@echo "make crds          regenerate crds/ from the kinds' specs, operator/model_traffic/kinds/*/spec.py (and docs/api.md)"
 	@echo "make docs          regenerate the generated parts of docs/"
 	@echo "make image         build the container image (Docker with BuildKit; IMAGE=name:tag)"
 	@echo "make release       dist/: the packaged chart, a chart of the CRDs, install.yaml, image.txt, SHA256SUMS"
 	@echo "                   (RELEASE_IMAGE_REPOSITORY=registry/name; the tag is the project version)"
 
+# The venv finds tools/model_traffic_dev (development tooling: not part of the wheel) through a .pth file.
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_path("purelib"), "model_traffic_dev.pth").write_text("$(CURDIR)/tools\n")'
 	@touch $@
 
 venv: $(VENV)/.installed
 
 binaries: venv
-	$(PY) -m model_traffic.localcluster build
+	$(PY) -m model_traffic_dev.localcluster build
 
-ENSURE_HELM = $(PY) -c 'from model_traffic.localcluster.build import ensure_helm; print(ensure_helm())'
+ENSURE_HELM = $(PY) -c 'from model_traffic_dev.localcluster.build import ensure_helm; print(ensure_helm())'
 
 helm: venv
 	$(ENSURE_HELM)
@@ -50,12 +52,12 @@ chart-lint: helm
 	"$$($(ENSURE_HELM))" template model-traffic-operator charts/model-traffic-operator --namespace model-traffic-system > /dev/null
 
 crds: venv
-	$(PY) -m model_traffic.crdgen
+	$(PY) -m model_traffic_dev.crdgen
 	cp crds/*.yaml charts/model-traffic-operator/crds/
-	$(PY) -m model_traffic.docgen
+	$(PY) -m model_traffic_dev.docgen
 
 docs: venv
-	$(PY) -m model_traffic.docgen
+	$(PY) -m model_traffic_dev.docgen
 
 lint: venv
 	$(VENV)/bin/ruff check operator tests tools
@@ -72,7 +74,7 @@ test: prerequisites lint binaries helm
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 demo: binaries
-	MTO_DEFAULT_GATEWAY="$${MTO_DEFAULT_GATEWAY:-$(LOCAL_GATEWAY)}" $(PY) -m model_traffic.demo
+	MTO_DEFAULT_GATEWAY="$${MTO_DEFAULT_GATEWAY:-$(LOCAL_GATEWAY)}" $(PY) -m model_traffic_dev.demo
 
 bench: binaries
 	$(PY) tools/bench.py $(BENCH_ARGS)
@@ -84,10 +86,10 @@ chaos: binaries helm
 	MTO_CHAOS_KILLS=$(CHAOS_KILLS) MTO_CHAOS_REPORT=$(LOCAL)/chaos.json $(PY) -m pytest tests/chaos -q -s -ra $(PYTEST_ARGS)
 
 cluster: binaries
-	$(PY) -m model_traffic.localcluster up --dir $(LOCAL) --crds crds
+	$(PY) -m model_traffic_dev.localcluster up --dir $(LOCAL) --crds crds
 
 cluster-down: venv
-	$(PY) -m model_traffic.localcluster down --dir $(LOCAL)
+	$(PY) -m model_traffic_dev.localcluster down --dir $(LOCAL)
 
 run: venv
 	MTO_DEFAULT_GATEWAY="$${MTO_DEFAULT_GATEWAY:-$(LOCAL_GATEWAY)}" $(PY) -m model_traffic run

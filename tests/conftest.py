@@ -1,6 +1,6 @@
 """Fixtures: one real cluster per test session, the operator running against it, a namespace a test.
 
-The cluster is the local stack of ``model_traffic.localcluster`` (etcd, kube-apiserver,
+The cluster is the local stack of ``model_traffic_dev.localcluster`` (etcd, kube-apiserver,
 kube-controller-manager and kube-scheduler, kwok's fake nodes on which pods run without containers, plus the
 real Envoy Gateway, Envoy AI Gateway and KServe controllers, all built from released Go modules), or an
 existing cluster when ``MODEL_TRAFFIC_USE_EXISTING_CLUSTER=1`` and
@@ -40,7 +40,7 @@ import pytest
 import yaml
 
 from model_traffic.kube import Kube
-from model_traffic.localcluster.process import die_with_parent, stop
+from model_traffic_dev.localcluster.process import die_with_parent, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -90,7 +90,7 @@ def wait_for(check: Callable[[], T | None], timeout: float = 30.0, what: str = "
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    from model_traffic import localcluster
+    from model_traffic_dev import localcluster
 
     if os.environ.get("MODEL_TRAFFIC_USE_EXISTING_CLUSTER") == "1":
         existing = Cluster(Path(os.environ["KUBECONFIG"]), Path(os.environ.get("KUBECTL", "kubectl")),
@@ -108,7 +108,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 def install_crds(cluster: Cluster) -> None:
     """Our CRDs and the upstream ones."""
-    from model_traffic import localcluster
+    from model_traffic_dev import localcluster
 
     localcluster.install_manifests(cluster.kubectl_path, cluster.kubeconfig,
                                    [ROOT / "crds", *localcluster.crd_files()])
@@ -152,7 +152,7 @@ class ChartIdentity:
 
 def helm_binary() -> Path:
     """The helm built from Go modules (cached; minutes the first time)."""
-    from model_traffic.localcluster.build import ensure_helm
+    from model_traffic_dev.localcluster.build import ensure_helm
 
     return ensure_helm()
 

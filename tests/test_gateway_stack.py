@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from model_traffic.localcluster import kserve, nodes
-from model_traffic.localcluster.controlplane import PIDS_FILE, pid_alive
-from model_traffic.localcluster.stack import AI_GATEWAY_FIELD_MANAGER, ENVOY_GATEWAY_FIELD_MANAGER
+from model_traffic_dev.localcluster import kserve, nodes
+from model_traffic_dev.localcluster.controlplane import PIDS_FILE, pid_alive
+from model_traffic_dev.localcluster.stack import AI_GATEWAY_FIELD_MANAGER, ENVOY_GATEWAY_FIELD_MANAGER
 from tests.conftest import Cluster, apply_yaml, condition, get_json, wait_for
 
 pytestmark = pytest.mark.cluster

@@ -33,6 +33,8 @@ DOCKERFILE = ROOT / "Dockerfile"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 STAGES = dockerfile.stages(DOCKERFILE.read_text())
 FINAL = STAGES[-1]
+# The modules of tools/model_traffic_dev: none of them may be in the wheel.
+DEVELOPMENT_TOOLING = {"localcluster", "demo", "crdgen", "docgen", "model_traffic_dev"}
 BUILD_TOOLS = ("build-essential", "gcc", "g++", "clang", "make", "cmake", "python3-dev", "libc6-dev",
                "libffi-dev", "libssl-dev", "cargo", "rustc", "golang", "git")
 
@@ -180,15 +182,17 @@ def test_the_wheel_holds_the_package_and_nothing_else(wheel: Path) -> None:
     assert tops == {"model_traffic", dist_info}, f"unexpected top-level entries: {tops}"
     assert "model_traffic/cli.py" in names and "model_traffic/app.py" in names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or "/tests/" in n]
-    # localcluster (the dev control plane, ~70 KB of Python, no binaries) ships too: `model-traffic` and
-    # the demo use it, and it is only imported on demand.
+    # Development tooling (tools/model_traffic_dev: the local stack, demo, CRD and doc generation) is not shipped.
+    tooling = [n for n in names if set(n.removesuffix('.py').split('/')) & DEVELOPMENT_TOOLING]
+    assert not tooling, f"development tooling in the wheel: {tooling[:10]}"
     assert "model-traffic-operator = model_traffic.cli:main" in entry_points
 
 
 def test_the_image_entrypoint_works_from_the_installed_wheel(installed: Installed) -> None:
     top = installed.run(*_entrypoint(), "--help")
     assert top.returncode == 0, top.stderr
-    assert "run" in top.stdout and "crds" in top.stdout
+    assert "run" in top.stdout and "promote" in top.stdout
+    assert "crds" not in top.stdout  # the CRD generator is development tooling: crds/ and the chart ship them
     run = installed.run(*_entrypoint(), *_cmd(), "--help")
     assert run.returncode == 0, run.stderr
     for flag in ("--namespace", "--liveness-port", "--log-format"):

@@ -20,15 +20,15 @@ from typing import Any
 import pytest
 import yaml
 
-from model_traffic import localcluster
-from model_traffic.localcluster import build, kserve, nodes
-from model_traffic.localcluster.build import kubernetes_build_gomod, staging_modules
-from model_traffic.localcluster.controlplane import pid_alive
+from model_traffic_dev import localcluster
+from model_traffic_dev.localcluster import build, kserve, nodes
+from model_traffic_dev.localcluster.build import kubernetes_build_gomod, staging_modules
+from model_traffic_dev.localcluster.controlplane import pid_alive
 
 # A cold build of the binaries exceeds the project-wide 600 s test timeout.
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(2400)]
 
-OPERATOR_DIR = Path(localcluster.__file__).resolve().parents[2]
+DEV_TOOLS_DIR = Path(localcluster.__file__).resolve().parents[2]
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
@@ -202,14 +202,14 @@ def test_components_die_with_a_sigkilled_parent(binaries: localcluster.Binaries,
     script = textwrap.dedent(f"""\
         import json, sys, time
         from pathlib import Path
-        from model_traffic import localcluster
+        from model_traffic_dev import localcluster
         plane = localcluster.ControlPlane(Path({str(tmp_path)!r}), localcluster.ensure_binaries())
         plane.start()
         print(json.dumps(plane.pids), flush=True)
         time.sleep(600)
         """)
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": str(OPERATOR_DIR)})
+                              env={**os.environ, "PYTHONPATH": str(DEV_TOOLS_DIR)})
     try:
         assert parent.stdout is not None
         pids: dict[str, int] = json.loads(parent.stdout.readline())
@@ -256,10 +256,10 @@ def test_up_and_down_through_the_cli(binaries: localcluster.Binaries, tmp_path: 
     # Sorted after the CRD, applied in the same kubectl run: install_manifests must wait and retry.
     (manifests / "nested" / "widget.yaml").write_text(WIDGET)
     state = tmp_path / ".local"
-    env = {**os.environ, "PYTHONPATH": str(OPERATOR_DIR)}
+    env = {**os.environ, "PYTHONPATH": str(DEV_TOOLS_DIR)}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "model_traffic.localcluster", *args], capture_output=True,
+        return subprocess.run([sys.executable, "-m", "model_traffic_dev.localcluster", *args], capture_output=True,
                               text=True, timeout=300, cwd=tmp_path, env=env)
 
     up = cli("up", "--dir", str(state), "--crds", str(manifests))

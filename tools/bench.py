@@ -37,12 +37,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from model_traffic.api.backend import ManagedAIServiceBackendSpec
-from model_traffic.api.trafficconfig import TrafficConfigSpec
-from model_traffic.api.virtualmodel import VirtualModelSpec
-from model_traffic.render import backend as render_backend
-from model_traffic.render import trafficconfig as render_traffic
-from model_traffic.render import virtualmodel as render_vm
+from model_traffic.kinds.backend import render as render_backend
+from model_traffic.kinds.backend.spec import ManagedAIServiceBackendSpec
+from model_traffic.kinds.trafficconfig import render as render_traffic
+from model_traffic.kinds.trafficconfig.spec import TrafficConfigSpec
+from model_traffic.kinds.virtualmodel import render as render_vm
+from model_traffic.kinds.virtualmodel.spec import VirtualModelSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "bench"
@@ -226,7 +226,7 @@ def p95(values: list[float]) -> float:
 
 
 def cluster_figures(count: int, idle: float, ready_timeout: float, figures: dict[str, Any]) -> None:
-    from model_traffic import localcluster
+    from model_traffic_dev import localcluster
 
     binaries = localcluster.ensure_binaries()
     with tempfile.TemporaryDirectory(prefix="mto-bench-") as tmp:
@@ -238,11 +238,11 @@ def cluster_figures(count: int, idle: float, ready_timeout: float, figures: dict
 
 def run_on_stack(stack: Any, binaries: Any, count: int, idle: float, ready_timeout: float, figures: dict[str, Any],
                  tmp: Path) -> None:
-    from model_traffic import apply as apply_layer
     from model_traffic import kube as k
     from model_traffic.kube import Kube
-    from model_traffic.localcluster.process import stop
-    from model_traffic.runtime import DEFAULT_WORKERS
+    from model_traffic.pipeline import apply as apply_layer
+    from model_traffic.pipeline.runtime import DEFAULT_WORKERS
+    from model_traffic_dev.localcluster.process import stop
 
     port = 18080
     env = {**os.environ, "KUBECONFIG": str(stack.kubeconfig), "MTO_METRICS_PORT": str(port),

@@ -15,15 +15,18 @@ from typing import Any
 
 import kopf
 
-from model_traffic import apply, health, kube
-from model_traffic.api import backend, trafficconfig, virtualmodel
-from model_traffic.api.common import GROUP, VERSION
-from model_traffic.cache import CachedKube, Caches
+from model_traffic import health, kube
+from model_traffic.kinds.backend import reconcile as backend_reconciler
+from model_traffic.kinds.backend import spec as backend
+from model_traffic.kinds.common import GROUP, VERSION
+from model_traffic.kinds.trafficconfig import reconcile as trafficconfig_reconciler
+from model_traffic.kinds.trafficconfig import spec as trafficconfig
+from model_traffic.kinds.virtualmodel import reconcile as virtualmodel_reconciler
+from model_traffic.kinds.virtualmodel import spec as virtualmodel
 from model_traffic.kube import Kube
-from model_traffic.reconcilers import backend as backend_reconciler
-from model_traffic.reconcilers import trafficconfig as trafficconfig_reconciler
-from model_traffic.reconcilers import virtualmodel as virtualmodel_reconciler
-from model_traffic.runtime import Result, Runtime
+from model_traffic.pipeline import apply
+from model_traffic.pipeline.cache import CachedKube, Caches
+from model_traffic.pipeline.runtime import Result, Runtime
 from model_traffic.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,10 +41,10 @@ CHILD_TYPES = (kube.BACKEND, kube.AI_SERVICE_BACKEND, kube.BACKEND_SECURITY_POLI
                virtualmodel_reconciler.HTTP_ROUTE,
                kube.INFERENCE_SERVICE, kube.MANAGED_AI_SERVICE_BACKEND, kube.VIRTUAL_MODEL)
 
-# What reconciles read instead of the API server (see model_traffic.cache): all objects of the kinds we reconcile
-# or reference, our labelled objects of the kinds we only write. Not Secrets: a backend's credentials Secret is
-# read by name when the backend reconciles (a GET, the only verb the chart grants on Secrets), so the operator never
-# lists or watches the Secrets of the cluster; reconcilers/backend.py looks again while one is missing.
+# What reconciles read instead of the API server (see model_traffic.pipeline.cache): all objects of the kinds we
+# reconcile or reference, our labelled objects of the kinds we only write. Not Secrets: a backend's credentials Secret
+# is read by name when the backend reconciles (a GET, the only verb the chart grants on Secrets), so the operator never
+# lists or watches the Secrets of the cluster; kinds/backend/reconcile.py looks again while one is missing.
 COMPLETELY_CACHED = (kube.MANAGED_AI_SERVICE_BACKEND, kube.VIRTUAL_MODEL, kube.TRAFFIC_CONFIG,
                      kube.INFERENCE_SERVICE, kube.INFERENCE_POOL, kube.GATEWAY, kube.BACKEND, kube.AI_SERVICE_BACKEND,
                      kube.REFERENCE_GRANT)
@@ -319,7 +322,7 @@ async def inference_pool_event_for_virtual_models(namespace: str | None, name: s
     _reconcile_referencing(kwargs["virtual_model_references"], virtualmodel.KIND, namespace, "InferencePool", name)
 
 
-# What VirtualModels read of each Gateway (render/virtualmodel.py gateway_address), as last seen. Envoy Gateway
+# What VirtualModels read of each Gateway (kinds/virtualmodel/render.py gateway_address), as last seen. Envoy Gateway
 # rewrites a Gateway's status for every route attached to it (attachedRoutes): reconciling all its VirtualModels
 # each time made N route attachments cost N x N reconciles. Losing this in a restart loses nothing: the initial
 # listing reconciles every VirtualModel anyway.

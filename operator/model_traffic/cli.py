@@ -1,6 +1,6 @@
 """Command line: ``model-traffic-operator run`` starts the operator; ``model-traffic promote NAME`` and friends
 drive a TrafficConfig: promote, abort, retry, pause and resume are requests in its status, set-weight(s) edit its
-spec (see :mod:`model_traffic.ctl`)."""
+spec (see :mod:`model_traffic.commands.ctl`)."""
 
 from __future__ import annotations
 
@@ -90,12 +90,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def crds(args: argparse.Namespace) -> int:
-    from model_traffic import crdgen
-
-    return crdgen.main(["--check"] if args.check else ["--stdout"] if args.stdout else [])
-
-
 def _current_namespace() -> str:
     import kubernetes
 
@@ -110,7 +104,8 @@ def rollout(args: argparse.Namespace) -> int:
     """Ask a rollout for an action (status.requests), or edit a TrafficConfig's spec the way a person would."""
     from kubernetes.client.exceptions import ApiException
 
-    from model_traffic import ctl, kube
+    from model_traffic import kube
+    from model_traffic.commands import ctl
 
     namespace = args.namespace or _current_namespace()
     kube_ = kube.Kube()
@@ -155,7 +150,7 @@ EDIT_ATTEMPTS = 5
 
 
 def _rollout_edit(args: argparse.Namespace, spec: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    from model_traffic import ctl
+    from model_traffic.commands import ctl
 
     if args.command == "promote":  # promote --version: a Weighted variant takes all traffic (desired state)
         if spec.get("strategy") != "Weighted":
@@ -168,13 +163,14 @@ def _rollout_edit(args: argparse.Namespace, spec: dict[str, Any]) -> tuple[dict[
 
 
 def get(args: argparse.Namespace) -> int:
-    """``model-traffic get NAME [--watch]``: one screen of a rollout (see :mod:`model_traffic.rolloutview`)."""
+    """``model-traffic get NAME [--watch]``: one screen of a rollout (see :mod:`model_traffic.commands.rolloutview`)."""
     import datetime
     import time
 
     from kubernetes.client.exceptions import ApiException
 
-    from model_traffic import kube, rolloutview
+    from model_traffic import kube
+    from model_traffic.commands import rolloutview
 
     namespace = args.namespace or _current_namespace()
     kube_ = kube.Kube()
@@ -200,8 +196,8 @@ def get(args: argparse.Namespace) -> int:
 
 
 def keys(args: argparse.Namespace) -> int:
-    """``model-traffic keys``: the API keys of tenants (see :mod:`model_traffic.keys`)."""
-    from model_traffic import keys as keys_
+    """``model-traffic keys``: the API keys of tenants (see :mod:`model_traffic.commands.keys`)."""
+    from model_traffic.commands import keys as keys_
 
     return keys_.run(args.keys_command, args.namespace or _current_namespace(), args.tenant, secret_name=args.secret,
                      client_id=getattr(args, "client_id", None), every=getattr(args, "all", False))
@@ -209,13 +205,13 @@ def keys(args: argparse.Namespace) -> int:
 
 def usage(args: argparse.Namespace) -> int:
     """``model-traffic usage``: tokens, requests, errors, latency and cost by model, tenant or day (see
-    :mod:`model_traffic.usage`)."""
+    :mod:`model_traffic.commands.usage`)."""
     from datetime import UTC, datetime
     from pathlib import Path
 
     from model_traffic import kube
-    from model_traffic import usage as usage_
-    from model_traffic.reconcilers.virtualmodel import model_name_of
+    from model_traffic.commands import usage as usage_
+    from model_traffic.kinds.virtualmodel.reconcile import model_name_of
 
     address = args.prometheus or Settings.from_env().prometheus_address
     try:
@@ -238,7 +234,7 @@ def usage(args: argparse.Namespace) -> int:
 
 
 def _add_keys_parser(sub: Any) -> None:
-    from model_traffic.api.virtualmodel import DEFAULT_API_KEY_SECRET
+    from model_traffic.kinds.virtualmodel.spec import DEFAULT_API_KEY_SECRET
 
     keys_parser = sub.add_parser("keys", help="API keys of tenants, in the Secret spec.auth.apiKey reads")
     keys_sub = keys_parser.add_subparsers(dest="keys_command", required=True)
@@ -267,10 +263,6 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--log-format", choices=["plain", "json"], default="plain")
     run_parser.add_argument("-v", "--verbose", action="store_true")
     run_parser.set_defaults(func=run)
-    crds_parser = sub.add_parser("crds", help="write crds/ from the API models (or --check them)")
-    crds_parser.add_argument("--check", action="store_true")
-    crds_parser.add_argument("--stdout", action="store_true", help="print them instead (works from the image)")
-    crds_parser.set_defaults(func=crds)
     for command, help_text in (("promote", "request: promote the candidate now (status; Weighted: --version edits "
                                            "the spec)"),
                                ("abort", "request: roll back, all traffic to the stable version (status)"),

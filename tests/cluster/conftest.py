@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from model_traffic.kube import Kube, ResourceType
-from model_traffic.localcluster import stack
+from model_traffic_dev.localcluster import stack
 from tests.conftest import Cluster, wait_for
 
 GATEWAY = "ai-gateway"

@@ -11,7 +11,7 @@ import pytest
 
 from model_traffic import kube as k
 from model_traffic.kube import Kube
-from model_traffic.localcluster import nodes as fake_nodes
+from model_traffic_dev.localcluster import nodes as fake_nodes
 from tests.cluster.conftest import AI_GATEWAY_MANAGER, status_writers
 from tests.cluster.test_trafficconfig import wait_served
 from tests.conftest import POOL, Cluster, Operator, apply_yaml, condition, get_json, our_yaml, wait_for

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from model_traffic.kube import Kube
-from model_traffic.localcluster.build import HELM_VERSION
+from model_traffic_dev.localcluster.build import HELM_VERSION
 from tests.cluster.test_backend import MAISB, SECRET_VALUE, secret_yaml, wait_ready
 from tests.cluster.test_virtualmodel import wait_vm
 from tests.conftest import (
@@ -774,7 +774,8 @@ RBAC_REFUSAL = re.compile(r'forbidden: User \\?"[^"\\]*\\?" cannot |Not enough p
 
 
 def refusals(log: str, namespace: str) -> list[str]:
-    """Lines of an operator log where RBAC refused it (events.py logs only the reason: checked per namespace)."""
+    """Lines of an operator log where RBAC refused it (pipeline/events.py logs only the reason: checked per
+    namespace)."""
     return [line for line in log.splitlines() if RBAC_REFUSAL.search(line)
             or ("could not post event" in line and f" on {namespace}/" in line)]
 
@@ -928,7 +929,7 @@ def test_a_standby_replica_answers_the_charts_probes_and_serves_its_metrics(clus
 def test_release_artifacts_install_on_the_api_server(cluster: Cluster, namespaces: list[str], tmp_path: Path) -> None:
     """What `make release` writes: the chart and the CRDs chart packaged, install.yaml that the API server takes
     (server-side dry run), every part naming the image pinned to the project version."""
-    from model_traffic.localcluster.build import ensure_helm
+    from model_traffic_dev.localcluster.build import ensure_helm
     from tools import release  # tools/ is no package: a namespace package from the repository root
 
     release_ns = namespaces[0]
@@ -989,7 +990,7 @@ def test_the_crds_chart_adopts_upgrades_and_keeps_the_crds(cluster: Cluster, nam
     `helm upgrade` change them (what the chart's crds/ never does), uninstall, and find them still there."""
     import tarfile
 
-    from model_traffic.localcluster.build import ensure_helm
+    from model_traffic_dev.localcluster.build import ensure_helm
     from tools import release
 
     release_ns = namespaces[0]

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from model_traffic import apply
 from model_traffic import kube as k
 from model_traffic.kube import Kube
+from model_traffic.pipeline import apply
 from tests.cluster.test_virtualmodel import GATEWAY, make_backends, vm_yaml, wait_vm
 from tests.conftest import Cluster, Operator, start_operator, stop_operator, wait_for
 

@@ -14,10 +14,10 @@ import kubernetes
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from model_traffic import apply as apply_layer
 from model_traffic import kube as kube_types
 from model_traffic.app import CHILD_TYPES
 from model_traffic.kube import Kube, ResourceType
+from model_traffic.pipeline import apply as apply_layer
 from tests.cluster.test_backend import backend_yaml, wait_ready
 from tests.conftest import ROOT, Cluster, Operator, our_yaml, start_operator, stop_operator, wait_for
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from model_traffic import keys
 from model_traffic import kube as k
-from model_traffic.api.virtualmodel import DEFAULT_API_KEY_SECRET
+from model_traffic.commands import keys
+from model_traffic.kinds.virtualmodel.spec import DEFAULT_API_KEY_SECRET
 from model_traffic.kube import Kube
 from tests.cluster.conftest import ENVOY_GATEWAY_MANAGER, status_writers
 from tests.cluster.test_virtualmodel import GATEWAY, make_backends, vm_yaml, wait_vm

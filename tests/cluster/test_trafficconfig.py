@@ -20,8 +20,8 @@ import pytest
 
 from model_traffic import kube as k
 from model_traffic.kube import Kube
-from model_traffic.localcluster import kserve as local_kserve
-from model_traffic.localcluster import nodes as fake_nodes
+from model_traffic_dev.localcluster import kserve as local_kserve
+from model_traffic_dev.localcluster import nodes as fake_nodes
 from tests.cluster.conftest import status_writers
 from tests.conftest import Cluster, Operator, condition, get_json, our_yaml, start_operator, stop_operator, wait_for
 from tests.support.webhooks import WebhookServer
@@ -740,7 +740,8 @@ def test_an_ab_match_on_the_model_header_is_refused_at_apply_time(cluster: Clust
 def test_a_cli_edit_racing_another_write_is_retried(
     cluster: Cluster, kube: Kube, operator: Operator, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from model_traffic import cli, ctl
+    from model_traffic import cli
+    from model_traffic.commands import ctl
 
     start_rollout(cluster, kube, namespace, "llama", """\
         analysis: {interval: 1h, stepWeights: [10, 50]}

@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from model_traffic import apply
 from model_traffic import kube as k
-from model_traffic.api.common import GatewayRef
-from model_traffic.api.virtualmodel import VirtualModelSpec
+from model_traffic.kinds.common import GatewayRef
+from model_traffic.kinds.virtualmodel.reconcile import MANAGED_AI_SERVICE_BACKEND, VIRTUAL_MODEL
+from model_traffic.kinds.virtualmodel.render import ObservedBackend, VirtualModelWorld, render
+from model_traffic.kinds.virtualmodel.spec import VirtualModelSpec
 from model_traffic.kube import Kube
-from model_traffic.reconcilers.virtualmodel import MANAGED_AI_SERVICE_BACKEND, VIRTUAL_MODEL
-from model_traffic.render.virtualmodel import ObservedBackend, VirtualModelWorld, render
+from model_traffic.pipeline import apply
 from tests.cluster.conftest import AI_GATEWAY_MANAGER, ENVOY_GATEWAY_MANAGER, status_writers
 from tests.conftest import POOL, Cluster, Operator, condition, our_yaml, wait_for
 from tests.unit.test_render_virtualmodel import http_route_of

@@ -1,11 +1,12 @@
 """Objects of the three kinds in every state, with the status exactly as the operator writes it.
 
 Nothing here is hand-written status: the conditions and ``observedGeneration`` come from
-:meth:`model_traffic.runtime.Runtime._write_status` (which calls :func:`model_traffic.conditions.build`)
-given a :class:`~model_traffic.runtime.Result`, and a TrafficConfig's status and verdict come from the
-rollout state machine (:func:`model_traffic.render.trafficconfig.step`) driven to each phase, turned into
-a Result by the reconcilers' :func:`~model_traffic.reconcilers.common.result_of`. The API server is
-replaced by a recorder of the status patch, which is then merge-patched into the object.
+:meth:`model_traffic.pipeline.runtime.Runtime._write_status` (which calls
+:func:`model_traffic.pipeline.conditions.build`) given a :class:`~model_traffic.pipeline.runtime.Result`, and a
+TrafficConfig's status and verdict come from the rollout state machine
+(:func:`model_traffic.kinds.trafficconfig.render.step`) driven to each phase, turned into a Result by the reconcilers'
+:func:`~model_traffic.pipeline.result.result_of`. The API server is replaced by a recorder of the status patch, which is
+then merge-patched into the object.
 
 Each :class:`Case` says what Flux's kstatus and Argo CD's health should make of it; the GitOps tests
 check those expectations against the real kstatus code and against our Lua scripts in a real Lua.
@@ -19,14 +20,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from model_traffic import kube, metrics
-from model_traffic.api.trafficconfig import TrafficConfigSpec
-from model_traffic.conditions import Detail, Verdict
+from model_traffic.kinds.trafficconfig.reconcile import PROGRESS_FIELDS
+from model_traffic.kinds.trafficconfig.render import RolloutPlan
+from model_traffic.kinds.trafficconfig.spec import TrafficConfigSpec
 from model_traffic.kube import ResourceType
-from model_traffic.reconcilers.common import Applied, result_of
-from model_traffic.reconcilers.trafficconfig import PROGRESS_FIELDS
-from model_traffic.render.common import Plan
-from model_traffic.render.trafficconfig import RolloutPlan
-from model_traffic.runtime import Result, Runtime
+from model_traffic.pipeline.conditions import Detail, Verdict
+from model_traffic.pipeline.plan import Plan
+from model_traffic.pipeline.result import Applied, result_of
+from model_traffic.pipeline.runtime import Result, Runtime
 from tests.unit.test_render_trafficconfig import T0, at, failing_ttft, reconcile, spec
 
 KStatus = Literal["Current", "InProgress", "Failed"]

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from model_traffic.api.trafficconfig import REQUEST_ACTIONS, TrafficConfigStatus
+from model_traffic.kinds.trafficconfig.spec import REQUEST_ACTIONS, TrafficConfigStatus
 from tests.gitops.test_argocd_health import ARGOCD, INTERPRETERS, lua_literal
 from tests.support import prerequisites
 from tests.unit.test_render_trafficconfig import T0, at, reasons, reconcile, spec

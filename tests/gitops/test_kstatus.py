@@ -44,7 +44,7 @@ def test_every_verdict_state_and_phase_is_covered() -> None:
         assert {f"{kind}-{state}" for state in ("Ready", "Progressing", "Stalled")} <= ids
     assert {f"TrafficConfig-{phase}" for phase in states.TC_EXPECTED} <= ids
     # Every phase the state machine knows has an expectation (a new phase must be added here).
-    from model_traffic.reconcilers.trafficconfig import PHASES
+    from model_traffic.kinds.trafficconfig.reconcile import PHASES
     assert set(PHASES) == set(states.TC_EXPECTED)
 
 

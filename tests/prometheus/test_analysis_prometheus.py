@@ -1,7 +1,7 @@
 """TrafficConfig analysis against a real Prometheus scraping Envoy AI Gateway-shaped gen_ai_* metrics.
 
-The builtin PromQL of ``model_traffic.analysis`` is run by Debian's ``prometheus`` over series served by
-``tests.support.prometheus.GenAIExporter`` with values chosen here, through the same ``HTTPPrometheus``
+The builtin PromQL of ``model_traffic.kinds.trafficconfig.analysis`` is run by Debian's ``prometheus`` over series
+served by ``tests.support.prometheus.GenAIExporter`` with values chosen here, through the same ``HTTPPrometheus``
 and ``run_metrics`` the reconciler uses. One Prometheus for the session; the profiles are set once.
 """
 
@@ -18,8 +18,15 @@ from typing import Any
 
 import pytest
 
-from model_traffic.analysis import NO_DATA, Builtin, HTTPPrometheus, Target, builtin_query, run_metrics
-from model_traffic.api.trafficconfig import Metric
+from model_traffic.kinds.trafficconfig.analysis import (
+    NO_DATA,
+    Builtin,
+    HTTPPrometheus,
+    Target,
+    builtin_query,
+    run_metrics,
+)
+from model_traffic.kinds.trafficconfig.spec import Metric
 from tests.support.prometheus import (
     SECONDS_BUCKETS,
     TOKEN_BUCKETS,

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from model_traffic import usage
-from model_traffic.localcluster.process import die_with_parent, stop
+from model_traffic.commands import usage
+from model_traffic_dev.localcluster.process import die_with_parent, stop
 from tests.support import prerequisites
 
 STEP = 300

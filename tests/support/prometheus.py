@@ -74,13 +74,14 @@ from typing import Any
 
 import pytest
 
-from model_traffic.analysis import HTTPPrometheus
-from model_traffic.localcluster.process import die_with_parent, stop
+from model_traffic.kinds.trafficconfig.analysis import HTTPPrometheus
+from model_traffic_dev.localcluster.process import die_with_parent, stop
 from tests.support import prerequisites
 from tests.support.loopback import LoopbackServer
 
 # Names as Envoy AI Gateway's Prometheus exporter writes them (deliberately not imported from
-# model_traffic.analysis, so that a wrong name there fails the tests instead of agreeing with itself).
+# model_traffic.kinds.trafficconfig.analysis, so that a wrong name there fails the tests instead of agreeing with
+# itself).
 REQUEST_DURATION = "gen_ai_server_request_duration_seconds"
 TIME_TO_FIRST_TOKEN = "gen_ai_server_time_to_first_token_seconds"
 TIME_PER_OUTPUT_TOKEN = "gen_ai_server_time_per_output_token_seconds"

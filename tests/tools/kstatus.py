@@ -4,7 +4,7 @@ Flux (kustomize-controller's and helm-controller's health checks, ``flux diff``,
 waiting of ``flux``) decides whether an object is Current, InProgress or Failed with the kstatus library
 (``sigs.k8s.io/cli-utils/pkg/kstatus/status``; Flux builds a fork, ``github.com/fluxcd/cli-utils``,
 whose ``status`` package is the same code). Rather than re-implement its rules, the tests run them: a
-throw-away Go module (like ``model_traffic.localcluster.build`` does for Kubernetes) is built once into
+throw-away Go module (like ``model_traffic_dev.localcluster.build`` does for Kubernetes) is built once into
 ``<cache>/bin/kstatus-<cli-utils version>/kstatus`` and reused.
 
 The program reads one object a line (JSON) on stdin and prints one JSON line a object:
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model_traffic.localcluster.build import cache_dir
+from model_traffic_dev.localcluster.build import cache_dir
 
 CLI_UTILS_MODULE = "sigs.k8s.io/cli-utils"
 CLI_UTILS_VERSION = "v0.37.2"  # the newest release tag; its pkg/kstatus/status equals the fluxcd fork's

@@ -1,7 +1,7 @@
 """Reading back whether Envoy AI Gateway and Envoy Gateway accepted our children, and the verdict it makes.
 
 The status shapes are the ones the upstream controllers write (see the module docstring of
-model_traffic/render/acceptance.py for the source files): Envoy AI Gateway v1.0.0's single
+model_traffic/pipeline/acceptance.py for the source files): Envoy AI Gateway v1.0.0's single
 ``Accepted``/``NotAccepted`` condition without observedGeneration, Envoy Gateway v1.9.1's policy ancestors,
 route parents, and its Backend condition with type and reason swapped.
 """
@@ -13,17 +13,17 @@ from typing import Any
 
 import pytest
 
-from model_traffic.conditions import Detail, Verdict
-from model_traffic.reconcilers.common import Applied, result_of
-from model_traffic.reconcilers.virtualmodel import generated_route
-from model_traffic.render.acceptance import (
+from model_traffic.kinds.virtualmodel.reconcile import generated_route
+from model_traffic.pipeline.acceptance import (
     Acceptance,
     Judgement,
     children_accepted,
     judge,
     not_generated,
 )
-from model_traffic.render.common import Plan
+from model_traffic.pipeline.conditions import Detail, Verdict
+from model_traffic.pipeline.plan import Plan
+from model_traffic.pipeline.result import Applied, result_of
 
 EG_CONTROLLER = "gateway.envoyproxy.io/gatewayclass-controller"
 STAMP = "2026-01-01T00:00:00Z"

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from model_traffic.analysis import (
+from model_traffic.kinds.trafficconfig.analysis import (
     NO_DATA,
     HTTPPrometheus,
     PrometheusError,
@@ -25,7 +25,7 @@ from model_traffic.analysis import (
     run_metrics,
     served_model_name,
 )
-from model_traffic.api.trafficconfig import Metric
+from model_traffic.kinds.trafficconfig.spec import Metric
 
 
 def metric(**fields: Any) -> Metric:

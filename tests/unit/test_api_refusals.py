@@ -11,12 +11,16 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from model_traffic import crdgen
-from model_traffic.api.backend import CREDENTIAL_HEADERS, ManagedAIServiceBackendSpec
-from model_traffic.api.common import Matching
-from model_traffic.api.inferenceservice import BASELINE_CAPABILITIES, STORAGE_URI_PATTERN, InferenceServiceTemplate
-from model_traffic.api.trafficconfig import TEMPLATE_VARIABLES, TrafficConfigSpec
-from model_traffic.api.virtualmodel import VirtualModelSpec
+from model_traffic.kinds.backend.spec import CREDENTIAL_HEADERS, ManagedAIServiceBackendSpec
+from model_traffic.kinds.common import Matching
+from model_traffic.kinds.trafficconfig.inferenceservice import (
+    BASELINE_CAPABILITIES,
+    STORAGE_URI_PATTERN,
+    InferenceServiceTemplate,
+)
+from model_traffic.kinds.trafficconfig.spec import TEMPLATE_VARIABLES, TrafficConfigSpec
+from model_traffic.kinds.virtualmodel.spec import VirtualModelSpec
+from model_traffic_dev import crdgen
 
 TEMPLATE = {"predictor": {"model": {"modelFormat": {"name": "huggingface"}}}}
 

@@ -6,7 +6,7 @@ import kopf
 
 from model_traffic import kube
 from model_traffic.app import CHILD_TYPES, is_status_echo
-from model_traffic.render.acceptance import judge
+from model_traffic.pipeline.acceptance import judge
 
 
 def body(generation: int, observed: int | None) -> kopf.Body:

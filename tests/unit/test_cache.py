@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from model_traffic import kube
-from model_traffic.cache import CachedKube, Caches, project, selector_matches
+from model_traffic.pipeline.cache import CachedKube, Caches, project, selector_matches
 
 
 def obj(kind_type: kube.ResourceType, name: str, rv: str, namespace: str = "llm", **fields: Any) -> dict[str, Any]:

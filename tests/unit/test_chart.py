@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import yaml
 
-from model_traffic.localcluster.build import (
+from model_traffic_dev.localcluster.build import (
     HELM_MODULE,
     HELM_VERSION,
     HELM_VERSION_PACKAGE,
@@ -140,7 +140,7 @@ def test_every_cel_function_of_the_crds_is_in_the_install_docs_floor_table() -> 
 
 
 def test_chart_kube_version_is_the_tested_kubernetes_minor() -> None:
-    from model_traffic.localcluster.build import KUBERNETES_VERSION
+    from model_traffic_dev.localcluster.build import KUBERNETES_VERSION
 
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     major, minor, _ = KUBERNETES_VERSION.removeprefix("v").split(".")
@@ -152,8 +152,8 @@ def test_chart_kube_version_is_the_tested_kubernetes_minor() -> None:
 
 
 def test_install_docs_name_exactly_the_upstream_versions_the_stack_builds() -> None:
-    from model_traffic.localcluster import upstream
-    from model_traffic.localcluster.build import HELM_VERSION
+    from model_traffic_dev.localcluster import upstream
+    from model_traffic_dev.localcluster.build import HELM_VERSION
 
     tested = {row[0].split(" (")[0]: row[1] for row in marked_table(INSTALL_MD.read_text(), "tested-versions")}
     assert tested["Envoy Gateway"] == upstream.ENVOY_GATEWAY.version

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from model_traffic import apply, conditions
-from model_traffic.conditions import Detail, Verdict
+from model_traffic.pipeline import apply, conditions
+from model_traffic.pipeline.conditions import Detail, Verdict
 
 OWNER = apply.Owner("modeltraffic.io/v1alpha1", "ManagedAIServiceBackend", "llm", "openai", "uid-1")
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from model_traffic.api.virtualmodel import VirtualModelSpec
-from model_traffic.costcel import problem
-from model_traffic.runtime import invalid_spec
+from model_traffic.kinds.virtualmodel.costcel import problem
+from model_traffic.kinds.virtualmodel.spec import VirtualModelSpec
+from model_traffic.pipeline.runtime import invalid_spec
 
 
 @pytest.mark.parametrize("expression", [

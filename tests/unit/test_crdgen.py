@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from model_traffic import crdgen
-from model_traffic.api.common import duration_seconds
+from model_traffic.kinds.common import duration_seconds
+from model_traffic_dev import crdgen
 
 
 def test_crds_directory_is_up_to_date() -> None:
@@ -44,7 +44,7 @@ def test_duration_seconds() -> None:
 
 
 def test_a_new_object_reads_as_not_yet_observed() -> None:
-    from model_traffic import crdgen
+    from model_traffic_dev import crdgen
 
     for info in crdgen.KINDS:
         status = crdgen.crd(info)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
@@ -55,9 +55,9 @@ def test_a_new_object_reads_as_not_yet_observed() -> None:
 def test_crds_print_as_one_stream_that_matches_the_files(capsys: pytest.CaptureFixture[str]) -> None:
     import yaml
 
-    from model_traffic import cli, crdgen
+    from model_traffic_dev import crdgen
 
-    assert cli.main(["crds", "--stdout"]) == 0
+    assert crdgen.main(["--stdout"]) == 0
     documents = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
     assert sorted(d["metadata"]["name"] for d in documents) == sorted(
         info.crd_name for info in crdgen.KINDS)
@@ -69,7 +69,7 @@ def test_crds_print_as_one_stream_that_matches_the_files(capsys: pytest.CaptureF
 def test_generated_files_are_written_when_they_differ_and_checked_without_writing(
     tmp_path: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from model_traffic.crdgen import write_generated
+    from model_traffic_dev.crdgen import write_generated
 
     target = tmp_path / "out" / "a.yaml"
     assert write_generated({target: "one\n"}, check=True, regenerate="make x") == 1

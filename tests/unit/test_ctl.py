@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from model_traffic import ctl
-from model_traffic.api.trafficconfig import TrafficConfigSpec, TrafficConfigStatus
+from model_traffic.commands import ctl
+from model_traffic.kinds.trafficconfig.spec import TrafficConfigSpec, TrafficConfigStatus
 
 CANARY: dict[str, Any] = {
     "inferenceService": {"template": {"predictor": {}}},

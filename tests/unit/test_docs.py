@@ -1,7 +1,7 @@
 """docs/ stays true to the code: generated parts are fresh, and what the code can write is documented.
 
 - ``docs/api.md`` and the generated block of ``docs/progressive-delivery.md`` are what
-  ``python -m model_traffic.docgen`` writes from ``crds/`` and ``model_traffic.analysis``.
+  ``python -m model_traffic_dev.docgen`` writes from ``crds/`` and ``model_traffic.kinds.trafficconfig.analysis``.
 - Every condition type and reason and every Event reason the operator can write appears in
   ``docs/conditions.md``: they are read off the source with :mod:`ast` (the literals passed as the reason
   of ``Verdict(...)``, ``Detail(...)``, ``dataclasses.replace(verdict, reason=...)``, ``events.emit(...)``
@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from model_traffic import docgen
-from model_traffic.render.trafficconfig import Phase
+from model_traffic.kinds.trafficconfig.render import Phase
+from model_traffic_dev import docgen
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -45,13 +45,13 @@ SUMMARY_CONDITIONS = ("Ready", "Reconciling", "Stalled")
 # An empty tuple means the values are collected where they originate (another call found here).
 DYNAMIC_REASONS: dict[tuple[str, str], tuple[str, ...]] = {
     # A TrafficConfig that is progressing reports its phase as the reason.
-    ("render/trafficconfig.py", "str(s.phase)"): typing.get_args(Phase),
+    ("kinds/trafficconfig/render.py", "str(s.phase)"): typing.get_args(Phase),
     # _Rollout.event(kind, reason, message) wraps RolloutEvent: its callers pass literals.
-    ("render/trafficconfig.py", "reason"): (),
+    ("kinds/trafficconfig/render.py", "reason"): (),
     # The reconciler emits the plan's RolloutEvents: their reasons are the self.event(...) literals.
-    ("reconcilers/trafficconfig.py", "event.reason"): (),
+    ("kinds/trafficconfig/reconcile.py", "event.reason"): (),
     # The runtime announces each change of the Ready condition with its reason: a condition reason.
-    ("runtime.py", "after['reason']"): (),
+    ("pipeline/runtime.py", "after['reason']"): (),
 }
 
 
@@ -152,7 +152,7 @@ def _documented(text: str, value: str) -> bool:
 # --- generated docs ----------------------------------------------------------------------------------------
 
 def test_generated_docs_are_up_to_date() -> None:
-    assert docgen.main(["--check"]) == 0, "docs are stale: run `python -m model_traffic.docgen`"
+    assert docgen.main(["--check"]) == 0, "docs are stale: run `python -m model_traffic_dev.docgen`"
 
 
 def test_api_reference_covers_every_field_and_rule() -> None:

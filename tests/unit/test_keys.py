@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from model_traffic import keys
-from model_traffic.keys import ANNOTATION_PREFIX, KeysError, plan_create, plan_revoke, plan_rotate
+from model_traffic.commands import keys
+from model_traffic.commands.keys import ANNOTATION_PREFIX, KeysError, plan_create, plan_revoke, plan_rotate
 
 NOW = "2026-11-30T03:00:00Z"
 LATER = "2026-12-01T03:00:00Z"

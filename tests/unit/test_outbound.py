@@ -9,11 +9,11 @@ import pytest
 import yaml
 
 from model_traffic import kube
-from model_traffic.api.backend import ManagedAIServiceBackendSpec
-from model_traffic.api.trafficconfig import TrafficConfigSpec
+from model_traffic.kinds.backend.render import BackendWorld, render
+from model_traffic.kinds.backend.spec import ManagedAIServiceBackendSpec
+from model_traffic.kinds.trafficconfig.render import outbound_refusals
+from model_traffic.kinds.trafficconfig.spec import TrafficConfigSpec
 from model_traffic.outbound import DEFAULT_DENY, OutboundPolicy, PolicyError, Rules, host_of, literal_address
-from model_traffic.render.backend import BackendWorld, render
-from model_traffic.render.trafficconfig import outbound_refusals
 from model_traffic.settings import Settings
 
 DEFAULT = OutboundPolicy()

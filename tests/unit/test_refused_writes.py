@@ -8,11 +8,12 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from model_traffic import apply, kube
-from model_traffic.conditions import Verdict, find
-from model_traffic.reconcilers.common import apply_plan, result_of
-from model_traffic.render.common import Child, Plan
-from model_traffic.runtime import Result, Runtime, is_refused_write
+from model_traffic import kube
+from model_traffic.pipeline import apply
+from model_traffic.pipeline.conditions import Verdict, find
+from model_traffic.pipeline.plan import Child, Plan
+from model_traffic.pipeline.result import apply_plan, result_of
+from model_traffic.pipeline.runtime import Result, Runtime, is_refused_write
 
 OWNER_BODY: dict[str, Any] = {
     "apiVersion": "modeltraffic.io/v1alpha1", "kind": "TrafficConfig",

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from model_traffic.api.backend import ManagedAIServiceBackendSpec
-from model_traffic.render.backend import BackendWorld, predictor_address, render
+from model_traffic.kinds.backend.render import BackendWorld, predictor_address, render
+from model_traffic.kinds.backend.spec import ManagedAIServiceBackendSpec
 
 
 def spec(**fields: Any) -> ManagedAIServiceBackendSpec:
@@ -185,7 +185,7 @@ def test_existing_backend_is_referenced_never_written() -> None:
 
 def test_render_leaves_upstream_acceptance_to_the_reconciler() -> None:
     """Whether AI Gateway and Envoy Gateway accept the children is read back from them after the apply
-    (reconcilers/common.py, tested in test_acceptance.py); the plan carries no detail of it."""
+    (pipeline/result.py, tested in test_acceptance.py); the plan carries no detail of it."""
     plan = render(spec(), world())
     assert plan.verdict.state == "Ready"
     assert "Accepted" not in [d.type for d in plan.details]

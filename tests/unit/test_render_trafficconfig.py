@@ -9,9 +9,8 @@ from typing import Any
 import pydantic
 import pytest
 
-from model_traffic.analysis import evaluate
-from model_traffic.api.trafficconfig import Metric, MetricResult, TrafficConfigSpec
-from model_traffic.render.trafficconfig import (
+from model_traffic.kinds.trafficconfig.analysis import evaluate
+from model_traffic.kinds.trafficconfig.render import (
     PHASES,
     TRANSITIONS,
     AnalysisRequest,
@@ -25,6 +24,7 @@ from model_traffic.render.trafficconfig import (
     step,
     step_weights,
 )
+from model_traffic.kinds.trafficconfig.spec import Metric, MetricResult, TrafficConfigSpec
 
 T0 = datetime.datetime(2025, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)
 TEMPLATE = {"predictor": {"model": {"modelFormat": {"name": "huggingface"}, "args": ["--max_model_len=4096"]}}}
@@ -508,7 +508,7 @@ def _missing() -> AnalysisRequest:
 
 
 def _as_model(status: dict[str, Any]) -> Any:
-    from model_traffic.api.trafficconfig import TrafficConfigStatus
+    from model_traffic.kinds.trafficconfig.spec import TrafficConfigStatus
     return TrafficConfigStatus.model_validate(status)
 
 

@@ -16,13 +16,9 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from model_traffic import crdgen
-from model_traffic.api.common import GatewayRef
-from model_traffic.api.virtualmodel import VirtualModelSpec
-from model_traffic.localcluster import upstream
-from model_traffic.reconcilers import virtualmodel as reconciler
-from model_traffic.render.common import Child, Plan
-from model_traffic.render.virtualmodel import (
+from model_traffic.kinds.common import GatewayRef
+from model_traffic.kinds.virtualmodel import reconcile as reconciler
+from model_traffic.kinds.virtualmodel.render import (
     ObservedBackend,
     VirtualModelWorld,
     alternatives,
@@ -33,6 +29,10 @@ from model_traffic.render.virtualmodel import (
     parse_gateway,
     render,
 )
+from model_traffic.kinds.virtualmodel.spec import VirtualModelSpec
+from model_traffic.pipeline.plan import Child, Plan
+from model_traffic_dev import crdgen
+from model_traffic_dev.localcluster import upstream
 from tests.support import prerequisites
 
 READY = ObservedBackend(ready=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from model_traffic.render.trafficconfig import TRANSITIONS, RolloutPlan, step
+from model_traffic.kinds.trafficconfig.render import TRANSITIONS, RolloutPlan, step
 from tests.unit.test_render_trafficconfig import (
     T0,
     applied,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from model_traffic import cli, rolloutview
+from model_traffic import cli
+from model_traffic.commands import rolloutview
 from tests.unit.test_render_trafficconfig import T0, at, reconcile, spec
 
 NOW = at(2)

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from model_traffic import usage
+from model_traffic.commands import usage
 
 UNTIL = datetime(2026, 11, 30, 6, 0, tzinfo=UTC)
 

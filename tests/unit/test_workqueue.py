@@ -10,8 +10,8 @@ from collections.abc import Callable
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from model_traffic.runtime import ERROR_BACKOFF_CAP_SECONDS, EventPoster, retry_delay
-from model_traffic.workqueue import WorkQueue
+from model_traffic.pipeline.runtime import ERROR_BACKOFF_CAP_SECONDS, EventPoster, retry_delay
+from model_traffic.pipeline.workqueue import WorkQueue
 
 Key = tuple[str, str, str]
 KEY: Key = ("TrafficConfig", "llm", "llama")

@@ -1,0 +1,3 @@
+"""TrafficConfig: progressive delivery on KServe. `spec` (with `inferenceservice`, the template it
+takes) is its CRD, `render` the pure render and rollout, `analysis` the metric checks, `reconcile`
+observe and status."""
