@@ -25,6 +25,7 @@ from model_traffic.kinds.trafficconfig.render import (
     step_weights,
 )
 from model_traffic.kinds.trafficconfig.spec import Metric, MetricResult, TrafficConfigSpec
+from model_traffic.kinds.virtualmodel.spec import VirtualModelSpec
 
 T0 = datetime.datetime(2025, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)
 TEMPLATE = {"predictor": {"model": {"modelFormat": {"name": "huggingface"}, "args": ["--max_model_len=4096"]}}}
@@ -157,6 +158,30 @@ def test_children_per_version() -> None:
     assert vm["spec"]["backends"][0]["modelNameOverride"] == "llama-3-v1"
     assert plan.status["versions"][1] == {"version": "v2", "inferenceService": "llama-v2", "ready": True,
                                           "url": "http://llama-v2.llm", "weight": 10}
+
+
+AUTH = {"tenantHeader": "x-tenant-id", "apiKey": {"secretRefs": ["llama-keys"], "headers": ["authorization"]}}
+RATE_LIMIT = {"tokens": {"limit": 1000, "unit": "Hour"}, "withoutTenant": "Shared",
+              "tenants": [{"tenant": "gold", "tokens": {"limit": 100000, "unit": "Month"},
+                           "requests": {"limit": 50, "unit": "Second"}}]}
+
+
+def test_auth_and_tenant_budgets_pass_unchanged_to_the_virtual_model_at_every_step() -> None:
+    s = spec(auth=AUTH, rateLimit=RATE_LIMIT)
+    first = reconcile(s, None, T0)
+    later = reconcile(s, first.status, at(1))
+    assert vm_weights(later) == {"llama-v1": 50, "llama-v2": 50}  # a later step, same auth and budgets
+    for plan in (first, later):
+        vm = next(c.body for c in plan.children if c.rtype.kind == "VirtualModel")
+        assert vm["spec"]["auth"] == AUTH
+        assert vm["spec"]["rateLimit"] == RATE_LIMIT
+        # What the TrafficConfig accepted, its VirtualModel accepts: the same models check both.
+        VirtualModelSpec.model_validate(vm["spec"])
+
+
+def test_without_auth_the_virtual_model_has_none() -> None:
+    vm = next(c.body for c in step(spec(), None, world(), T0).children if c.rtype.kind == "VirtualModel")
+    assert "auth" not in vm["spec"] and "rateLimit" not in vm["spec"]
 
 
 def test_step_weights_from_step_weight_and_max_weight() -> None:

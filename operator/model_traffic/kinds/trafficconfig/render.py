@@ -1090,6 +1090,10 @@ def _virtual_model(r: _Rollout, weights: dict[str, int], matched: str | None) ->
     spec: dict[str, Any] = {"modelName": r.model, "backends": _vm_backends(r, weights, matched)}
     if r.spec.gateway_refs:
         spec["gatewayRefs"] = [g.wire() for g in r.spec.gateway_refs]
+    if r.spec.auth is not None:
+        spec["auth"] = r.spec.auth.wire()
+    if r.spec.rate_limit is not None:
+        spec["rateLimit"] = r.spec.rate_limit.wire()
     return Child(VIRTUAL_MODEL, {
         "apiVersion": API_VERSION, "kind": vm_api.KIND,
         "metadata": {"name": r.world.name, "labels": {LABEL_TRAFFIC_CONFIG: r.world.name}},

@@ -19,7 +19,7 @@ from model_traffic.kinds.common import (
     validations,
 )
 from model_traffic.kinds.trafficconfig.inferenceservice import InferenceServiceTemplate, Resources, StorageUri
-from model_traffic.kinds.virtualmodel.spec import MAX_MATCHES, BackendMatch
+from model_traffic.kinds.virtualmodel.spec import AUTH_RATE_LIMIT_RULES, MAX_MATCHES, Auth, BackendMatch, RateLimit
 
 KIND = "TrafficConfig"
 PLURAL = "trafficconfigs"
@@ -213,6 +213,7 @@ class TrafficConfigSpec(Model):
                 "canary.weight applies to the Canary strategy only"),
             cel("self.strategy != 'Weighted' || !has(self.canary)",
                 "the Weighted strategy takes variants, not a canary"),
+            *AUTH_RATE_LIMIT_RULES,
         )
     }
 
@@ -235,6 +236,14 @@ class TrafficConfigSpec(Model):
     variants: list[Variant] | None = Field(default=None, max_length=10, description="Weighted: explicit weights.")
     analysis: Analysis | None = Field(default=None, description="Steps, checks and promotion.")
     paused: bool = Field(default=False, description="Freeze the rollout where it is.")
+    # Passed on unchanged to the VirtualModel, which renders the SecurityPolicy and the rate limits: every version
+    # of a rollout is behind the same authentication and budgets.
+    auth: Auth | None = Field(
+        default=None, description="As VirtualModel: API keys or JWT; the caller's identity is the tenant."
+    )
+    rate_limit: RateLimit | None = Field(
+        default=None, description="As VirtualModel: token and request budgets per tenant, shared by all versions."
+    )
 
 
 class MetricResult(Model):

@@ -319,6 +319,23 @@ class LLMRequestCost(Model):
         return value
 
 
+# How spec.auth and spec.rateLimit must agree; a TrafficConfig, which passes both on to its VirtualModel, checks
+# the same rules so that what it accepts its VirtualModel accepts too.
+AUTH_RATE_LIMIT_RULES = (
+    cel(
+        "!has(self.auth) || !has(self.rateLimit) || !has(self.rateLimit.tenantHeader)"
+        " || self.rateLimit.tenantHeader.lowerAscii() == self.auth.tenantHeader.lowerAscii()",
+        "rateLimit.tenantHeader must be auth.tenantHeader (or unset): budgets key on the authenticated tenant",
+    ),
+    cel(
+        "!has(self.rateLimit) || has(self.auth) || has(self.rateLimit.tenantHeader)"
+        " || (!has(self.rateLimit.tenants)"
+        " && (!has(self.rateLimit.withoutTenant) || self.rateLimit.withoutTenant == 'Shared'))",
+        "rateLimit.tenants and withoutTenant need a tenant: set spec.auth or rateLimit.tenantHeader",
+    ),
+)
+
+
 class VirtualModelSpec(Model):
     """A client-facing model name and where its traffic goes."""
 
@@ -344,17 +361,7 @@ class VirtualModelSpec(Model):
                 "self.backends.all(b, b.kind != 'InferencePool' || !has(b.namespace))",
                 "an InferencePool is routed in the VirtualModel's namespace only (AI Gateway routes no other)",
             ),
-            cel(
-                "!has(self.auth) || !has(self.rateLimit) || !has(self.rateLimit.tenantHeader)"
-                " || self.rateLimit.tenantHeader.lowerAscii() == self.auth.tenantHeader.lowerAscii()",
-                "rateLimit.tenantHeader must be auth.tenantHeader (or unset): budgets key on the authenticated tenant",
-            ),
-            cel(
-                "!has(self.rateLimit) || has(self.auth) || has(self.rateLimit.tenantHeader)"
-                " || (!has(self.rateLimit.tenants)"
-                " && (!has(self.rateLimit.withoutTenant) || self.rateLimit.withoutTenant == 'Shared'))",
-                "rateLimit.tenants and withoutTenant need a tenant: set spec.auth or rateLimit.tenantHeader",
-            ),
+            *AUTH_RATE_LIMIT_RULES,
             cel(
                 "self.backends.all(p, p.kind != 'InferencePool' || has(p.matches)"
                 " || self.backends.all(o, has(o.matches) || o.priority != p.priority || o == p))",
