@@ -21,6 +21,8 @@ from model_traffic.commands import keys
 from model_traffic.kinds.virtualmodel.spec import DEFAULT_API_KEY_SECRET
 from model_traffic.kube import Kube
 from tests.cluster.conftest import ENVOY_GATEWAY_MANAGER, status_writers
+from tests.cluster.test_trafficconfig import TEMPLATE as TRAFFIC_TEMPLATE
+from tests.cluster.test_trafficconfig import traffic_config, wait_served
 from tests.cluster.test_virtualmodel import GATEWAY, make_backends, vm_yaml, wait_vm
 from tests.conftest import Cluster, Operator, condition, wait_for
 
@@ -300,3 +302,39 @@ def test_budgets_without_auth_refused_callers_and_tiers_are_accepted_by_envoy_ga
     assert [r["limit"]["requests"] for r in rules] == [1000, 100, 0]
     [ancestor] = traffic["status"]["ancestors"]
     assert {c["type"]: c["status"] for c in ancestor["conditions"]}["Accepted"] == "True"
+
+
+def test_a_traffic_config_passes_api_keys_and_a_tier_to_its_virtual_model_and_envoy_gateway_accepts_them(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=key_secret(DEFAULT_API_KEY_SECRET, {"acme": KEY_A}))
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=traffic_config("llama", f"""\
+        modelName: llama-3
+        gatewayRefs: [{{name: {GATEWAY}}}]
+        auth: {{apiKey: {{}}}}
+        rateLimit:
+          tokens: {{limit: 100000, unit: Month}}
+          tenants: [{{tenant: acme, requests: {{limit: 10, unit: Second}}}}]
+    """, TRAFFIC_TEMPLATE, """\
+        stable: {version: v1, storageUri: "hf://org/llama:rev1"}
+    """))
+    wait_served(kube, namespace, "llama-v1")
+    # The VirtualModel the TrafficConfig owns carries its auth and budgets, and is Ready: its SecurityPolicy and
+    # BackendTrafficPolicy were accepted by Envoy Gateway (ChildrenAccepted).
+    obj = wait_vm(kube, namespace, "llama", timeout=120)
+    assert obj["spec"]["auth"] == {"tenantHeader": "x-tenant-id",
+                                   "apiKey": {"secretRefs": [DEFAULT_API_KEY_SECRET], "headers": ["authorization"]}}
+    assert obj["spec"]["rateLimit"]["tenants"] == [{"tenant": "acme", "requests": {"limit": 10, "unit": "Second"}}]
+    accepted = condition(obj, "ChildrenAccepted")
+    assert accepted["status"] == "True", accepted
+    assert "SecurityPolicy/llama" in accepted["message"] and "BackendTrafficPolicy/llama" in accepted["message"]
+
+    policy = kube.get(k.SECURITY_POLICY, namespace, "llama")
+    assert policy is not None
+    assert policy["spec"]["apiKeyAuth"]["forwardClientIDHeader"] == "x-tenant-id"
+    [ancestor] = policy["status"]["ancestors"]
+    assert {c["type"]: c["status"] for c in ancestor["conditions"]}["Accepted"] == "True"
+    assert status_writers(policy) == {ENVOY_GATEWAY_MANAGER}
+    traffic = kube.get(k.BACKEND_TRAFFIC_POLICY, namespace, "llama")
+    assert traffic is not None and status_writers(traffic) == {ENVOY_GATEWAY_MANAGER}
+    assert {r["limit"]["unit"] for r in traffic["spec"]["rateLimit"]["global"]["rules"]} == {"Second", "Month"}
