@@ -139,12 +139,17 @@ def test_a_security_policy_envoy_gateway_refuses_is_not_ready_until_its_cause_go
     ("rateLimit: {tenantHeader: x-t, tenants: [{tenant: a}]}", "a tenant budget needs tokens or requests"),
     ("rateLimit: {requests: {limit: 1, unit: Fortnight}}", "Unsupported value"),
 ])
+@pytest.mark.parametrize("kind", ["VirtualModel", "TrafficConfig"])
 def test_tenant_specs_are_refused_at_apply_with_a_message(
-    cluster: Cluster, namespace: str, spec: str, message: str
+    cluster: Cluster, namespace: str, spec: str, message: str, kind: str
 ) -> None:
-    body = f"gatewayRefs: [{{name: {GATEWAY}}}]\nbackends: [{{name: openai}}]\n{spec}\n"
-    result = cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-",
-                             stdin=vm_yaml("gpt-4", textwrap.indent(body, "    ")), check=False)
+    """A TrafficConfig refuses what its VirtualModel would: it passes auth and rateLimit on unchanged."""
+    if kind == "VirtualModel":
+        body = f"gatewayRefs: [{{name: {GATEWAY}}}]\nbackends: [{{name: openai}}]\n{spec}\n"
+        text = vm_yaml("gpt-4", textwrap.indent(body, "    "))
+    else:
+        text = traffic_config("llama", TRAFFIC_TEMPLATE, f"stable: {{version: v1}}\n{spec}\n")
+    result = cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", stdin=text, check=False)
     assert result.returncode != 0 and message in result.stderr, result.stderr
 
 
