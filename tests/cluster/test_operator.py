@@ -137,7 +137,6 @@ def assert_reconcile_writes_nothing(kube: Kube, operator: Operator, rtype: Resou
     assert poke in before, f"{poke} is not a child: {sorted(before)}"
     events = _events_about(kube, namespace, name)
     unchanged = operator.counter("model_traffic_reconcile_total", kind=rtype.kind, result="unchanged")
-    updated = operator.counter("model_traffic_reconcile_total", kind=rtype.kind, result="updated")
     child_kind, child_name = poke.split("/")
     child_type = next(t for t in CHILD_TYPES if t.kind == child_kind)
     kube.custom.patch_namespaced_custom_object(
@@ -150,8 +149,9 @@ def assert_reconcile_writes_nothing(kube: Kube, operator: Operator, rtype: Resou
     after = _versions(kube, rtype, namespace, name)
     del before[poke], after[poke]
     assert after == before
+    # The resourceVersions say that neither it nor a child was written (a status write would show on "self");
+    # the operator's reconcile counters are per kind, and other tests' objects of the kind are reconciled meanwhile.
     assert _events_about(kube, namespace, name) == events
-    assert operator.counter("model_traffic_reconcile_total", kind=rtype.kind, result="updated") == updated
 
 
 def test_a_settled_backend_reconciled_again_writes_nothing(
