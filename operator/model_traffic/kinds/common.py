@@ -17,7 +17,8 @@ from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
-GROUP = "modeltraffic.io"
+from model_traffic.kube import GROUP as GROUP  # re-exported: the specs and crdgen name the group from here
+
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 

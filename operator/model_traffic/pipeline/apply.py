@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from model_traffic.kinds.common import GROUP
-from model_traffic.kube import Kube, ResourceType
+from model_traffic.kube import GROUP, Kube, ResourceType
 
 MANAGED_BY = "model-traffic-operator"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
