@@ -355,11 +355,9 @@ def test_kserve_runs_a_deployment_per_version_through_a_rollout(
              "llama-v1's Deployment collected")
 
 
-def test_each_version_runs_at_its_own_size(
-    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
-) -> None:
-    # The template sizes production; the stable scales out and the canary runs small, on the Deployments KServe makes.
-    apply(cluster, namespace, traffic_config("llama", f"""\
+def sized_llama(namespace: str, *analysis: str) -> str:
+    """llama with production-sized template (2 CPU, 4Gi), a stable of 2 replicas and a small canary of 1."""
+    return traffic_config("llama", f"""\
         gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
         inferenceService:
           template:
@@ -376,8 +374,15 @@ def test_each_version_runs_at_its_own_size(
           resources:
             requests: {{cpu: 500m, memory: 1Gi}}
             limits: {{cpu: 500m, memory: 1Gi}}
-        analysis: {{interval: 1s, stepWeights: [50], promotion: Manual}}
-    """))
+        analysis: {{{", ".join(["interval: 1s", "stepWeights: [50]", *analysis])}}}
+    """)
+
+
+def test_each_version_runs_at_its_own_size(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    # The template sizes production; the stable scales out and the canary runs small, on the Deployments KServe makes.
+    apply(cluster, namespace, sized_llama(namespace, "promotion: Manual"))
     wait_served(kube, namespace, "llama-v1")
     wait_served(kube, namespace, "llama-v2")
     expected = {
@@ -405,25 +410,7 @@ def test_a_promoted_canary_takes_the_stable_size(
 ) -> None:
     """Issue #13: promoted automatically (spec.stable still names v1), v2 serves all traffic at the stable role's
     size, as Argo Rollouts scales a promoted ReplicaSet to spec.replicas; checked on what KServe made."""
-    apply(cluster, namespace, traffic_config("llama", f"""\
-        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
-        inferenceService:
-          template:
-            predictor:
-              model:
-                modelFormat: {{name: huggingface}}
-                resources:
-                  requests: {{cpu: "2", memory: 4Gi}}
-                  limits: {{cpu: "2", memory: 4Gi}}
-        stable: {{version: v1, replicas: 2}}
-        canary:
-          version: v2
-          replicas: 1
-          resources:
-            requests: {{cpu: 500m, memory: 1Gi}}
-            limits: {{cpu: 500m, memory: 1Gi}}
-        analysis: {{interval: 1s, stepWeights: [50]}}
-    """))
+    apply(cluster, namespace, sized_llama(namespace))
     wait_served(kube, namespace, "llama-v2")
     done = wait_phase(kube, namespace, "llama", "Succeeded", timeout=90)
     assert done["stableVersion"] == "v2"
