@@ -20,6 +20,7 @@ from model_traffic.kinds.backend import reconcile as backend_reconciler
 from model_traffic.kinds.backend import spec as backend
 from model_traffic.kinds.common import GROUP, VERSION
 from model_traffic.kinds.trafficconfig import reconcile as trafficconfig_reconciler
+from model_traffic.kinds.trafficconfig import render as trafficconfig_render
 from model_traffic.kinds.trafficconfig import spec as trafficconfig
 from model_traffic.kinds.virtualmodel import reconcile as virtualmodel_reconciler
 from model_traffic.kinds.virtualmodel import spec as virtualmodel
@@ -372,4 +373,4 @@ def has_pending_request(body: kopf.Body) -> bool:
     not yet acted on: not an echo of our own write."""
     status = body.get("status") or {}
     requests, handled = status.get("requests") or {}, status.get("handledRequests") or {}
-    return any(token and handled.get(action) != token for action, token in requests.items())
+    return bool(trafficconfig_render.pending_requests(requests, handled))

@@ -47,6 +47,7 @@ import copy
 import datetime
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -261,6 +262,13 @@ class RolloutPlan:
 
 # --- helpers ------------------------------------------------------------------------------------------
 
+def pending_requests(requests: Mapping[str, str], handled: Mapping[str, str]) -> list[RequestAction]:
+    """Requests (status.requests) not acted on yet (status.handledRequests), oldest token first (the CLI's and
+    Argo CD's tokens are RFC 3339 times). The rollout acts on them; the watch handler wakes the rollout for them."""
+    pending = [a for a in REQUEST_ACTIONS if requests.get(a) and requests[a] != handled.get(a)]
+    return sorted(pending, key=lambda a: requests[a])
+
+
 def model_name(spec: TrafficConfigSpec, name: str) -> str:
     return spec.model_name or name
 
@@ -408,9 +416,7 @@ class _State:
                    tokens(status.requests), tokens(status.handled_requests), bool(status.paused_by_request))
 
     def pending_requests(self) -> list[RequestAction]:
-        """Requests not acted on yet, oldest token first (the CLI's and Argo CD's tokens are RFC 3339 times)."""
-        pending = [a for a in REQUEST_ACTIONS if self.requests.get(a) and self.requests[a] != self.handled.get(a)]
-        return sorted(pending, key=lambda a: self.requests[a])
+        return pending_requests(self.requests, self.handled)
 
     def start_rollout(self, candidate: str) -> None:
         self.phase, self.candidate, self.weight, self.step = "Initializing", candidate, 0, None
