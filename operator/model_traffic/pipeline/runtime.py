@@ -44,6 +44,8 @@ UNDECLARED_FIELD_MESSAGE = "failed to create typed patch object"
 def is_refused_write(error: ApiException) -> bool:
     """Whether the API server refused a write for what it contains (no retry makes it pass)."""
     return error.status in REFUSED_STATUSES or (error.status == 500 and UNDECLARED_FIELD_MESSAGE in api_message(error))
+
+
 # After a reconcile that raised, try again after this many seconds, doubling per failure up to the cap.
 ERROR_BACKOFF_SECONDS = 5.0
 ERROR_BACKOFF_CAP_SECONDS = 300.0
