@@ -26,7 +26,7 @@ from model_traffic.kinds.trafficconfig.analysis import (
     builtin_query,
     run_metrics,
 )
-from model_traffic.kinds.trafficconfig.spec import Metric
+from model_traffic.kinds.trafficconfig.analysis_spec import Metric
 from tests.support.prometheus import (
     SECONDS_BUCKETS,
     TOKEN_BUCKETS,

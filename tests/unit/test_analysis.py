@@ -25,7 +25,7 @@ from model_traffic.kinds.trafficconfig.analysis import (
     run_metrics,
     served_model_name,
 )
-from model_traffic.kinds.trafficconfig.spec import Metric
+from model_traffic.kinds.trafficconfig.analysis_spec import Metric
 
 
 def metric(**fields: Any) -> Metric:

@@ -13,12 +13,13 @@ from pydantic import ValidationError
 
 from model_traffic.kinds.backend.spec import CREDENTIAL_HEADERS, ManagedAIServiceBackendSpec
 from model_traffic.kinds.common import Matching
+from model_traffic.kinds.trafficconfig.analysis_spec import TEMPLATE_VARIABLES
 from model_traffic.kinds.trafficconfig.inferenceservice import (
     BASELINE_CAPABILITIES,
     STORAGE_URI_PATTERN,
     InferenceServiceTemplate,
 )
-from model_traffic.kinds.trafficconfig.spec import TEMPLATE_VARIABLES, TrafficConfigSpec
+from model_traffic.kinds.trafficconfig.spec import TrafficConfigSpec
 from model_traffic.kinds.virtualmodel.spec import VirtualModelSpec
 from model_traffic_dev import crdgen
 

@@ -10,6 +10,7 @@ import pydantic
 import pytest
 
 from model_traffic.kinds.trafficconfig.analysis import evaluate
+from model_traffic.kinds.trafficconfig.analysis_spec import Metric
 from model_traffic.kinds.trafficconfig.render import (
     PHASES,
     TRANSITIONS,
@@ -24,7 +25,7 @@ from model_traffic.kinds.trafficconfig.render import (
     step,
     step_weights,
 )
-from model_traffic.kinds.trafficconfig.spec import Metric, MetricResult, TrafficConfigSpec
+from model_traffic.kinds.trafficconfig.spec import MetricResult, TrafficConfigSpec
 from model_traffic.kinds.virtualmodel.spec import VirtualModelSpec
 
 T0 = datetime.datetime(2025, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)

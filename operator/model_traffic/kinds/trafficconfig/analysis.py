@@ -38,7 +38,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from model_traffic.kinds.trafficconfig.spec import KNOWN_TEMPLATE_VARIABLES, Metric, MetricResult
+from model_traffic.kinds.trafficconfig.analysis_spec import KNOWN_TEMPLATE_VARIABLES, Metric
+from model_traffic.kinds.trafficconfig.spec import MetricResult
 
 Builtin = Literal[
     "ErrorRate", "RequestLatencyP95", "RequestLatencyP99", "TimeToFirstTokenP95",

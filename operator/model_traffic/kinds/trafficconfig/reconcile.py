@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from model_traffic import kube, metrics
 from model_traffic.kinds.common import duration_seconds
 from model_traffic.kinds.trafficconfig.analysis import HTTPPrometheus, Target, run_metrics, served_model_name
+from model_traffic.kinds.trafficconfig.analysis_spec import Webhook
 from model_traffic.kinds.trafficconfig.render import (
     LABEL_TRAFFIC_CONFIG,
     LABEL_VERSION,
@@ -43,7 +44,7 @@ from model_traffic.kinds.trafficconfig.render import (
     outbound_refusals,
     step,
 )
-from model_traffic.kinds.trafficconfig.spec import PHASES, MetricResult, TrafficConfigSpec, Webhook
+from model_traffic.kinds.trafficconfig.spec import PHASES, MetricResult, TrafficConfigSpec
 from model_traffic.kube import Kube
 from model_traffic.outbound import DEFAULT_POLICY, OutboundPolicy, host_of
 from model_traffic.pipeline import apply, events

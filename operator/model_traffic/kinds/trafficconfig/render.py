@@ -55,17 +55,16 @@ from model_traffic import kube
 from model_traffic.kinds.backend import spec as backend_api
 from model_traffic.kinds.common import API_VERSION, duration_seconds
 from model_traffic.kinds.trafficconfig.analysis import Target, served_model_name
+from model_traffic.kinds.trafficconfig.analysis_spec import Metric, Webhook
 from model_traffic.kinds.trafficconfig.spec import (
     PHASES,
     REQUEST_ACTIONS,
-    Metric,
     MetricResult,
     ModelVersion,
     Phase,
     RequestAction,
     TrafficConfigSpec,
     TrafficConfigStatus,
-    Webhook,
 )
 from model_traffic.kinds.virtualmodel import spec as vm_api
 from model_traffic.kube import ResourceType
