@@ -65,6 +65,17 @@ class Result:
 Reconciler = Callable[[Kube, dict[str, Any]], Result]
 
 
+@dataclass(frozen=True)
+class Finalizer:
+    """A kind's last step before its object goes. ``name`` is the finalizer the kind's reconciler puts on the
+    objects that need it; for such an object being deleted, the pipeline calls ``step`` instead of the
+    reconciler (decided from the cluster each time, like a reconcile) until ``step`` removes ``name`` and
+    returns None: nothing to report on an object about to go. An object being deleted without it is left alone."""
+
+    name: str
+    step: Callable[[Kube, dict[str, Any]], Result | None]
+
+
 def kept_status(old_status: dict[str, Any]) -> dict[str, Any]:
     """The kind's status fields as they were, for a reconcile that stops before recomputing them (a rollout's
     progress is not lost); conditions and observedGeneration are written anew from the Result."""
@@ -176,11 +187,14 @@ class Runtime:
     def __init__(self, kube: Kube, workers: int = DEFAULT_WORKERS) -> None:
         self.kube = kube
         self._reconcilers: dict[str, tuple[ResourceType, Reconciler]] = {}
+        self._finalizers: dict[str, Finalizer] = {}
         self.queue: WorkQueue[ObjectKey] = WorkQueue(self._run, self._after_failure, workers=workers)
         self.events = EventPoster(kube)
 
-    def register(self, rtype: ResourceType, reconciler: Reconciler) -> None:
+    def register(self, rtype: ResourceType, reconciler: Reconciler, finalizer: Finalizer | None = None) -> None:
         self._reconcilers[rtype.kind] = (rtype, reconciler)
+        if finalizer is not None:
+            self._finalizers[rtype.kind] = finalizer
 
     @property
     def kinds(self) -> dict[str, ResourceType]:
@@ -231,11 +245,17 @@ class Runtime:
         """
         rtype, reconciler = self._reconcilers[kind]
         body = self.kube.get(rtype, namespace, name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
+        if body is None:
             return None
+        step: Callable[[Kube, dict[str, Any]], Result | None] = reconciler
+        if body["metadata"].get("deletionTimestamp"):
+            finalizer = self._finalizers.get(kind)
+            if finalizer is None or finalizer.name not in (body["metadata"].get("finalizers") or []):
+                return None  # nothing of ours holds it: it goes
+            step = finalizer.step
         started = time.monotonic()
         try:
-            outcome, requeue_after = self._reconcile_once(rtype, reconciler, body)
+            outcome, requeue_after = self._reconcile_once(rtype, step, body)
             metrics.RECONCILES.labels(kind, outcome).inc()
             return requeue_after
         except Exception as error:
@@ -253,12 +273,14 @@ class Runtime:
         finally:
             metrics.RECONCILE_SECONDS.labels(kind).observe(time.monotonic() - started)
 
-    def _reconcile_once(self, rtype: ResourceType, reconciler: Reconciler,
+    def _reconcile_once(self, rtype: ResourceType, reconciler: Callable[[Kube, dict[str, Any]], Result | None],
                         body: dict[str, Any]) -> tuple[str, float | None]:
         meta = body["metadata"]
         try:
             try:
                 result = reconciler(self.kube, body)
+                if result is None:
+                    return "finalized", None  # a finalize step released the object: no status to write
             except ApiException as error:
                 if not is_refused_write(error):
                     raise
