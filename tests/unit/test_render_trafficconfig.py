@@ -586,7 +586,85 @@ def test_requeue_after_is_the_time_to_the_next_check() -> None:
     later = reconcile(spec(), started.status, at(0.5))
     assert later.requeue_after == 30
     waiting_for_readiness = reconcile(spec(), None, at(0), ready=("v1",))
-    assert waiting_for_readiness.requeue_after is None  # the InferenceService's watch brings us back
+    # The InferenceService's watch brings us back; the progress deadline (600s by default) at the latest.
+    assert waiting_for_readiness.requeue_after == 600
+
+
+# --- the progress deadline (spec.progressDeadlineSeconds) -------------------------------------------------------
+
+def test_a_candidate_never_ready_is_stalled_at_the_progress_deadline_naming_what_it_waits_for() -> None:
+    s = spec(progressDeadlineSeconds=300)
+    waiting = reconcile(s, None, at(0), ready=("v1",))
+    assert waiting.status["phase"] == "Initializing"
+    assert waiting.status["lastProgressTime"] == "2025-01-01T12:00:00Z"
+    assert waiting.verdict.state == "Progressing"
+    assert waiting.requeue_after == 300
+    still = reconcile(s, waiting.status, at(4), ready=("v1",))
+    assert still.verdict.state == "Progressing" and still.requeue_after == 60
+    assert still.status == waiting.status  # no progress, nothing written
+    late = reconcile(s, waiting.status, at(5), ready=("v1",))
+    assert late.verdict.state == "Stalled" and late.verdict.reason == "ProgressDeadlineExceeded"
+    assert "no progress in 300s" in late.verdict.message and "InferenceService llama-v2" in late.verdict.message
+    assert late.status["phase"] == "Initializing"  # without the opt-in it keeps waiting
+    assert vm_weights(late) == {"llama-v1": 100}
+    # It heals by itself: the candidate gets Ready, the rollout starts and the clock starts again.
+    healed = reconcile(s, late.status, at(6))
+    assert healed.status["phase"] == "Progressing" and healed.verdict.state == "Progressing"
+    assert healed.status["lastProgressTime"] == "2025-01-01T12:06:00Z"
+
+
+def test_with_progress_deadline_abort_the_candidate_is_rolled_back_with_the_reason() -> None:
+    s = spec(progressDeadlineSeconds=300, progressDeadlineAbort=True)
+    waiting = reconcile(s, None, at(0), ready=("v1",))
+    rolled = reconcile(s, waiting.status, at(5), ready=("v1",))
+    assert rolled.status["phase"] == "Failed"
+    assert rolled.verdict.state == "Stalled" and rolled.verdict.reason == "ProgressDeadlineExceeded"
+    assert "rolled back" in rolled.verdict.message and "no progress in 300s" in rolled.verdict.message
+    assert "InferenceService llama-v2 not found" in rolled.verdict.message
+    assert "ProgressDeadlineExceeded" in reasons(rolled)
+    assert vm_weights(rolled) == {"llama-v1": 100}
+    # It stays rolled back (and says why) until a retry or a new candidate.
+    later = reconcile(s, rolled.status, at(30), ready=("v1",))
+    assert later.status["phase"] == "Failed" and later.verdict.reason == "ProgressDeadlineExceeded"
+    retried = reconcile(s, {**later.status, "requests": {"retry": "2025-01-01T12:31:00Z"}}, at(31))
+    assert retried.status["phase"] == "Progressing" and retried.verdict.reason == "Progressing"
+
+
+def test_checks_without_data_hit_the_deadline_but_a_check_not_yet_due_does_not() -> None:
+    # A long interval: waiting for the next check is waiting on the clock, not a lack of progress.
+    slow = spec(progressDeadlineSeconds=60, analysis={"interval": "10m", "threshold": 100, "stepWeights": [10, 50],
+                "metrics": [{"name": "ttft", "builtin": "TimeToFirstTokenP95", "max": 0.5}]})
+    plan = reconcile(slow, None, at(0))
+    assert reconcile(slow, plan.status, at(9)).verdict.reason == "Progressing"
+    # Checks without data (below the threshold) are no progress: the deadline counts from the first one.
+    failed = reconcile(slow, plan.status, at(10), results=no_data)
+    assert failed.status["failedChecks"] == 1 and failed.verdict.reason == "Progressing"
+    stuck = reconcile(slow, failed.status, at(11.5))
+    assert stuck.verdict.reason == "ProgressDeadlineExceeded"
+    assert "ttft=none (no data)" in stuck.verdict.message
+    # A passed check is progress.
+    passed = reconcile(slow, failed.status, at(20))
+    assert passed.status["canaryWeight"] == 50 and passed.verdict.reason == "Progressing"
+
+
+def test_paused_and_waiting_promotion_never_time_out() -> None:
+    s = spec(progressDeadlineSeconds=60, paused=True)
+    plan = reconcile(spec(progressDeadlineSeconds=60), None, at(0))
+    paused = reconcile(s, plan.status, at(0.5))
+    assert reconcile(s, paused.status, at(100)).verdict.reason == "Paused"
+    manual = spec(progressDeadlineSeconds=60, analysis={"interval": "1m", "stepWeights": [10],
+                                                         "promotion": "Manual"})
+    waiting = reconcile(manual, reconcile(manual, None, at(0)).status, at(1))
+    assert waiting.status["phase"] == "WaitingPromotion"
+    later = reconcile(manual, waiting.status, at(100))
+    assert later.verdict.reason == "WaitingPromotion" and later.requeue_after is None
+
+
+def test_the_progress_deadline_has_bounds() -> None:
+    for seconds in (29, 86401):
+        with pytest.raises(pydantic.ValidationError):
+            spec(progressDeadlineSeconds=seconds)
+    assert spec().progress_deadline_seconds == 600 and not spec().progress_deadline_abort
 
 
 # --- Weighted: each variant measured at each interval, compared with the stable -----------------------------

@@ -60,8 +60,8 @@ HTTP_ROUTE = kube.HTTP_ROUTE
 
 # The status fields that carry the rollout's progress: written (guarded) before any child changes.
 PROGRESS_FIELDS = ("phase", "stableVersion", "candidateVersion", "canaryWeight", "currentStep", "failedChecks",
-                   "iterations", "lastStepTime", "trafficSince", "lastResults", "pendingEvents", "handledRequests",
-                   "pausedByRequest")
+                   "iterations", "lastStepTime", "lastProgressTime", "trafficSince", "lastResults", "pendingEvents",
+                   "handledRequests", "pausedByRequest")
 
 Clock = Callable[[], datetime.datetime]
 KSERVE_RECHECK_SECONDS = 15.0

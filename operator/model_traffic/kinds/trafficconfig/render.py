@@ -106,6 +106,8 @@ TRANSITIONS: dict[Phase | None, frozenset[Phase]] = {
 }
 # Phases in which a candidate is deployed with its rollout started (its traffic, an A/B match, checks).
 STARTED_PHASES: frozenset[Phase] = frozenset({"Progressing", "WaitingPromotion", "Paused"})
+# The result recorded when the progress deadline rolled a candidate back (so the Failed phase says why).
+DEADLINE_RESULT = "progress-deadline"
 
 
 # --- inputs -------------------------------------------------------------------------------------------
@@ -394,6 +396,7 @@ class _State:
     failed: int
     iterations: int
     last_step_time: str | None
+    last_progress_time: str | None
     traffic_since: str | None
     last_results: list[MetricResult]
     versions: dict[str, str]  # version -> InferenceService name, as recorded
@@ -409,13 +412,17 @@ class _State:
 
         return cls(status.phase, status.stable_version, status.candidate_version, status.canary_weight,
                    status.current_step, status.failed_checks or 0, status.iterations or 0, status.last_step_time,
-                   status.traffic_since, list(status.last_results),
+                   status.last_progress_time, status.traffic_since, list(status.last_results),
                    {v.version: v.inference_service for v in status.versions},
                    {v.version: list(v.metrics) for v in status.versions if v.metrics},
                    tokens(status.requests), tokens(status.handled_requests), bool(status.paused_by_request))
 
     def pending_requests(self) -> list[RequestAction]:
         return pending_requests(self.requests, self.handled)
+
+    def progress_key(self) -> tuple[Any, ...]:
+        """What moves when a rollout makes progress (a failed check does not: it is what a deadline catches)."""
+        return (self.phase, self.stable, self.candidate, self.step, self.weight, self.iterations, self.traffic_since)
 
     def start_rollout(self, candidate: str) -> None:
         self.phase, self.candidate, self.weight, self.step = "Initializing", candidate, 0, None
@@ -445,6 +452,9 @@ class _Rollout:
         self.request: AnalysisRequest | None = None
         self.message = ""
         self.holding = False  # a stable switch waits for the new version
+        self.initial_progress = state.progress_key()
+        self.deadline_exceeded = ""  # why the progress deadline is exceeded (the rollout not rolled back)
+        self.deadline_in: float | None = None  # seconds until the progress deadline, while it runs
         self.ref_name = spec.inference_service.ref.name if spec.inference_service.ref else None
         if self.ref_name and not state.versions and state.stable is None:
             # First reconcile of a brownfield config: the referenced InferenceService is the stable.
@@ -700,6 +710,46 @@ class _Rollout:
             self.message = f"{candidate} deployed, {self.spec.strategy} checks running"
         self.event("Normal", "RolloutStarted", f"{self.spec.strategy} rollout of {candidate}: {self.message}")
 
+    # --- the progress deadline (spec.progressDeadlineSeconds) ---------------------------------------------------
+    def enforce_deadline(self, stable: str, candidate: str) -> None:
+        """A rollout waiting on the world (Initializing, Progressing) that made no progress for the deadline is
+        Stalled, or with progressDeadlineAbort rolled back. Counted from status.lastProgressTime, or from when the
+        step's first check was due (until then it waits on the clock, not on the world); a person's wait (Paused,
+        WaitingPromotion) never times out. Progress in this very call resets it (stamped in :func:`_finish`)."""
+        s, spec = self.s, self.spec
+        if (s.phase not in ("Initializing", "Progressing") or s.candidate is None or spec.paused
+                or s.paused_by_request or s.progress_key() != self.initial_progress):
+            return
+        since = _parse_time(s.last_progress_time)
+        if since is None:
+            return  # a rollout of an older status: its clock starts now
+        traffic_since = _parse_time(s.traffic_since)
+        if s.phase == "Progressing" and traffic_since is not None:
+            # Until the step's first check is due, it waits on the clock; from then on a failed check is no progress.
+            since = max(since, traffic_since + datetime.timedelta(seconds=self._window()))
+        deadline = spec.progress_deadline_seconds
+        elapsed = (self.now - since).total_seconds()
+        if elapsed < deadline:
+            self.deadline_in = deadline - elapsed
+            return
+        waited = self.message or s.phase
+        failures = [x for x in s.last_results if not x.passed]
+        if failures and describe_failures(failures) not in waited:
+            waited += f"; last checks: {describe_failures(failures)}"
+        if not spec.progress_deadline_abort:
+            self.deadline_exceeded = (f"no progress in {deadline}s (spec.progressDeadlineSeconds) on the rollout of "
+                                      f"{candidate}: {waited}")
+            return
+        self.request = None  # rolled back: nothing left to measure
+        self.message = (f"rolled back {candidate}: no progress in {deadline}s (spec.progressDeadlineSeconds, "
+                        f"progressDeadlineAbort): {waited}; all traffic to {stable}")
+        s.last_results = [*s.last_results, MetricResult(name=DEADLINE_RESULT, passed=False,
+                                                        message=f"no progress in {deadline}s: {waited}")]
+        self.event("Warning", "ProgressDeadlineExceeded", self.message)
+        s.phase, s.weight, s.step = "Failed", 0, None
+        s.traffic_changes()
+        self.post_rollout = self.webhooks("PostRollout")
+
     # --- requests (status.requests): acted on once, recorded in status.handledRequests with their effect ----------
     def act_on_requests(self, stable: str, in_rollout: bool) -> str:
         """Act on the pending requests through the same moves as the rollout itself; returns the stable after them.
@@ -848,6 +898,7 @@ def step(
         stable = r.act_on_requests(stable, in_rollout=True)
         if state.candidate is not None:
             r.advance(stable, canary)
+            r.enforce_deadline(stable, canary)
         stable = state.stable or stable
         if state.candidate is not None and state.phase != "Failed":
             candidate = canary  # a failed candidate drains; a promoted one is the stable
@@ -957,11 +1008,16 @@ def _finish(r: _Rollout, keep: list[str], weights: dict[str, int], matched: str 
             entry["metrics"] = [m.wire() for m in s.version_metrics[version]]
         versions.append(entry)
 
+    if s.candidate is None:
+        s.last_progress_time = None
+    elif s.progress_key() != r.initial_progress or s.last_progress_time is None:
+        s.last_progress_time = _stamp(r.now)
     pending = [_pending_event(r, event) for event in r.events]
     status: dict[str, Any] = {
         "phase": s.phase, "stableVersion": s.stable, "candidateVersion": s.candidate,
         "canaryWeight": s.weight, "currentStep": s.step, "failedChecks": s.failed, "iterations": s.iterations,
-        "lastStepTime": s.last_step_time, "trafficSince": s.traffic_since,
+        "lastStepTime": s.last_step_time, "lastProgressTime": s.last_progress_time,
+        "trafficSince": s.traffic_since,
         "lastResults": [m.wire() for m in s.last_results], "versions": versions,
         "pendingEvents": pending or None,
         # people's requests go through unchanged (the status write would otherwise remove them)
@@ -980,6 +1036,10 @@ def _finish(r: _Rollout, keep: list[str], weights: dict[str, int], matched: str 
         "Paused": Verdict("Ready", "Paused", message),
         "Failed": Verdict("Stalled", "RolledBack", message),
     }.get(str(s.phase), Verdict("Progressing", str(s.phase), message))
+    if s.phase == "Failed" and any(x.name == DEADLINE_RESULT for x in s.last_results):
+        verdict = Verdict("Stalled", "ProgressDeadlineExceeded", message)
+    elif r.deadline_exceeded:
+        verdict = Verdict("Stalled", "ProgressDeadlineExceeded", r.deadline_exceeded)
     if verdict.state == "Ready":
         verdict = _children_ready(r, keep) or verdict
     requeue = _requeue_after(r)
@@ -1038,6 +1098,8 @@ def _requeue_after(r: _Rollout) -> float | None:
     if (r.s.phase not in ("Progressing", "Initializing") and not observing) or r.spec.paused or r.s.paused_by_request:
         return None
     due_in = r.next_due_in()
+    if r.deadline_in is not None:  # wake up when the deadline passes, whatever else happens
+        due_in = min(due_in, r.deadline_in) if due_in else r.deadline_in
     return due_in if due_in else None
 
 
