@@ -36,6 +36,9 @@ PHASES: tuple[Phase, ...] = get_args(Phase)
 RequestAction = Literal["promote", "abort", "retry", "pause", "resume"]
 REQUEST_ACTIONS: tuple[RequestAction, ...] = get_args(RequestAction)
 
+# What deleting a TrafficConfig does to its children (kinds/trafficconfig/deletion.py).
+DeletionPolicy = Literal["Retain", "Delete"]
+
 # Each version runs as InferenceService <name>-<version>. KServe names the predictor's Service <isvc>-predictor and,
 # in serverless mode, Knative names its revisions <isvc>-predictor-00001: a DNS label (and label value) of at most 63
 # characters. So len(name) + 1 + len(version) <= 63 - len("-predictor-00001") = 47.
@@ -140,20 +143,6 @@ class TrafficConfigSpec(Model):
     variants: list[Variant] | None = Field(default=None, max_length=10, description="Weighted: explicit weights.")
     analysis: Analysis | None = Field(default=None, description="Steps, checks and promotion.")
     paused: bool = Field(default=False, description="Freeze the rollout where it is.")
-    # Flagger's and Argo Rollouts' default; a deadline runs only while the rollout waits on the world (a Paused or
-    # WaitingPromotion rollout waits on a person, a check not yet due on the clock).
-    progress_deadline_seconds: int = Field(
-        default=600, ge=30, le=86400,
-        description="How long a rollout step (Initializing or Progressing) may make no progress (a candidate not "
-        "Ready, checks failing or without data, traffic not reaching the VirtualModel) before the object is "
-        "Stalled with reason ProgressDeadlineExceeded. Counted from status.lastProgressTime (or, in a step, from "
-        "when its first check was due). Paused and WaitingPromotion never time out.",
-    )
-    progress_deadline_abort: bool = Field(
-        default=False,
-        description="Roll the candidate back (phase Failed) when progressDeadlineSeconds is exceeded, instead of "
-        "only reporting Stalled (Argo Rollouts' progressDeadlineAbort).",
-    )
     # Passed on unchanged to the VirtualModel, which renders the SecurityPolicy and the rate limits: every version
     # of a rollout is behind the same authentication and budgets.
     auth: Auth | None = Field(
@@ -161,6 +150,15 @@ class TrafficConfigSpec(Model):
     )
     rate_limit: RateLimit | None = Field(
         default=None, description="As VirtualModel: token and request budgets per tenant, shared by all versions."
+    )
+    # Flagger leaves a deleted Canary's workload serving (its revertOnDeletion defaults to false); Retain is that.
+    deletion_policy: DeletionPolicy = Field(
+        default="Retain",
+        description="What deleting this TrafficConfig does to what it made. Retain (default): all traffic goes to "
+        "the stable version first, then its InferenceService, its ManagedAIServiceBackend and the VirtualModel are "
+        "kept serving, orphaned with the annotation modeltraffic.io/orphaned-from (a TrafficConfig of the same name "
+        "adopts them again); the other versions' objects are deleted. Delete: everything it owns is deleted with "
+        "it, and the model name goes offline.",
     )
 
 
@@ -224,11 +222,6 @@ class TrafficConfigStatus(StatusBase):
     failed_checks: int | None = Field(default=None, description="Failed checks in this rollout.")
     iterations: int | None = Field(default=None, description="Checks passed in this rollout.")
     last_step_time: str | None = Field(default=None, description="When the last step or check was taken.")
-    last_progress_time: str | None = Field(
-        default=None,
-        description="When the rollout last made progress (its phase, candidate, step, weight or passed checks "
-        "changed, or its traffic reached the VirtualModel): spec.progressDeadlineSeconds counts from here.",
-    )
     traffic_since: str | None = Field(
         default=None,
         description="When the live VirtualModel was first seen carrying the current step's traffic (its "
