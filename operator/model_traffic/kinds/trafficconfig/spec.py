@@ -143,6 +143,20 @@ class TrafficConfigSpec(Model):
     variants: list[Variant] | None = Field(default=None, max_length=10, description="Weighted: explicit weights.")
     analysis: Analysis | None = Field(default=None, description="Steps, checks and promotion.")
     paused: bool = Field(default=False, description="Freeze the rollout where it is.")
+    # Flagger's and Argo Rollouts' default; a deadline runs only while the rollout waits on the world (a Paused or
+    # WaitingPromotion rollout waits on a person, a check not yet due on the clock).
+    progress_deadline_seconds: int = Field(
+        default=600, ge=30, le=86400,
+        description="How long a rollout step (Initializing or Progressing) may make no progress (a candidate not "
+        "Ready, checks failing or without data, traffic not reaching the VirtualModel) before the object is "
+        "Stalled with reason ProgressDeadlineExceeded. Counted from status.lastProgressTime (or, in a step, from "
+        "when its first check was due). Paused and WaitingPromotion never time out.",
+    )
+    progress_deadline_abort: bool = Field(
+        default=False,
+        description="Roll the candidate back (phase Failed) when progressDeadlineSeconds is exceeded, instead of "
+        "only reporting Stalled (Argo Rollouts' progressDeadlineAbort).",
+    )
     # Passed on unchanged to the VirtualModel, which renders the SecurityPolicy and the rate limits: every version
     # of a rollout is behind the same authentication and budgets.
     auth: Auth | None = Field(
@@ -222,6 +236,11 @@ class TrafficConfigStatus(StatusBase):
     failed_checks: int | None = Field(default=None, description="Failed checks in this rollout.")
     iterations: int | None = Field(default=None, description="Checks passed in this rollout.")
     last_step_time: str | None = Field(default=None, description="When the last step or check was taken.")
+    last_progress_time: str | None = Field(
+        default=None,
+        description="When the rollout last made progress (its phase, candidate, step, weight or passed checks "
+        "changed, or its traffic reached the VirtualModel): spec.progressDeadlineSeconds counts from here.",
+    )
     traffic_since: str | None = Field(
         default=None,
         description="When the live VirtualModel was first seen carrying the current step's traffic (its "
