@@ -19,6 +19,8 @@ from model_traffic import health, kube
 from model_traffic.kinds.backend import reconcile as backend_reconciler
 from model_traffic.kinds.backend import spec as backend
 from model_traffic.kinds.common import GROUP, VERSION
+from model_traffic.kinds.metrictemplate import resolve as metrictemplate
+from model_traffic.kinds.trafficconfig import measure as trafficconfig_measure
 from model_traffic.kinds.trafficconfig import reconcile as trafficconfig_reconciler
 from model_traffic.kinds.trafficconfig import render as trafficconfig_render
 from model_traffic.kinds.trafficconfig import spec as trafficconfig
@@ -48,7 +50,7 @@ CHILD_TYPES = (kube.BACKEND, kube.AI_SERVICE_BACKEND, kube.BACKEND_SECURITY_POLI
 # lists or watches the Secrets of the cluster; kinds/backend/reconcile.py looks again while one is missing.
 COMPLETELY_CACHED = (kube.MANAGED_AI_SERVICE_BACKEND, kube.VIRTUAL_MODEL, kube.TRAFFIC_CONFIG,
                      kube.INFERENCE_SERVICE, kube.INFERENCE_POOL, kube.GATEWAY, kube.BACKEND, kube.AI_SERVICE_BACKEND,
-                     kube.REFERENCE_GRANT)
+                     kube.REFERENCE_GRANT, metrictemplate.METRIC_TEMPLATE, metrictemplate.CLUSTER_METRIC_TEMPLATE)
 CACHED_BY_OUR_LABELS = (kube.BACKEND_SECURITY_POLICY, kube.QUOTA_POLICY, kube.AI_GATEWAY_ROUTE,
                         kube.BACKEND_TRAFFIC_POLICY, kube.SECURITY_POLICY, kube.HTTP_ROUTE)
 CACHES = Caches()
@@ -119,6 +121,9 @@ def start(settings: kopf.OperatorSettings, **_: Any) -> None:
 
     rt.register(kube.TRAFFIC_CONFIG, reconcile_traffic_config)
     STATE.runtime = rt
+    # A webhook call that ends (on its own pool) wakes its TrafficConfig, whose next reconcile takes the answer.
+    trafficconfig_measure.WEBHOOK_CALLS.wake = lambda namespace, name: rt.enqueue(kube.TRAFFIC_CONFIG.kind,
+                                                                                  namespace, name)
     rt.start()
 
     settings.posting.level = logging.WARNING
@@ -366,6 +371,32 @@ async def traffic_config_event(type: str, body: kopf.Body, namespace: str | None
         trafficconfig_reconciler.forget_metrics(namespace, name)
     elif not is_status_echo(type, body) or has_pending_request(body):
         STATE.runtime.enqueue(trafficconfig.KIND, namespace, name, urgent=True)
+
+
+@kopf.index(GROUP, VERSION, trafficconfig.PLURAL)
+async def traffic_config_templates(namespace: str | None, name: str, spec: kopf.Spec,
+                                   **_: Any) -> dict[tuple[str, str, str], tuple[str, str]]:
+    """(kind, namespace ("" cluster-wide), name) of each metric template a TrafficConfig uses -> the TrafficConfig."""
+    return metrictemplate.template_users(namespace or "", name, dict(spec))
+
+
+def _reconcile_template_users(index: kopf.Index[Any, Any], kind: str, namespace: str | None, name: str) -> None:
+    for owner in sorted(set(index.get(metrictemplate.template_key(kind, namespace or "", name), []))):
+        _enqueue(trafficconfig.KIND, *owner)
+
+
+@kopf.on.event(GROUP, VERSION, metrictemplate.METRIC_TEMPLATE.plural, id="traffic-configs-of-metrictemplate")
+async def metric_template_event(namespace: str | None, name: str, **kwargs: Any) -> None:
+    """A template appeared, changed or went: reconcile the TrafficConfigs that use it."""
+    _reconcile_template_users(kwargs["traffic_config_templates"], metrictemplate.METRIC_TEMPLATE.kind, namespace,
+                              name)
+
+
+@kopf.on.event(GROUP, VERSION, metrictemplate.CLUSTER_METRIC_TEMPLATE.plural,
+               id="traffic-configs-of-clustermetrictemplate")
+async def cluster_metric_template_event(name: str, **kwargs: Any) -> None:
+    _reconcile_template_users(kwargs["traffic_config_templates"], metrictemplate.CLUSTER_METRIC_TEMPLATE.kind, "",
+                              name)
 
 
 def has_pending_request(body: kopf.Body) -> bool:

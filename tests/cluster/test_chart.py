@@ -70,6 +70,8 @@ WATCHED = [
          "watched and read; its spec is the user's, never written"),
     Rule("modeltraffic.io", ("managedaiservicebackends/status", "virtualmodels/status", "trafficconfigs/status"),
          ("patch",), "conditions and observedGeneration: a merge patch of the status subresource"),
+    Rule("modeltraffic.io", ("metrictemplates",), ("list", "watch"),
+         "metric templates TrafficConfigs reference: watched (read from the cache), never written"),
     Rule("gateway.envoyproxy.io", ("backends",), ALL_VERBS, CHILD + "; also a backend's referenced endpoint"),
     Rule("gateway.envoyproxy.io", ("backendtrafficpolicies", "securitypolicies"), ALL_VERBS,
          CHILD + " (VirtualModel)"),
@@ -80,6 +82,7 @@ WATCHED = [
          "read as a backend's endpoint; a TrafficConfig owns one per model version"),
     Rule("", ("secrets",), ("get",),
          "credentials: the Secret a backend names is read by name (which keys exist), never listed or watched"),
+    Rule("", ("configmaps",), ("get",), "a CA bundle an analysis' Prometheus names in a ConfigMap key, by name"),
     Rule("inference.networking.k8s.io", ("inferencepools",), ("get", "list", "watch"),
          "a backend's or route's InferencePool: checked to exist, watched"),
     Rule("gateway.networking.k8s.io", ("gateways",), ("get", "list", "watch"),
@@ -95,6 +98,8 @@ WATCHED = [
 OBSERVER = [
     Rule("apiextensions.k8s.io", ("customresourcedefinitions",), ("list", "watch"),
          "kopf follows CRDs installed or removed after start-up (else: 'not enough permissions' warning)"),
+    Rule("modeltraffic.io", ("clustermetrictemplates",), ("list", "watch"),
+         "cluster-wide metric templates TrafficConfigs reference: watched, never written"),
 ]
 # Only with watchNamespaces: kopf follows the namespaces it watches (without it: ~1 minute blind at start).
 OBSERVER_NAMESPACED = [
@@ -761,7 +766,7 @@ def test_session_operator_runs_as_the_chart_service_account(cluster: Cluster, op
         assert not can_i(cluster, identity, verb, "secrets", namespace), f"the operator may {verb} Secrets"
     for verb, resource in [
         ("update", "virtualmodels.modeltraffic.io"), ("create", "trafficconfigs.modeltraffic.io"),
-        ("create", "deployments.apps"), ("get", "configmaps"), ("create", "pods"),
+        ("create", "deployments.apps"), ("list", "configmaps"), ("create", "pods"),
         ("deletecollection", "backends.gateway.envoyproxy.io"), ("get", "leases.coordination.k8s.io"),
         ("create", "rolebindings.rbac.authorization.k8s.io"),
     ]:

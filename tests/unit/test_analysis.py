@@ -196,7 +196,7 @@ def test_http_prometheus_reports_the_error_of_a_refused_query(
 ) -> None:
     """Prometheus refuses a bad query with HTTP 400 and its reason in the JSON body (seen against the
     real server in tests/prometheus); the reason must reach the check's message, not just the status."""
-    def urlopen(request: urllib.request.Request, timeout: float) -> None:
+    def urlopen(request: urllib.request.Request, timeout: float, context: object = None) -> None:
         reason = {400: "Bad Request", 502: "Bad Gateway", 503: "Service Unavailable"}[status]
         raise urllib.error.HTTPError(request.full_url, status, reason, Message(), io.BytesIO(body))
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from model_traffic.kinds.backend import spec as backend
 from model_traffic.kinds.common import GROUP, VERSION
+from model_traffic.kinds.metrictemplate import spec as metrictemplate
 from model_traffic.kinds.trafficconfig import spec as trafficconfig
 from model_traffic.kinds.virtualmodel import spec as virtualmodel
 
@@ -35,6 +36,8 @@ class KindInfo:
     printer_columns: list[dict[str, Any]] = field(default_factory=list)
     # CEL rules at the root of the schema: the only place a rule may read metadata.name.
     root_validations: list[dict[str, str]] = field(default_factory=list)
+    cluster_scoped: bool = False
+    has_status: bool = True  # the templates are only read: no status, no status subresource
 
     @property
     def singular(self) -> str:
@@ -98,6 +101,31 @@ KINDS: list[KindInfo] = [
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],
         root_validations=trafficconfig.ROOT_VALIDATIONS,
+    ),
+    KindInfo(
+        kind=metrictemplate.KIND,
+        plural=metrictemplate.PLURAL,
+        short_names=["mtpl"],
+        model=metrictemplate.MetricTemplate,
+        description=metrictemplate.MetricTemplate.__doc__ or "",
+        printer_columns=[
+            {"name": "Builtin", "type": "string", "jsonPath": ".spec.builtin"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+        has_status=False,
+    ),
+    KindInfo(
+        kind=metrictemplate.CLUSTER_KIND,
+        plural=metrictemplate.CLUSTER_PLURAL,
+        short_names=["cmtpl"],
+        model=metrictemplate.ClusterMetricTemplate,
+        description=metrictemplate.ClusterMetricTemplate.__doc__ or "",
+        printer_columns=[
+            {"name": "Builtin", "type": "string", "jsonPath": ".spec.builtin"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+        cluster_scoped=True,
+        has_status=False,
     ),
 ]
 
@@ -198,7 +226,13 @@ def crd(info: KindInfo) -> dict[str, Any]:
     schema = openapi_schema(info)
     # A new object reads as not yet observed (observedGeneration 0 < generation 1) until the operator writes its
     # status: without it, Flux's kstatus calls an object without status Current before anyone looked at it.
-    schema["properties"]["status"]["default"] = {"observedGeneration": 0}
+    if info.has_status:
+        schema["properties"]["status"]["default"] = {"observedGeneration": 0}
+    version: dict[str, Any] = {"name": VERSION, "served": True, "storage": True}
+    if info.has_status:
+        version["subresources"] = {"status": {}}
+    version["additionalPrinterColumns"] = info.printer_columns
+    version["schema"] = {"openAPIV3Schema": schema}
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -216,17 +250,8 @@ def crd(info: KindInfo) -> dict[str, Any]:
                 "shortNames": info.short_names,
                 "categories": [CATEGORY],
             },
-            "scope": "Namespaced",
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": info.printer_columns,
-                    "schema": {"openAPIV3Schema": schema},
-                }
-            ],
+            "scope": "Cluster" if info.cluster_scoped else "Namespaced",
+            "versions": [version],
         },
     }
 

@@ -97,10 +97,18 @@ handler for; get is the fresh read before each reconcile and the reads of refere
 - apiGroups: [serving.kserve.io]
   resources: [inferenceservices]
   verbs: [get, list, watch, create, patch, delete]
+# Metric templates TrafficConfigs reference: watched (a change reconciles their users), never written.
+- apiGroups: [modeltraffic.io]
+  resources: [metrictemplates]
+  verbs: [list, watch]
 # Credentials: the Secret a backend names is read by name (which keys exist), never listed or watched, never
 # written: the operator cannot enumerate the Secrets of a namespace, let alone stream their data.
 - apiGroups: [""]
   resources: [secrets]
+  verbs: [get]
+# A CA bundle an analysis' Prometheus names in a ConfigMap key (spec.analysis.prometheus.ca): read by name.
+- apiGroups: [""]
+  resources: [configmaps]
   verbs: [get]
 - apiGroups: [inference.networking.k8s.io]
   resources: [inferencepools]

@@ -31,20 +31,17 @@ from __future__ import annotations
 import json
 import math
 import re
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
-from model_traffic.kinds.trafficconfig.analysis_spec import KNOWN_TEMPLATE_VARIABLES, Metric
+from model_traffic.kinds.trafficconfig.analysis_spec import KNOWN_TEMPLATE_VARIABLES, Inconclusive, Metric
+from model_traffic.kinds.trafficconfig.analysis_spec import Builtin as Builtin  # re-exported: docgen lists it
 from model_traffic.kinds.trafficconfig.spec import MetricResult
-
-Builtin = Literal[
-    "ErrorRate", "RequestLatencyP95", "RequestLatencyP99", "TimeToFirstTokenP95",
-    "TimePerOutputTokenP95", "OutputTokensPerRequest",
-]
 
 MODEL_LABEL = "gen_ai_request_model"
 REQUEST_DURATION = "gen_ai_server_request_duration_seconds"
@@ -108,7 +105,10 @@ def builtin_query(builtin: Builtin, served_model: str, interval: str) -> str:
     raise ValueError(f"unknown builtin metric {builtin!r}")
 
 
-_TEMPLATE = re.compile(r"\{\{\s*\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+# {{ .Version }}, and a template's arguments {{ .Args.name }} (looked up as "Args.name").
+_TEMPLATE = re.compile(r"\{\{\s*\.([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?)\s*\}\}")
+ARGS_PREFIX = "Args."
+
 # What a variable may be where no quotes surround it (a range like [{{ .Interval }}], a bare word): one token that
 # cannot end the expression, open a selector or start another one.
 _BARE_VALUE = re.compile(r"[A-Za-z0-9_:.-]+")
@@ -116,6 +116,11 @@ _BARE_VALUE = re.compile(r"[A-Za-z0-9_:.-]+")
 
 class TemplateError(ValueError):
     pass
+
+
+def template_variables(template: str) -> set[str]:
+    """The variables a query uses: ``Version``, ``Args.name``..."""
+    return {m.group(1) for m in _TEMPLATE.finditer(template)}
 
 
 def _escaped(value: str, quote: str, name: str) -> str:
@@ -145,7 +150,9 @@ def render_query(template: str, variables: dict[str, str]) -> str:
     single bare token (an interval like 5m) or the query is refused."""
     unknown = sorted({m.group(1) for m in _TEMPLATE.finditer(template)} - set(variables))
     if unknown:
-        raise TemplateError(f"unknown template variable(s) {', '.join(unknown)}; known: {KNOWN_TEMPLATE_VARIABLES}")
+        args = sorted(v[len(ARGS_PREFIX):] for v in variables if v.startswith(ARGS_PREFIX))
+        known = KNOWN_TEMPLATE_VARIABLES + (f"; arguments: {', '.join(args)}" if args else "")
+        raise TemplateError(f"unknown template variable(s) {', '.join(unknown)}; known: {known}")
     out: list[str] = []
     quote = ""  # the delimiter of the PromQL string we are in, "" outside one
     position = 0
@@ -189,11 +196,15 @@ def metric_query(metric: Metric, target: Target, *, model_name: str, namespace: 
     return render_query(metric.query, {
         "Version": target.version, "ModelName": model_name, "ServedModel": target.served_model,
         "Interval": window, "Namespace": namespace,
+        **{ARGS_PREFIX + name: value for name, value in (metric.args or {}).items()},
     })
 
 
 def needs_stable(metric: Metric) -> bool:
-    return metric.min_relative_to_stable is not None or metric.max_relative_to_stable is not None
+    bounds = metric.inconclusive
+    return (metric.min_relative_to_stable is not None or metric.max_relative_to_stable is not None
+            or (bounds is not None and (bounds.min_relative_to_stable is not None
+                                        or bounds.max_relative_to_stable is not None)))
 
 
 def has_data(value: float | None) -> bool:
@@ -204,36 +215,63 @@ def _fmt(value: float) -> str:
     return f"{value:.6g}"
 
 
-def evaluate(metric: Metric, candidate_value: float | None, stable_value: float | None) -> MetricResult:
-    """Check the candidate's value against the metric's thresholds.
-
-    No data (None or NaN) is a failed check with the message "no data", never a pass. A relative
-    threshold needs the stable version's value of the same window; without it the check fails too.
-    """
-    stable = stable_value if has_data(stable_value) else None
-    if not has_data(candidate_value) or candidate_value is None:
-        return MetricResult(name=metric.name, value=None, stable_value=stable, passed=False, message=NO_DATA)
-    value = candidate_value
-    failures: list[str] = []
-    if metric.min is not None and value < metric.min:
-        failures.append(f"{_fmt(value)} < min {_fmt(metric.min)}")
-    if metric.max is not None and value > metric.max:
-        failures.append(f"{_fmt(value)} > max {_fmt(metric.max)}")
-    for factor, is_max in ((metric.min_relative_to_stable, False), (metric.max_relative_to_stable, True)):
+def _crossed(value: float, stable: float | None, lower: float | None, upper: float | None,
+            lower_relative: float | None, upper_relative: float | None, what: str) -> list[str]:
+    """Which of the bounds ``value`` crosses, each said in words; a relative bound without the stable's value
+    is reported as such."""
+    crossed: list[str] = []
+    if lower is not None and value < lower:
+        crossed.append(f"{_fmt(value)} < {what}min {_fmt(lower)}")
+    if upper is not None and value > upper:
+        crossed.append(f"{_fmt(value)} > {what}max {_fmt(upper)}")
+    for factor, is_max in ((lower_relative, False), (upper_relative, True)):
         if factor is None:
             continue
-        field = "maxRelativeToStable" if is_max else "minRelativeToStable"
+        field = f"{what}{'maxRelativeToStable' if is_max else 'minRelativeToStable'}"
         if stable is None:
-            failures.append(f"{NO_DATA} for the stable version, so {field} {_fmt(factor)} cannot be checked")
+            crossed.append(f"{NO_DATA} for the stable version, so {field} {_fmt(factor)} cannot be checked")
             continue
         limit = stable * factor
         if (is_max and value > limit) or (not is_max and value < limit):
             sign = ">" if is_max else "<"
-            failures.append(f"{_fmt(value)} {sign} {_fmt(factor)} x stable {_fmt(stable)} = {_fmt(limit)}"
-                            f" ({field})")
+            crossed.append(f"{_fmt(value)} {sign} {_fmt(factor)} x stable {_fmt(stable)} = {_fmt(limit)} ({field})")
+    return crossed
+
+
+def _no_data_is_inconclusive(bounds: Inconclusive | None) -> bool:
+    return bool(bounds is not None and bounds.no_data)
+
+
+def evaluate(metric: Metric, candidate_value: float | None, stable_value: float | None) -> MetricResult:
+    """Check the candidate's value against the metric's thresholds.
+
+    No data (None or NaN) is a failed check with the message "no data", never a pass, unless the metric's
+    ``inconclusive.noData`` makes it Inconclusive. A relative threshold needs the stable version's value of the
+    same window; without it the check fails too (Inconclusive likewise with ``noData``). A value within the fail
+    thresholds that crosses a bound of ``inconclusive`` is Inconclusive: neither passed nor failed.
+    """
+    stable = stable_value if has_data(stable_value) else None
+    bounds = metric.inconclusive
+    if not has_data(candidate_value) or candidate_value is None:
+        if _no_data_is_inconclusive(bounds):
+            return MetricResult(name=metric.name, stable_value=stable, passed=False, inconclusive=True,
+                                message=f"{NO_DATA} (inconclusive)")
+        return MetricResult(name=metric.name, value=None, stable_value=stable, passed=False, message=NO_DATA)
+    value = candidate_value
+    failures = _crossed(value, stable, metric.min, metric.max, metric.min_relative_to_stable,
+                        metric.max_relative_to_stable, "")
     if failures:
+        if stable is None and _no_data_is_inconclusive(bounds) and all(NO_DATA in f for f in failures):
+            return MetricResult(name=metric.name, value=value, passed=False, inconclusive=True,
+                                message="; ".join(failures) + " (inconclusive)")
         return MetricResult(name=metric.name, value=value, stable_value=stable, passed=False,
                             message="; ".join(failures))
+    if bounds is not None:
+        doubts = _crossed(value, stable, bounds.min, bounds.max, bounds.min_relative_to_stable,
+                          bounds.max_relative_to_stable, "inconclusive.")
+        if doubts:
+            return MetricResult(name=metric.name, value=value, stable_value=stable, passed=False, inconclusive=True,
+                                message="inconclusive: " + "; ".join(doubts))
     return MetricResult(name=metric.name, value=value, stable_value=stable, passed=True, message="within thresholds")
 
 
@@ -270,18 +308,25 @@ class PrometheusError(RuntimeError):
 
 
 class HTTPPrometheus:
-    """Instant queries against ``<address>/api/v1/query``; the first sample's value, None when empty."""
+    """Instant queries against ``<address>/api/v1/query``; the first sample's value, None when empty.
 
-    def __init__(self, address: str, timeout: float = 10.0) -> None:
+    ``headers`` go with every request (Authorization for bearer or basic auth, X-Scope-OrgID...); ``ca_pem``
+    replaces the system's CA certificates for an https address. Neither is ever part of an error message."""
+
+    def __init__(self, address: str, timeout: float = 10.0, headers: dict[str, str] | None = None,
+                 ca_pem: str | None = None) -> None:
         self.address = address.rstrip("/")
         self.timeout = timeout
+        self.headers = dict(headers or {})
+        self.context = ssl.create_default_context(cadata=ca_pem) if ca_pem else None
 
     def query(self, promql: str) -> float | None:
         data = urllib.parse.urlencode({"query": promql}).encode()
         request = urllib.request.Request(f"{self.address}/api/v1/query", data=data, method="POST",
-                                         headers={"Content-Type": "application/x-www-form-urlencoded"})
+                                         headers={**self.headers,
+                                                  "Content-Type": "application/x-www-form-urlencoded"})
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with urllib.request.urlopen(request, timeout=self.timeout, context=self.context) as response:
                 return parse_query_response(json.loads(response.read()))
         except urllib.error.HTTPError as error:
             # Prometheus answers a bad query with 400 (422 for an execution error, 503 on timeout) and

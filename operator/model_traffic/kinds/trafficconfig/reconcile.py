@@ -16,20 +16,18 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import logging
-import socket
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
 
 from model_traffic import kube, metrics
-from model_traffic.kinds.common import duration_seconds
-from model_traffic.kinds.trafficconfig.analysis import HTTPPrometheus, Target, run_metrics, served_model_name
-from model_traffic.kinds.trafficconfig.analysis_spec import Webhook
+from model_traffic.kinds.trafficconfig import measure
+from model_traffic.kinds.trafficconfig.analysis import Target, served_model_name
+from model_traffic.kinds.trafficconfig.analysis_spec import Prometheus
 from model_traffic.kinds.trafficconfig.render import (
     LABEL_TRAFFIC_CONFIG,
     LABEL_VERSION,
@@ -44,9 +42,9 @@ from model_traffic.kinds.trafficconfig.render import (
     outbound_refusals,
     step,
 )
-from model_traffic.kinds.trafficconfig.spec import PHASES, MetricResult, TrafficConfigSpec
+from model_traffic.kinds.trafficconfig.spec import PHASES, TrafficConfigSpec
 from model_traffic.kube import Kube
-from model_traffic.outbound import DEFAULT_POLICY, OutboundPolicy, host_of
+from model_traffic.outbound import DEFAULT_POLICY, OutboundPolicy
 from model_traffic.pipeline import apply, events
 from model_traffic.pipeline.conditions import Verdict, status_patch
 from model_traffic.pipeline.plan import Plan
@@ -163,67 +161,27 @@ def _route_references(kube_: Kube, namespace: str, name: str) -> tuple[frozenset
 
 
 # --- analysis -------------------------------------------------------------------------------------------
+# The I/O of an analysis (credentials, Prometheus, webhooks on their own pool) is kinds/trafficconfig/measure.py.
 
-def webhook_payload(request: AnalysisRequest, hook: Webhook, namespace: str, name: str,
-                    model: str) -> dict[str, Any]:
-    """What a webhook receives (Flagger's shape, plus the versions and their served model names)."""
-    return {
-        "name": name, "namespace": namespace, "phase": hook.type, "modelName": model,
-        "candidate": {"version": request.candidate.version, "servedModel": request.candidate.served_model},
-        "stable": {"version": request.stable.version, "servedModel": request.stable.served_model},
-    }
-
-
-def resolved_refusal(url: str, outbound: OutboundPolicy) -> str | None:
-    """Why ``url`` may not be called once its host name is resolved (a name pointing at a denied address); None when
-    it may, or when it does not resolve (the call then fails as it would anyway). The literal address was checked
-    before the reconcile went this far (``outbound_refusals``)."""
-    host = host_of(url)
-    try:
-        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
-    except (OSError, UnicodeError):
-        return None
-    return outbound.check_resolved(host, addresses)
+def _check_id(status: dict[str, Any]) -> str:
+    """Which check an analysis is for: the step the status records. A webhook call started for one check is never
+    taken for another (the same status computed again, e.g. at the next reconcile, gives the same id)."""
+    fields = ("stableVersion", "candidateVersion", "currentStep", "canaryWeight", "iterations", "failedChecks",
+              "lastStepTime")
+    return hashlib.sha256(json.dumps([status.get(f) for f in fields]).encode()).hexdigest()[:16]
 
 
-def call_webhook(hook: Webhook, payload: dict[str, Any], outbound: OutboundPolicy = DEFAULT_POLICY) -> MetricResult:
-    """POST the payload; any 2xx answer passes, anything else (or no answer in time) fails the check."""
-    name = f"webhook/{hook.name}"
-    refused = resolved_refusal(hook.url, outbound)
-    if refused:
-        return MetricResult(name=name, passed=False, message=f"not called: {refused}")
-    request = urllib.request.Request(hook.url, data=json.dumps(payload).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=duration_seconds(hook.timeout)) as response:
-            code = response.status
-    except urllib.error.HTTPError as error:
-        body = error.read(512).decode(errors="replace").strip()
-        return MetricResult(name=name, passed=False, message=f"HTTP {error.code}" + (f": {body}" if body else ""))
-    except (OSError, ValueError) as error:
-        return MetricResult(name=name, passed=False, message=f"webhook failed: {error}")
-    return MetricResult(name=name, passed=200 <= code < 300, message=f"HTTP {code}")
-
-
-def run_analysis(request: AnalysisRequest, namespace: str, name: str, model: str,
-                 default_prometheus: str | None, outbound: OutboundPolicy = DEFAULT_POLICY) -> list[MetricResult]:
-    results: list[MetricResult] = []
-    if request.metrics:
-        address = request.prometheus or default_prometheus
-        if address is None:
-            results += [MetricResult(name=m.name, passed=False,
-                                     message="no Prometheus: set spec.analysis.prometheus.address")
-                        for m in request.metrics]
-        elif refused := resolved_refusal(address, outbound):
-            results += [MetricResult(name=m.name, passed=False, message=f"Prometheus not queried: {refused}")
-                        for m in request.metrics]
-        else:
-            results += run_metrics(request.metrics, HTTPPrometheus(address), candidate=request.candidate,
-                                   stable=request.stable, model_name=model, namespace=namespace,
-                                   interval=request.interval)
-    for hook in request.webhooks:
-        results.append(call_webhook(hook, webhook_payload(request, hook, namespace, name, model), outbound))
-    return results
+def _measure(kube_: Kube, spec: TrafficConfigSpec, request: AnalysisRequest, plan: RolloutPlan,
+             world: TrafficWorld, default_prometheus: str | None, outbound: OutboundPolicy,
+             template_prometheus: dict[str, Prometheus], candidate: Target) -> measure.Measurement:
+    prometheus = (spec.analysis.prometheus if spec.analysis and spec.analysis.prometheus else
+                  Prometheus(address=default_prometheus) if default_prometheus else None)
+    target = measure.AnalysisTarget(world.namespace, world.name, model_name(spec, world.name),
+                                    _check_id(plan.status))
+    return measure.run_analysis(request.metrics, request.webhooks, candidate=candidate, stable=request.stable,
+                                interval=request.interval, prometheus=prometheus,
+                                template_prometheus=template_prometheus, target=target,
+                                read=measure.kube_values(kube_, world.namespace), outbound=outbound)
 
 
 # --- reconcile ------------------------------------------------------------------------------------------
@@ -274,38 +232,61 @@ def _children_plan(plan: RolloutPlan, kserve_served: bool) -> Plan:
     return Plan(verdict=plan.verdict, details=plan.details, children=children, status=plan.status)
 
 
-def _take_step(spec: TrafficConfigSpec, status: dict[str, Any], world: TrafficWorld, now: datetime.datetime,
-               default_prometheus: str | None, outbound: OutboundPolicy) -> RolloutPlan:
-    """One step of the state machine; when it asks for measurements, take them and step again."""
+def _take_step(kube_: Kube, spec: TrafficConfigSpec, status: dict[str, Any], world: TrafficWorld,
+               now: datetime.datetime, default_prometheus: str | None, outbound: OutboundPolicy,
+               template_prometheus: dict[str, Prometheus]) -> tuple[RolloutPlan, measure.Measurement | None]:
+    """One step of the state machine; when it asks for measurements, take them and step again. When they are not
+    complete (a webhook still running, credentials missing), the plan as it is and what it waits for."""
     plan = step(spec, status, world, now)
-    request, name, namespace = plan.analysis, world.name, world.namespace
+    request = plan.analysis
     if request is None:
-        return plan
-    model = model_name(spec, name)
+        return plan, None
+    args = (kube_, spec, request, plan, world, default_prometheus, outbound, template_prometheus)
     if request.purpose == "Observe":
-        measured = {target.version: run_analysis(dataclasses.replace(request, candidate=target), namespace, name,
-                                                 model, default_prometheus, outbound)
-                    for target in request.variants}
-        return step(spec, status, dataclasses.replace(world, variant_results=measured), now)
-    results = run_analysis(request, namespace, name, model, default_prometheus, outbound)
-    return step(spec, status, dataclasses.replace(world, analysis=results), now)
+        measured = {target.version: _measure(*args, candidate=target) for target in request.variants}
+        pending = next((m for m in measured.values() if not m.complete), None)
+        if pending is not None:
+            return plan, pending
+        variant_results = {version: m.results or [] for version, m in measured.items()}
+        return step(spec, status, dataclasses.replace(world, variant_results=variant_results), now), None
+    measured_one = _measure(*args, candidate=request.candidate)
+    if not measured_one.complete:
+        return plan, measured_one
+    return step(spec, status, dataclasses.replace(world, analysis=measured_one.results), now), None
 
 
-def _post_rollout(plan: RolloutPlan, spec: TrafficConfigSpec, namespace: str, name: str,
+def _awaiting(plan: RolloutPlan, pending: measure.Measurement, previous: dict[str, Any],
+              now: datetime.datetime) -> None:
+    """Record in the plan's status which webhook calls the check waits for (since when), and when to look again."""
+    since = {(c.get("name"), c.get("type")): c.get("started") for c in previous.get("webhookCalls") or []}
+    stamp = now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    calls = [{"name": h.name, "type": h.type, "started": since.get((h.name, h.type)) or stamp}
+             for h in pending.waiting]
+    if calls:
+        plan.status["webhookCalls"] = calls
+    if pending.recheck_after is not None:
+        plan.requeue_after = min(plan.requeue_after or pending.recheck_after, pending.recheck_after)
+
+
+def _post_rollout(kube_: Kube, plan: RolloutPlan, spec: TrafficConfigSpec, namespace: str, name: str,
                   previous: dict[str, Any], outbound: OutboundPolicy) -> None:
     """PostRollout webhooks, at most once: called after the progress that triggers them is recorded. The
     payload names the rollout that ended (the candidate and the stable it ran against); ``outcome`` says how."""
     model = model_name(spec, name)
     candidate = str(previous.get("candidateVersion") or "")
     stable = str(previous.get("stableVersion") or plan.status.get("stableVersion") or "")
-    request = AnalysisRequest("Analysis", Target(candidate, served_model_name(model, candidate)),
-                              Target(stable, served_model_name(model, stable)), interval="", metrics=[],
-                              webhooks=[], prometheus=None)
+    target = measure.AnalysisTarget(namespace, name, model, check="")
+    read = measure.kube_values(kube_, namespace)
     for hook in plan.post_rollout:
-        payload = {**webhook_payload(request, hook, namespace, name, model), "outcome": plan.status.get("phase")}
-        outcome = call_webhook(hook, payload, outbound)
-        if not outcome.passed:  # too late to act on: logged
-            log.warning("PostRollout webhook %s of %s/%s: %s", hook.name, namespace, name, outcome.message)
+        payload = {**measure.webhook_payload(Target(candidate, served_model_name(model, candidate)),
+                                             Target(stable, served_model_name(model, stable)), hook, target),
+                   "outcome": plan.status.get("phase")}
+        try:
+            call = measure.prepare_call(hook, payload, read)
+        except measure.MissingValue as error:  # too late to act on: logged (names, never values)
+            log.warning("PostRollout webhook %s of %s/%s not called: %s", hook.name, namespace, name, error)
+            continue
+        measure.WEBHOOK_CALLS.fire(call, outbound, f"{namespace}/{name}")  # its failure is logged there
 
 
 def reconcile(kube_: Kube, body: dict[str, Any], default_prometheus: str | None = None,
@@ -316,7 +297,15 @@ def reconcile(kube_: Kube, body: dict[str, Any], default_prometheus: str | None 
         spec = TrafficConfigSpec.model_validate(body.get("spec") or {})
     except ValidationError as error:
         return invalid_spec(error)
-    refusals = outbound_refusals(spec, default_prometheus, outbound)
+    spec, templates = measure.with_templates(spec, namespace, measure.template_lookup(kube_))
+    if templates.problems:
+        # Nothing is measured and no step is taken until the templates are there (their watch wakes us).
+        problems = "; ".join(p.message for p in templates.problems)
+        reason = ("TemplateNotFound" if any(p.reason == "TemplateNotFound" for p in templates.problems)
+                  else "TemplateArgsInvalid")
+        return Result(Verdict("Stalled", reason, problems),
+                      status=kept_status(body.get("status") or {}))
+    refusals = outbound_refusals(spec, default_prometheus, outbound) + measure.template_refusals(templates, outbound)
     if refusals:
         # Nothing is called and no step is taken; the rollout stays where it is (children and progress untouched)
         # until the address changes or the policy allows it.
@@ -329,13 +318,16 @@ def reconcile(kube_: Kube, body: dict[str, Any], default_prometheus: str | None 
     leftover = list(previous.get("pendingEvents") or [])
     for pending in leftover:
         events.post(kube_, body, pending)
-    plan = _take_step(spec, previous, world, clock(), default_prometheus, outbound)
+    now = clock()
+    plan, pending = _take_step(kube_, spec, previous, world, now, default_prometheus, outbound, templates.prometheus)
+    if pending is not None:
+        _awaiting(plan, pending, previous, now)
     announced = bool(leftover)
     if record_progress(kube_, body, plan):
         for pending in plan.status.get("pendingEvents") or []:
             events.post(kube_, body, pending)
             announced = True
-        _post_rollout(plan, spec, namespace, name, previous, outbound)
+        _post_rollout(kube_, plan, spec, namespace, name, previous, outbound)
     plan.status.pop("pendingEvents", None)  # posted: the status write of this reconcile clears the outbox
     export_metrics(namespace, name, plan.status)
 
@@ -348,6 +340,8 @@ def reconcile(kube_: Kube, body: dict[str, Any], default_prometheus: str | None 
         result.verdict = dataclasses.replace(result.verdict, state="Stalled", reason="KServeNotInstalled",
                                              message="the InferenceService API (serving.kserve.io) is not "
                                                      "installed")
+    if pending is not None and pending.missing and not applied.conflicts:
+        result.verdict = Verdict("Stalled", "CredentialsNotFound", "analysis not run: " + "; ".join(pending.missing))
     result.requeue_after = plan.requeue_after
     if not kserve_served:
         # Nothing we watch announces KServe's arrival (or the end of a discovery lag): look again.

@@ -334,6 +334,16 @@ def outbound_refusals(spec: TrafficConfigSpec, default_prometheus: str | None, p
     return refusals
 
 
+def _is_inconclusive(results: list[MetricResult]) -> bool:
+    """Inconclusive checks and no failed one: what pauses a rollout."""
+    return any(r.inconclusive for r in results) and all(r.passed or r.inconclusive for r in results)
+
+
+def _inconclusive_message(candidate: str, weight: int | None, results: list[MetricResult]) -> str:
+    return (f"paused at weight {weight or 0}: check of {candidate} inconclusive: {describe_failures(results)}; "
+            "model-traffic resume to check again, abort to roll back")
+
+
 def describe_failures(results: list[MetricResult]) -> str:
     failed = [r for r in results if not r.passed]
     return "; ".join(f"{r.name}={_fmt(r.value)} ({r.message})" for r in failed) or "all checks passed"
@@ -605,6 +615,17 @@ class _Rollout:
             self.message = f"check of {candidate} failed ({self.s.failed} of {threshold}): {detail}"
             self.event("Warning", "CheckFailed", self.message)
 
+    def pause_when_inconclusive(self, candidate: str, results: list[MetricResult]) -> bool:
+        """Checks that are Inconclusive, none failed: the rollout pauses (as a pause request does, so a resume
+        request goes on), the check counts neither as passed nor toward rollback (Argo Rollouts' Inconclusive)."""
+        if not any(r.inconclusive for r in results) or any(not r.passed and not r.inconclusive for r in results):
+            return False
+        s = self.s
+        s.phase, s.paused_by_request = "Paused", True
+        self.message = _inconclusive_message(candidate, s.weight, results)
+        self.event("Warning", "Inconclusive", self.message)
+        return True
+
     # --- the rollout of a candidate -------------------------------------------------------------------
     def advance(self, stable: str, candidate: str) -> None:
         s, spec = self.s, self.spec
@@ -618,6 +639,8 @@ class _Rollout:
             s.phase = "Paused"
             self.message = f"paused at weight {s.weight or 0}" + (
                 " (spec.paused)" if spec.paused else " (model-traffic resume to continue)")
+            if _is_inconclusive(s.last_results) and not spec.paused:
+                self.message = _inconclusive_message(candidate, s.weight, s.last_results)
             return
         if s.phase == "Paused":
             s.phase = self._resumed_phase()
@@ -664,7 +687,8 @@ class _Rollout:
             results = [*results, MetricResult(name="candidate-ready", passed=False,
                                               message=self.why_not_ready(candidate))]
         if not self.record(results):
-            self.count_failure(stable, candidate, results)
+            if not self.pause_when_inconclusive(candidate, results):
+                self.count_failure(stable, candidate, results)
             return
         s.iterations += 1
         if final:
@@ -1027,13 +1051,15 @@ def _finish(r: _Rollout, keep: list[str], weights: dict[str, int], matched: str 
     status = {k: v for k, v in status.items() if v is not None}
     details.append(Detail("AnalysisPassed", None if not s.last_results else all(x.passed for x in s.last_results),
                           "NoAnalysis" if not s.last_results else
-                          ("Passed" if all(x.passed for x in s.last_results) else "Failed"),
+                          ("Passed" if all(x.passed for x in s.last_results) else
+                           "Inconclusive" if _is_inconclusive(s.last_results) else "Failed"),
                           describe_failures(s.last_results) if s.last_results else "no analysis yet"))
     message = r.message or str(s.phase)
     verdict = {
         "Succeeded": Verdict("Ready", "Succeeded", message),
         "WaitingPromotion": Verdict("Ready", "WaitingPromotion", message),
-        "Paused": Verdict("Ready", "Paused", message),
+        "Paused": Verdict("Ready", "Inconclusive" if _is_inconclusive(s.last_results) and not spec.paused
+                          else "Paused", message),
         "Failed": Verdict("Stalled", "RolledBack", message),
     }.get(str(s.phase), Verdict("Progressing", str(s.phase), message))
     if s.phase == "Failed" and any(x.name == DEADLINE_RESULT for x in s.last_results):

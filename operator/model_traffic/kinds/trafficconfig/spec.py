@@ -17,7 +17,7 @@ from model_traffic.kinds.common import (
     name_length_rule,
     validations,
 )
-from model_traffic.kinds.trafficconfig.analysis_spec import Analysis
+from model_traffic.kinds.trafficconfig.analysis_spec import Analysis, WebhookCall
 from model_traffic.kinds.trafficconfig.inferenceservice import InferenceServiceTemplate, Resources, StorageUri
 from model_traffic.kinds.virtualmodel.spec import AUTH_RATE_LIMIT_RULES, Auth, RateLimit
 
@@ -181,6 +181,8 @@ class MetricResult(Model):
     value: float | None = None
     stable_value: float | None = None
     passed: bool
+    inconclusive: bool | None = Field(
+        default=None, description="Neither passed nor failed (the metric's inconclusive range): the rollout pauses.")
     message: str = ""
 
 
@@ -252,6 +254,8 @@ class TrafficConfigStatus(StatusBase):
         description="Events recorded with the last progress and not yet confirmed posted (an outbox).",
     )
     last_results: list[MetricResult] = Field(default_factory=list, description="Last analysis results.")
+    webhook_calls: list[WebhookCall] = Field(
+        default_factory=list, description="Webhooks called for the check under way, whose answers are awaited.")
     requests: Requests | None = Field(
         default=None,
         description="Written by people, never by the operator: actions asked of the rollout through the status "

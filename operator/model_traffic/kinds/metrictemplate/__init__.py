@@ -1,0 +1,1 @@
+"""MetricTemplate and ClusterMetricTemplate: a check defined once, referenced from TrafficConfigs' analysis."""
