@@ -5,8 +5,9 @@
 # the slim variant). A tag can be re-pushed; to make the build reproducible bit for bit, pin the digest
 # as well when publishing (Renovate or Dependabot keep tag and digest current):
 #   docker buildx imagetools inspect python:3.11.15-slim-trixie   ->   FROM python:3.11.15-slim-trixie@sha256:<digest>
-# tests/test_image.py checks this file (pinned FROMs, non-root numeric USER, no build tools in the final
-# stage, ENTRYPOINT = the console script) and runs that entrypoint from the wheel built the same way.
+# tests/test_image.py checks this file (pinned FROMs, the lock installed with its hashes, non-root numeric
+# USER, no build tools in the final stage, ENTRYPOINT = the console script) and runs that entrypoint from
+# the wheel built and installed the same way.
 
 # --- builder: the project's wheel and its dependencies as wheels ---------------------------------------
 FROM python:3.11.15-slim-trixie AS builder
@@ -14,10 +15,15 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
+# requirements/ is the lock (`make lock`): every version pinned with its hashes, checked on download. First pip
+# and the build backend (build.txt), then the dependencies (runtime.txt), as binary wheels only, so nothing is
+# compiled and no compiler is needed here either; then the project's own wheel, resolving and fetching nothing.
+COPY requirements/build.txt requirements/runtime.txt requirements/
+RUN pip install --root-user-action=ignore --require-hashes -r requirements/build.txt
+RUN pip wheel --wheel-dir /wheels --only-binary=:all: --require-hashes -r requirements/runtime.txt
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
-# Dependencies are taken as binary wheels only, so nothing is compiled and no compiler is needed here either.
-RUN pip wheel --wheel-dir /wheels --only-binary=:all: .
+RUN pip wheel --wheel-dir /wheels --no-deps --no-build-isolation .
 
 # --- final: only the installed wheels, run as a non-root user ------------------------------------------
 FROM python:3.11.15-slim-trixie
@@ -31,8 +37,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
-# The wheels come in through a bind mount, so they are not left in a layer; then the packaging tools
-# (pip, setuptools, wheel) go too: nothing can be built or installed in the running container.
+# The wheels come in through a bind mount, so they are not left in a layer; only the locked versions are
+# there, so that is what pip installs. Then the packaging tools (pip, setuptools, wheel) go too: nothing can
+# be built or installed in the running container.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --root-user-action=ignore --no-index --find-links=/wheels model-traffic-operator \
     && pip uninstall --yes setuptools wheel pip

@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 IMAGE ?= model-traffic-operator:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
-.PHONY: help prerequisites venv binaries helm chart-lint crds docs lint unit test demo cluster cluster-down run bench chaos clean image release
+.PHONY: help prerequisites venv lock binaries helm chart-lint crds docs lint unit test demo cluster cluster-down run bench chaos clean image release
 
 help:
 	@echo "make demo          local control plane + operator + examples, ends with kubectl get"
@@ -26,18 +26,42 @@ help:
 	@echo "make crds          regenerate crds/ from the kinds' specs, operator/model_traffic/kinds/*/spec.py (and docs/api.md)"
 	@echo "make docs          regenerate the generated parts of docs/"
 	@echo "make image         build the container image (Docker with BuildKit; IMAGE=name:tag)"
+	@echo "make lock          requirements/*.txt: every dependency pinned with its hashes (LOCK_ARGS=--upgrade to move)"
 	@echo "make release       dist/: the packaged chart, a chart of the CRDs, install.yaml, image.txt, SHA256SUMS"
 	@echo "                   (RELEASE_IMAGE_REPOSITORY=registry/name; the tag is the project version)"
 
-# The venv finds tools/model_traffic_dev (development tooling: not part of the wheel) through a .pth file.
-$(VENV)/.installed: pyproject.toml
+# The venv holds exactly what requirements/ pins (make lock), each file checked against its hashes: pip and the
+# build backend, then every dependency of the project and of its development. The project itself follows, editable,
+# with nothing resolved or downloaded; pip check fails when pyproject.toml needs what the lock lacks. The venv finds
+# tools/model_traffic_dev (development tooling: not part of the wheel) through a .pth file.
+LOCKS := requirements/build.txt requirements/runtime.txt requirements/dev.txt
+$(VENV)/.locked: $(LOCKS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --require-hashes -r requirements/build.txt
+	$(PY) -m pip install --quiet --require-hashes -r requirements/dev.txt
+	@touch $@
+
+$(VENV)/.installed: $(VENV)/.locked pyproject.toml
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(PY) -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_path("purelib"), "model_traffic_dev.pth").write_text("$(CURDIR)/tools\n")'
+	$(PY) -m pip check || { echo "pyproject.toml needs a package requirements/ lacks: make lock" >&2; exit 1; }
 	@touch $@
 
 venv: $(VENV)/.installed
+
+# requirements/*.txt from pyproject.toml, resolved by uv (a dev dependency, so itself pinned) for every platform:
+# runtime.txt (the image installs it), dev.txt (runtime.txt's pins plus the dev extra: make venv), build.txt (pip and
+# the build backend). Pins already there are kept: LOCK_ARGS=--upgrade moves all, --upgrade-package NAME one.
+# tests/unit/test_lock.py fails when pyproject.toml asks for a package the lock lacks.
+LOCK_PYTHON := 3.11
+LOCK = $(VENV)/bin/uv pip compile --quiet --universal --python-version $(LOCK_PYTHON) --generate-hashes \
+	--custom-compile-command "make lock" $(LOCK_ARGS)
+
+lock: $(VENV)/.locked
+	$(LOCK) pyproject.toml --output-file requirements/runtime.txt
+	$(LOCK) pyproject.toml --extra dev --constraint requirements/runtime.txt --output-file requirements/dev.txt
+	$(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], "pip", sep="\n")' \
+	  | $(LOCK) - --output-file requirements/build.txt
 
 binaries: venv
 	$(PY) -m model_traffic_dev.localcluster build

@@ -2,8 +2,8 @@
 
 The wheel is built from exactly the files the Dockerfile's builder stage copies out of the build context
 (``.dockerignore`` applied), installed into a fresh virtualenv that has nothing else (no pip, no
-setuptools: like the final stage), and the Dockerfile's own ENTRYPOINT/CMD are run from it, outside the
-repository. The last test runs that entrypoint as the operator against the local control plane.
+setuptools: like the final stage; tests/support/image.py), and the Dockerfile's own ENTRYPOINT/CMD are run from
+it, outside the repository. The last test runs that entrypoint as the operator against the local control plane.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import sys
 import tomllib
 import urllib.request
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -26,13 +25,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from model_traffic import kube as k
 from model_traffic.kube import Kube
 from tests.conftest import Cluster, condition, free_port, wait_for
+from tests.support import image as image_install
+from tests.support.image import Installed
 from tests.tools import dockerfile
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCKERFILE = ROOT / "Dockerfile"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-STAGES = dockerfile.stages(DOCKERFILE.read_text())
-FINAL = STAGES[-1]
+STAGES = image_install.STAGES
+FINAL = image_install.FINAL
 # The modules of tools/model_traffic_dev: none of them may be in the wheel.
 DEVELOPMENT_TOOLING = {"localcluster", "demo", "crdgen", "docgen", "model_traffic_dev"}
 BUILD_TOOLS = ("build-essential", "gcc", "g++", "clang", "make", "cmake", "python3-dev", "libc6-dev",
@@ -127,50 +127,21 @@ def test_dockerignore_sends_only_what_the_wheel_needs() -> None:
 
 # --- the wheel, built and installed the way the image does ---------------------------------------------
 
-@dataclass(frozen=True)
-class Installed:
-    wheel: Path
-    venv: Path
-    home: Path  # an empty HOME and TMPDIR for the commands
-
-    def env(self, **extra: str) -> dict[str, str]:
-        env = {key: value for key, value in FINAL.env().items() if not key.startswith("PIP_")}
-        return {"PATH": f"{self.venv / 'bin'}:/usr/bin:/bin", "HOME": str(self.home), "TMPDIR": str(self.home),
-                "LANG": "C.UTF-8", **env, **extra}
-
-    def run(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """A command of the image: argv[0] from the venv's bin, run outside the repository."""
-        return subprocess.run([str(self.venv / "bin" / argv[0]), *argv[1:]], capture_output=True, text=True,
-                              timeout=timeout, env=self.env(), cwd=self.home, check=False)
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("image-src")
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    builder = STAGES[0]
-    assert builder.alias == "builder"
-    src = tmp_path_factory.mktemp("image-src")
-    dockerfile.builder_sources(ROOT, builder, src)  # a copy: an in-tree build would leave build/ behind
-    out = tmp_path_factory.mktemp("image-wheels")
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--only-binary=:all:", "--wheel-dir",
-         str(out), str(src)], capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, f"pip wheel failed:\n{result.stdout}{result.stderr}"
-    wheels = list(out.glob("*.whl"))
-    assert len(wheels) == 1, wheels
-    return wheels[0]
+def wheel(sources: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return image_install.build_wheel(sources, tmp_path_factory.mktemp("image-wheels"),
+                                     tmp_path_factory.mktemp("image-build"))
 
 
 @pytest.fixture(scope="module")
-def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Installed:
-    venv = tmp_path_factory.mktemp("image-venv")
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    # The dependencies come from the index (pip's cache makes that quick); nothing from the dev venv.
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--quiet",
-         "--disable-pip-version-check", "--only-binary=:all:", str(wheel)],
-        capture_output=True, text=True, timeout=600, check=False)
-    assert result.returncode == 0, f"installing the wheel failed:\n{result.stdout}{result.stderr}"
-    return Installed(wheel, venv, tmp_path_factory.mktemp("image-home"))
+def installed(wheel: Path, sources: Path, tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    return image_install.install(wheel, sources / "requirements" / "runtime.txt",
+                                 tmp_path_factory.mktemp("image-venv"), tmp_path_factory.mktemp("image-home"))
 
 
 def test_the_wheel_holds_the_package_and_nothing_else(wheel: Path) -> None:
