@@ -362,7 +362,10 @@ class PrometheusServer:
     JOB = "genai"
 
     def __init__(self, workdir: Path, targets: list[str], *, binary: str | None = None,
-                 scrape_interval: str = "1s") -> None:
+                 scrape_interval: str = "1s", web_config: dict[str, Any] | None = None,
+                 ca_pem: str | None = None, headers: dict[str, str] | None = None) -> None:
+        """``web_config``: Prometheus' own --web.config.file (TLS, basic_auth_users), for a server that needs auth;
+        ``ca_pem`` and ``headers`` are what the test's own client (readiness, :meth:`query`) then needs."""
         found = binary or find_prometheus()
         if found is None:
             raise FileNotFoundError(f"prometheus not found: {INSTALL_HINT}")
@@ -371,11 +374,13 @@ class PrometheusServer:
         self.targets = targets
         self.scrape_interval = scrape_interval
         self.port = _free_port()
-        self.address = f"http://127.0.0.1:{self.port}"
+        tls = bool(web_config and web_config.get("tls_server_config"))
+        self.address = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self.web_config = web_config
         self.config_path = workdir / "prometheus.yml"
         self.log_path = workdir / "prometheus.log"
         self.process: subprocess.Popen[bytes] | None = None
-        self.client = HTTPPrometheus(self.address, timeout=10.0)
+        self.client = HTTPPrometheus(self.address, timeout=10.0, headers=headers, ca_pem=ca_pem)
 
     def config(self) -> str:
         return json.dumps({  # JSON is YAML
@@ -387,11 +392,16 @@ class PrometheusServer:
     def start(self, timeout: float = 30.0) -> PrometheusServer:
         self.config_path.write_text(self.config())
         (self.workdir / "data").mkdir(exist_ok=True)
+        web: list[str] = []
+        if self.web_config is not None:
+            web_path = self.workdir / "web.yml"
+            web_path.write_text(json.dumps(self.web_config, indent=2))
+            web = [f"--web.config.file={web_path}"]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [self.binary, f"--config.file={self.config_path}", f"--storage.tsdb.path={self.workdir / 'data'}",
                  f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=1h",
-                 "--log.level=warn", "--web.enable-lifecycle"],
+                 "--log.level=warn", "--web.enable-lifecycle", *web],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.workdir,
                 preexec_fn=die_with_parent(signal.SIGTERM),  # no orphan Prometheus when the test run is killed
             )
@@ -400,7 +410,8 @@ class PrometheusServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"prometheus exited with {self.process.returncode}:\n{self.log()[-4000:]}")
             try:
-                with urllib.request.urlopen(f"{self.address}/-/ready", timeout=2) as response:
+                ready = urllib.request.Request(f"{self.address}/-/ready", headers=self.client.headers)
+                with urllib.request.urlopen(ready, timeout=2, context=self.client.context) as response:
                     if response.status == 200:
                         return self
             except OSError:
