@@ -1,6 +1,8 @@
 """Argo CD resource actions of a TrafficConfig (promote, abort, retry, pause, resume), run by a real Lua as Argo CD
 runs them: discovery.lua with the live object says which apply; each action.lua returns the object with a request in
-its status. The requests the scripts write are then fed to the operator's own state machine, which acts on them."""
+its status. The requests the scripts write are then fed to the operator's own state machine, which acts on them.
+The action.lua files and argocd-cm.yaml's data are generated (tools/model_traffic_dev/argocd.py, `make docs`) from one
+template and the hand-written scripts; a test checks they are what the generator writes."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import pytest
 import yaml
 
 from model_traffic.kinds.trafficconfig.spec import REQUEST_ACTIONS, TrafficConfigStatus
+from model_traffic_dev import argocd
 from tests.gitops.test_argocd_health import ARGOCD, INTERPRETERS, lua_literal
 from tests.support import prerequisites
 from tests.unit.test_render_trafficconfig import T0, at, reasons, reconcile, spec
@@ -138,5 +141,22 @@ def test_the_argocd_cm_snippet_embeds_the_action_scripts() -> None:
     assert [d["name"] for d in actions["definitions"]] == list(REQUEST_ACTIONS)
     for definition in actions["definitions"]:
         assert definition["action.lua"] == (ACTIONS / definition["name"] / "action.lua").read_text(), \
-            f"{definition['name']}: paste files/argocd/actions/{definition['name']}/action.lua in, indented by 10"
+            f"{definition['name']}: argocd-cm.yaml is stale, run make docs"
     assert sorted(p.parent.name for p in ACTIONS.glob("*/action.lua")) == sorted(REQUEST_ACTIONS)
+
+
+def test_the_action_scripts_and_the_snippet_are_what_the_generator_writes() -> None:
+    """One template for every action.lua, argocd-cm.yaml's data from the scripts: none is edited by hand."""
+    generated = argocd.outputs()
+    assert set(generated) == {ACTIONS / a / "action.lua" for a in REQUEST_ACTIONS} | {ARGOCD / "argocd-cm.yaml"}
+    stale = [str(path.relative_to(ARGOCD)) for path, text in generated.items() if path.read_text() != text]
+    assert not stale, f"edited by hand or stale (run make docs; edit tools/model_traffic_dev/argocd.py): {stale}"
+
+
+@pytest.mark.parametrize("action", REQUEST_ACTIONS)
+def test_each_action_script_says_what_its_request_does_in_the_specs_words(action: str) -> None:
+    script = (ACTIONS / action / "action.lua").read_text()
+    comment = " ".join(line.removeprefix("--").strip() for line in script.splitlines() if line.startswith("--"))
+    assert argocd.action_description(action) in comment
+    assert f"status.requests.{action} = " in script and not [
+        other for other in REQUEST_ACTIONS if other != action and f"status.requests.{other} =" in script]

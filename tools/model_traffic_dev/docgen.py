@@ -7,6 +7,8 @@
   ``kubectl get``.
 - In ``docs/progressive-delivery.md``, the block between the ``builtin-metrics`` markers: the PromQL of each
   builtin analysis metric, from :func:`model_traffic.kinds.trafficconfig.analysis.builtin_query` itself.
+- The chart's Argo CD files (``files/argocd/``): every ``action.lua`` from one template and ``argocd-cm.yaml``'s
+  data from the scripts, see :mod:`model_traffic_dev.argocd`.
 
 ``python -m model_traffic_dev.docgen`` writes them; ``--check`` fails when they are out of date (the test suite
 runs it, as it runs ``crdgen --check`` for ``crds/``).
@@ -25,6 +27,7 @@ from typing import Any
 import yaml
 
 from model_traffic.kinds.trafficconfig import analysis
+from model_traffic_dev import argocd
 from model_traffic_dev.crdgen import write_generated
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -276,6 +279,8 @@ def outputs(crd_dir: Path, docs_dir: Path) -> dict[Path, str]:
     guide = docs_dir / "progressive-delivery.md"
     if guide.exists():
         out[guide] = splice(guide.read_text(), "builtin-metrics", render_builtins())
+    # The chart's Argo CD scripts: each action.lua from one template, argocd-cm.yaml's data from the scripts.
+    out.update(argocd.outputs())
     return out
 
 
