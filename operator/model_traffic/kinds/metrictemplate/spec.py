@@ -38,10 +38,6 @@ class TemplateArg(Model):
     description: str | None = Field(default=None, max_length=1024, description="What it is for.")
 
 
-_DECLARED_ARG = ("has(self.args) && self.args.exists(a, v.matches("
-                 "'^\\\\{\\\\{\\\\s*\\\\.Args\\\\.' + a.name + '\\\\s*\\\\}\\\\}$'))")
-
-
 class MetricTemplateSpec(MetricDefinition):
     model_config = Model.model_config | {
         "json_schema_extra": validations(
@@ -50,7 +46,7 @@ class MetricTemplateSpec(MetricDefinition):
             cel("!has(self.args) || self.args.all(a, self.args.exists_one(b, a.name == b.name))",
                 "argument names must be unique"),
             *DEFINITION_RULES,
-            query_rule(also=_DECLARED_ARG),
+            query_rule(template=True),
         )
     }
 
