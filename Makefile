@@ -24,7 +24,7 @@ help:
 	@echo "                   $(LOCAL_GATEWAY), the local stack's Gateway)"
 	@echo "make chart-lint    helm lint + template of charts/model-traffic-operator (builds helm from Go modules)"
 	@echo "make crds          regenerate crds/ from the kinds' specs, operator/model_traffic/kinds/*/spec.py (and docs/api.md)"
-	@echo "make docs          regenerate the generated parts of docs/"
+	@echo "make docs          regenerate the generated parts of docs/ and the chart's Argo CD scripts (files/argocd/)"
 	@echo "make image         build the container image (Docker with BuildKit; IMAGE=name:tag)"
 	@echo "make lock          requirements/*.txt: every dependency pinned with its hashes (LOCK_ARGS=--upgrade to move)"
 	@echo "make release       dist/: the packaged chart, a chart of the CRDs, install.yaml, image.txt, SHA256SUMS"
