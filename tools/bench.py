@@ -69,15 +69,16 @@ def render_figures() -> list[tuple[str, str]]:
         namespace="b", name="m", ai_gateway_version="v1beta1",
         backends={("ManagedAIServiceBackend", f"b{i}"): render_vm.ObservedBackend(ready=True) for i in range(5)})
     tc_spec = TrafficConfigSpec.model_validate(
-        {"inferenceService": {"template": {"predictor": {}}}, "stable": {"version": "v1"},
-         "canary": {"version": "v2"}, "analysis": {"stepWeights": [10, 50]}})
+        {"inferenceService": {"template": {"predictor": {}}}, "release": {"version": "v2"},
+         "analysis": {"stepWeights": [10, 50]}})
+    tc_status = {"phase": "Succeeded", "stableVersion": "v1", "stable": {"version": "v1"}}  # v2: a new release
     tc_world = render_traffic.TrafficWorld(namespace="b", name="m", versions={
         v: render_traffic.ObservedVersion(ready=True) for v in ("v1", "v2")})
     now = datetime.datetime.now(datetime.UTC)
     rates = {
         "render ManagedAIServiceBackend": per_second(lambda: render_backend.render(backend_spec, backend_world)),
         "render VirtualModel (5 backends, rate limit)": per_second(lambda: render_vm.render(vm_spec, vm_world)),
-        "TrafficConfig rollout step": per_second(lambda: render_traffic.step(tc_spec, None, tc_world, now)),
+        "TrafficConfig rollout step": per_second(lambda: render_traffic.step(tc_spec, tc_status, tc_world, now)),
     }
     return [(name, f"{rate:,.0f}/s") for name, rate in rates.items()]
 
@@ -104,7 +105,7 @@ def manifests(count: int, gateway: str) -> list[dict[str, Any]]:
                               "gatewayRefs": [{"name": gw_name, "namespace": gw_namespace}],
                               "inferenceService": {"template": {"predictor": {"model": {
                                   "modelFormat": {"name": "huggingface"}}}}},
-                              "stable": {"version": "v1"}}})
+                              "release": {"version": "v1"}}})
     return docs
 
 

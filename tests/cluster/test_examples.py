@@ -12,6 +12,7 @@ Envoy Gateway.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -150,7 +151,13 @@ def virtual_model_claude(w: Walkthrough) -> None:
 
 
 def traffic_config_llama(w: Walkthrough) -> None:
-    """The canary: one InferenceService and backend per version, then 10% to v2 once KServe reports both Ready."""
+    """The first release is stable at once; the next one the example names (a commit of spec.release, as its
+    comment says) is the canary: one InferenceService and backend per version, then 10% to v2 once KServe reports
+    both Ready."""
+    stable = w.ready(k.TRAFFIC_CONFIG, "llama", reason="Succeeded", timeout=90)["status"]
+    assert stable["stableVersion"] == "v1" and stable["stable"]["storageUri"].endswith(":e1945c4")
+    w.cluster.kubectl("patch", "trafficconfig", "llama", "-n", NAMESPACE, "--type=merge", "-p", json.dumps(
+        {"spec": {"release": {"version": "v2", "storageUri": "hf://meta-llama/Llama-3.1-8B-Instruct:0e9e39f"}}}))
     for version, storage in (("v1", "hf://meta-llama/Meta-Llama-3-8B-Instruct:e1945c4"),
                              ("v2", "hf://meta-llama/Llama-3.1-8B-Instruct:0e9e39f")):
         name = f"llama-{version}"

@@ -89,3 +89,16 @@ def test_set_weights_rewrites_all_variants_at_once() -> None:
         ctl.set_weights(WEIGHTED, {"v3": 10})
     with pytest.raises(ctl.EditError, match="VERSION=WEIGHT"):
         ctl.parse_weights(["v1:20"])
+
+
+def test_with_a_release_set_weight_holds_the_release_and_a_variant_promotion_names_it() -> None:
+    """spec.release (issue #14): the held weight is the release's; the promoted variant becomes the release."""
+    released = {k: v for k, v in CANARY.items() if k not in ("stable", "canary")} | {
+        "release": {"version": "v2", "storageUri": "hf://m@2"}}
+    change, summary = ctl.set_weight(released, 40)
+    assert merged(released, change)["release"] == {"version": "v2", "storageUri": "hf://m@2", "weight": 40}
+    assert summary == "spec.release.weight=40"
+    weighted = {k: v for k, v in WEIGHTED.items() if k != "stable"} | {"release": {"version": "v1"}}
+    change, _ = ctl.promote(weighted, "v2")
+    after = merged(weighted, change)
+    assert after["release"] == {"version": "v2"} and "stable" not in after

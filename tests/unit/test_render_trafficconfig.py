@@ -590,6 +590,140 @@ def test_requeue_after_is_the_time_to_the_next_check() -> None:
     assert waiting_for_readiness.requeue_after == 600
 
 
+# --- Git holds the desired release (spec.release); the status holds the stable (issue #14 item 1) -------------
+
+V1 = {"version": "v1", "storageUri": "hf://org/m@1", "replicas": 4}
+V2 = {"version": "v2", "storageUri": "hf://org/m@2", "replicas": 4}
+
+
+def release(version: dict[str, Any], **fields: Any) -> TrafficConfigSpec:
+    """The spec as Git holds it: the desired release only."""
+    return spec(release=version, stable=None, canary=None, **fields)
+
+
+def test_the_first_release_is_stable_at_once() -> None:
+    waiting = step(release(V1), None, world(ready=()), T0)
+    assert waiting.status["phase"] == "Initializing" and "candidateVersion" not in waiting.status
+    done = reconcile(release(V1), waiting.status, at(0))
+    assert done.status["phase"] == "Succeeded" and done.status["stableVersion"] == "v1"
+    assert done.status["stable"] == V1  # in full: Git holds only the desired release
+    assert vm_weights(done) == {"llama-v1": 100}
+    assert inference_service_spec(done, "llama-v1")["predictor"]["minReplicas"] == 4
+
+
+def promoted_release() -> RolloutPlan:
+    """v1 stable, then a commit of release v2 that passes its analysis: the status says v2 is stable."""
+    plan = reconcile(release(V1), None, T0)
+    plan = reconcile(release(V2), plan.status, at(1), live={"v1": 100})
+    assert plan.status["phase"] == "Progressing" and plan.status["candidateVersion"] == "v2"
+    assert plan.status["stable"] == V1 and plan.status["candidate"] == V2
+    assert vm_weights(plan) == {"llama-v1": 90, "llama-v2": 10}
+    # Both run at the release's size: the stable from status.stable, the candidate from spec.release.
+    assert inference_service_spec(plan, "llama-v1")["predictor"]["model"]["storageUri"] == "hf://org/m@1"
+    plan = reconcile(release(V2), plan.status, at(2))
+    plan = reconcile(release(V2), plan.status, at(3), live={"v1": 50, "v2": 50})
+    assert plan.status["stableVersion"] == "v2" and "Promoted" in reasons(plan)
+    return reconcile(release(V2), plan.status, at(3.1), live={"v2": 100})
+
+
+def test_a_new_release_rolls_out_from_the_stable_in_status_and_stays_stable_without_a_commit() -> None:
+    done = promoted_release()
+    assert done.status["phase"] == "Succeeded"
+    assert done.status["stable"] == V2 and "candidate" not in done.status
+    assert done.retire == ["v1"]
+    # Git says release v2, as it did all along: a sync changes nothing, and nothing goes back to v1.
+    later = reconcile(release(V2), done.status, at(30), live={"v2": 100})
+    assert later.status == done.status and later.events == [] and vm_weights(later) == {"llama-v2": 100}
+    assert names(later, "InferenceService") == ["llama-v2"]
+    # The same version with another size changes the stable in place (no rollout).
+    resized = reconcile(release({**V2, "replicas": 6}), done.status, at(31), live={"v2": 100})
+    assert resized.status["phase"] == "Succeeded" and resized.status["stable"]["replicas"] == 6
+    assert inference_service_spec(resized, "llama-v2")["predictor"]["minReplicas"] == 6
+
+
+def test_a_failed_release_stays_rolled_back_in_git_until_a_retry_or_a_new_release() -> None:
+    plan = reconcile(release(V1), None, T0)
+    plan = reconcile(release(V2), plan.status, at(1), live={"v1": 100})
+    plan = reconcile(release(V2), plan.status, at(2), results=failing_ttft)
+    failed = reconcile(release(V2), plan.status, at(3), results=failing_ttft, live={"v1": 90, "v2": 10})
+    assert failed.status["phase"] == "Failed" and failed.verdict.reason == "RolledBack"
+    assert failed.status["stableVersion"] == "v1" and failed.status["stable"] == V1
+    assert vm_weights(failed) == {"llama-v1": 100}
+    assert "change spec.release, or model-traffic retry" in failed.verdict.message
+    # Git still names v2: a sync of it keeps the rollback.
+    synced = reconcile(release(V2), failed.status, at(10), live={"v1": 100})
+    assert synced.status["phase"] == "Failed" and vm_weights(synced) == {"llama-v1": 100}
+    assert synced.retire == ["v2"]
+    # A retry request starts it again from its first step.
+    retried = reconcile(release(V2), {**synced.status, "requests": {"retry": "2025-01-01T12:11:00Z"}}, at(11),
+                        live={"v1": 100})
+    assert retried.status["phase"] == "Progressing" and vm_weights(retried) == {"llama-v1": 90, "llama-v2": 10}
+    # Or Git goes back to the stable: the failed rollout ends, nothing moves.
+    reverted = reconcile(release(V1), synced.status, at(12), live={"v1": 100})
+    assert reverted.status["phase"] == "Succeeded" and "candidateVersion" not in reverted.status
+    assert vm_weights(reverted) == {"llama-v1": 100} and "Aborted" not in reasons(reverted)
+    # Or a new release rolls out from the stable.
+    v3 = reconcile(release({**V2, "version": "v3"}), synced.status, at(13), live={"v1": 100}, ready=("v1", "v3"))
+    assert v3.status["candidateVersion"] == "v3" and v3.status["stableVersion"] == "v1"
+
+
+def test_manual_promotion_of_a_release_is_a_request_and_git_needs_no_change() -> None:
+    manual = {"interval": "1m", "stepWeights": [10], "promotion": "Manual"}
+    plan = reconcile(release(V1, analysis=manual), None, T0)
+    plan = reconcile(release(V2, analysis=manual), plan.status, at(1), live={"v1": 100})
+    plan = reconcile(release(V2, analysis=manual), plan.status, at(2))
+    assert plan.status["phase"] == "WaitingPromotion"
+    assert plan.verdict.message.endswith("model-traffic promote llama")  # no spec field to edit
+    asked = {**plan.status, "requests": {"promote": "2025-01-01T12:03:00Z"}}
+    promoted = reconcile(release(V2, analysis=manual), asked, at(3), live={"v1": 90, "v2": 10})
+    assert promoted.status["stableVersion"] == "v2" and promoted.status["stable"] == V2
+    done = reconcile(release(V2, analysis=manual), promoted.status, at(4), live={"v2": 100})
+    assert done.status["phase"] == "Succeeded" and vm_weights(done) == {"llama-v2": 100}
+
+
+def test_a_held_release_weight_holds_the_candidate() -> None:
+    plan = reconcile(release(V1), None, T0)
+    held = reconcile(release({**V2, "weight": 30}), plan.status, at(1), live={"v1": 100})
+    assert held.status["canaryWeight"] == 30 and held.status["candidate"] == V2  # the weight is the candidate's
+    moved = reconcile(release({**V2, "weight": 40}), held.status, at(1.5))
+    assert moved.status["canaryWeight"] == 40 and "WeightChanged" in reasons(moved)
+    assert "spec.release.weight" in next(e.message for e in moved.events if e.reason == "WeightChanged")
+
+
+def test_the_stable_canary_form_moved_to_a_release_mid_rollout_continues_where_it_is() -> None:
+    """docs/upgrade.md: an object in the deprecated form, mid-rollout, rewritten to spec.release (the candidate's
+    entry), keeps its traffic and its step; it neither restarts nor reverts."""
+    legacy = spec(stable=V1, canary=V2)
+    plan = reconcile(legacy, None, T0)
+    plan = reconcile(legacy, plan.status, at(1))
+    assert plan.status["canaryWeight"] == 50 and plan.status["stable"] == V1 and plan.status["candidate"] == V2
+    moved = reconcile(release(V2), plan.status, at(1.5))
+    assert moved.status == plan.status and moved.events == []
+    assert vm_weights(moved) == vm_weights(plan) == {"llama-v1": 50, "llama-v2": 50}
+    assert [(c.name, c.body["spec"]) for c in moved.children] == [(c.name, c.body["spec"]) for c in plan.children]
+    done = reconcile(release(V2), moved.status, at(2), live={"v1": 50, "v2": 50})
+    assert done.status["stableVersion"] == "v2" and done.status["stable"] == V2
+    assert reconcile(release(V2), done.status, at(3), live={"v2": 100}).status["phase"] == "Succeeded"
+
+
+def test_a_status_without_the_stable_definition_keeps_the_version() -> None:
+    """A status written before status.stable existed: the stable keeps its version (docs/upgrade.md has the move
+    wait until the operator recorded the definition)."""
+    plan = reconcile(spec(stable=V1, canary=None), None, T0)
+    old = {k: v for k, v in plan.status.items() if k not in ("stable", "candidate")}
+    moved = step(release(V2), old, applied(release(V2), old), at(1))
+    assert moved.status["stableVersion"] == "v1" and moved.status["candidateVersion"] == "v2"
+
+
+def test_weighted_with_a_release_names_the_stable_variant() -> None:
+    s = release({"version": "v1"}, strategy="Weighted", variants=[{"version": "v1", "weight": 70},
+                                                                   {"version": "v2", "weight": 30}],
+                analysis=None)
+    plan = reconcile(s, None, T0)
+    assert plan.status["stableVersion"] == "v1" and plan.status["stable"] == {"version": "v1"}
+    assert vm_weights(plan) == {"llama-v1": 70, "llama-v2": 30}
+
+
 # --- the progress deadline (spec.progressDeadlineSeconds) -------------------------------------------------------
 
 def test_a_candidate_never_ready_is_stalled_at_the_progress_deadline_naming_what_it_waits_for() -> None:

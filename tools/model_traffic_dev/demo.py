@@ -55,6 +55,13 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 print("== kubectl apply -f examples/", flush=True)
                 print(kubectl("apply", "-f", str(ROOT / "examples")), flush=True)
+                # The example's first release (v1) is stable at once; the next release, as a Git commit of
+                # spec.release would bring it, is rolled out from it.
+                kubectl("wait", "--for=jsonpath={.status.stableVersion}=v1", "trafficcfg/llama", "-n", "llm",
+                        "--timeout=120s")
+                print("== the next release: spec.release v2 (as a commit would write it)", flush=True)
+                kubectl("patch", "trafficcfg", "llama", "-n", "llm", "--type=merge", "-p", '{"spec": {"release": '
+                        '{"version": "v2", "storageUri": "hf://meta-llama/Llama-3.1-8B-Instruct:0e9e39f"}}}')
                 print("== KServe makes a Deployment per version; its pods run on the fake GPU nodes", flush=True)
                 wait_created(kubectl, "inferenceservice", ("llama-v1", "llama-v2"))
                 kubectl("wait", "--for=condition=Ready", "inferenceservice/llama-v1", "inferenceservice/llama-v2",

@@ -40,7 +40,9 @@ def promote(spec: dict[str, Any], version: str | None = None) -> tuple[dict[str,
         if chosen is None:
             known = ", ".join(str(v.get("version")) for v in variants)
             raise EditError(f"no variant {version} (variants: {known})")
-        return ({"stable": _version_entry(chosen), "variants": [{**_version_entry(chosen), "weight": 100}]},
+        # spec.release names the stable variant (the deprecated form: spec.stable).
+        key = "stable" if spec.get("stable") else "release"
+        return ({key: _version_entry(chosen), "variants": [{**_version_entry(chosen), "weight": 100}]},
                 f"{version} takes all traffic; the other variants retire")
     canary = spec.get("canary")
     if not canary:
@@ -93,10 +95,12 @@ def set_weight(spec: dict[str, Any], weight: int) -> tuple[dict[str, Any], str]:
     if (spec.get("strategy") or "Canary") != "Canary":
         raise EditError(f"set-weight applies to the Canary strategy; this one is {spec.get('strategy')} "
                         "(Weighted: use set-weights)")
-    if not spec.get("canary"):
-        raise EditError("there is no candidate (spec.canary is not set)")
     if not 1 <= weight <= 100:
         raise EditError("the weight must be between 1 and 100")
+    if spec.get("release"):  # held while the release is the candidate (status.candidateVersion)
+        return {"release": {**spec["release"], "weight": weight}}, f"spec.release.weight={weight}"
+    if not spec.get("canary"):
+        raise EditError("there is no candidate (spec.canary is not set)")
     return {"canary": {**spec["canary"], "weight": weight}}, f"spec.canary.weight={weight}"
 
 

@@ -57,9 +57,9 @@ TRAFFIC_CONFIG = kube.TRAFFIC_CONFIG
 HTTP_ROUTE = kube.HTTP_ROUTE
 
 # The status fields that carry the rollout's progress: written (guarded) before any child changes.
-PROGRESS_FIELDS = ("phase", "stableVersion", "candidateVersion", "canaryWeight", "currentStep", "failedChecks",
-                   "iterations", "lastStepTime", "lastProgressTime", "trafficSince", "lastResults", "pendingEvents",
-                   "handledRequests", "pausedByRequest")
+PROGRESS_FIELDS = ("phase", "stableVersion", "candidateVersion", "stable", "candidate", "canaryWeight", "currentStep",
+                   "failedChecks", "iterations", "lastStepTime", "lastProgressTime", "trafficSince", "lastResults",
+                   "pendingEvents", "handledRequests", "pausedByRequest")
 
 Clock = Callable[[], datetime.datetime]
 KSERVE_RECHECK_SECONDS = 15.0
@@ -95,7 +95,7 @@ def observe(kube_: Kube, spec: TrafficConfigSpec, body: dict[str, Any]) -> Traff
             ref_isvc = kube_.get(kube.INFERENCE_SERVICE, namespace, ref.name)
             # The referenced InferenceService is the version the status recorded for it; before anything is
             # recorded, the stable one. Once retired, it is no version at all (only the source of clones).
-            version = recorded.get(ref.name) or (spec.stable.version if not recorded else None)
+            version = recorded.get(ref.name) or (spec.first_stable().version if not recorded else None)
             if ref_isvc is not None and version:
                 versions[str(version)] = ObservedVersion.from_inference_service(ref_isvc)
     owner = apply.Owner.of(body)

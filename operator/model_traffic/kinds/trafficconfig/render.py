@@ -59,6 +59,7 @@ from model_traffic.kinds.trafficconfig.analysis_spec import Metric, Webhook
 from model_traffic.kinds.trafficconfig.spec import (
     PHASES,
     REQUEST_ACTIONS,
+    CanaryVersion,
     MetricResult,
     ModelVersion,
     Phase,
@@ -101,7 +102,7 @@ TRANSITIONS: dict[Phase | None, frozenset[Phase]] = {
     # the old stable drains; a new candidate may already start
     "Promoting": frozenset({"Succeeded", "Initializing"}),
     "Succeeded": frozenset({"Initializing", "Promoting", "Progressing"}),
-    # a rolled-back candidate stays rolled back until spec.canary or spec.stable changes, or a retry request
+    # a rolled-back candidate stays rolled back until spec.release (or spec.canary/stable) changes, or a retry
     "Failed": frozenset({"Succeeded", "Initializing", "Promoting", "Progressing"}),
 }
 # Phases in which a candidate is deployed with its rollout started (its traffic, an A/B match, checks).
@@ -275,10 +276,11 @@ def model_name(spec: TrafficConfigSpec, name: str) -> str:
 
 
 def step_weights(spec: TrafficConfigSpec) -> list[int]:
-    """The canary weights, in order: canary.weight alone (a held canary), else stepWeights, else stepWeight up
-    to maxWeight (maxWeight included)."""
-    if spec.canary is not None and spec.canary.weight is not None:
-        return [spec.canary.weight]
+    """The canary weights, in order: the candidate's held weight alone (release.weight, or the deprecated
+    canary.weight), else stepWeights, else stepWeight up to maxWeight (maxWeight included)."""
+    held = spec.canary.weight if spec.canary is not None else spec.release.weight if spec.release else None
+    if held is not None:
+        return [held]
     analysis = spec.analysis
     if analysis and analysis.step_weights:
         return list(analysis.step_weights)
@@ -414,6 +416,8 @@ class _State:
     requests: dict[str, str]  # action -> token, as people wrote them (status.requests; never written here)
     handled: dict[str, str]  # action -> token of the request acted on (status.handledRequests)
     paused_by_request: bool
+    stable_definition: ModelVersion | None  # status.stable, as recorded
+    candidate_definition: ModelVersion | None  # status.candidate, as recorded
 
     @classmethod
     def read(cls, status: TrafficConfigStatus) -> _State:
@@ -425,7 +429,8 @@ class _State:
                    status.last_progress_time, status.traffic_since, list(status.last_results),
                    {v.version: v.inference_service for v in status.versions},
                    {v.version: list(v.metrics) for v in status.versions if v.metrics},
-                   tokens(status.requests), tokens(status.handled_requests), bool(status.paused_by_request))
+                   tokens(status.requests), tokens(status.handled_requests), bool(status.paused_by_request),
+                   status.stable, status.candidate)
 
     def pending_requests(self) -> list[RequestAction]:
         return pending_requests(self.requests, self.handled)
@@ -454,6 +459,8 @@ class _Rollout:
     def __init__(self, spec: TrafficConfigSpec, state: _State, world: TrafficWorld, now: datetime.datetime,
                  precise_now: datetime.datetime | None = None):
         self.spec, self.s, self.world, self.now = spec, state, world, now
+        self.legacy = spec.release is None  # the deprecated stable/canary form (its messages name those fields)
+        self.stable_entry = spec.stable or spec.first_stable()  # desired_spec sets spec.stable
         self.precise_now = precise_now or now  # Event times: steps under a second apart stay ordered
         self.model = model_name(spec, world.name)
         self.events: list[RolloutEvent] = []
@@ -468,7 +475,7 @@ class _Rollout:
         self.ref_name = spec.inference_service.ref.name if spec.inference_service.ref else None
         if self.ref_name and not state.versions and state.stable is None:
             # First reconcile of a brownfield config: the referenced InferenceService is the stable.
-            state.versions[spec.stable.version] = self.ref_name
+            state.versions[self.stable_entry.version] = self.ref_name
 
     # --- names ---------------------------------------------------------------------------------------
     def isvc_name(self, version: str) -> str:
@@ -569,8 +576,8 @@ class _Rollout:
     def recorded_backends(self) -> list[dict[str, Any]]:
         """The VirtualModel's backends for the step the status records (before this reconcile moves it)."""
         s = self.s
-        stable = self.spec.stable.version if self.spec.strategy == "Weighted" else (s.stable or
-                                                                                    self.spec.stable.version)
+        stable = self.stable_entry.version if self.spec.strategy == "Weighted" else (s.stable or
+                                                                                     self.stable_entry.version)
         weights, matched = self.traffic(stable, s.candidate if s.phase != "Failed" else None)
         return _vm_backends(self, weights, matched)
 
@@ -631,7 +638,8 @@ class _Rollout:
         s, spec = self.s, self.spec
         if s.phase == "Failed":
             self.message = (f"{candidate} was rolled back ({describe_failures(s.last_results)}); all traffic to "
-                            f"{stable}; change or remove spec.canary to go on")
+                            f"{stable}; " + ("change or remove spec.canary to go on" if self.legacy else
+                                             "change spec.release, or model-traffic retry, to go on"))
             return
         if spec.paused or s.paused_by_request:
             if s.phase != "Paused":
@@ -647,7 +655,8 @@ class _Rollout:
             self.event("Normal", "Resumed", f"rollout of {candidate} resumed")
         held = spec.canary.weight if spec.canary is not None else None
         if held is not None and s.phase in ("Progressing", "WaitingPromotion") and s.weight != held:
-            self.event("Normal", "WeightChanged", f"{candidate} weight set to {held} (spec.canary.weight)")
+            self.event("Normal", "WeightChanged", f"{candidate} weight set to {held} "
+                       f"({'spec.canary.weight' if self.legacy else 'spec.release.weight'})")
             s.weight = held
             s.traffic_changes()
         if s.phase in (None, "Initializing", "Succeeded", "Promoting"):
@@ -829,8 +838,8 @@ class _Rollout:
             self.event("Normal", "WaitingPromotion", self.message)
 
     def _waiting_message(self, candidate: str) -> str:
-        return (f"{candidate} passed its analysis; promote it with model-traffic promote {self.world.name} "
-                f"(or set spec.stable.version to {candidate})")
+        return (f"{candidate} passed its analysis; promote it with model-traffic promote {self.world.name}" +
+                (f" (or set spec.stable.version to {candidate})" if self.legacy else ""))
 
     def promote(self, old: str, new: str, why: str) -> None:
         self.s.end_rollout("Promoting")
@@ -851,6 +860,32 @@ class _Rollout:
         return out
 
 
+def as_version(entry: ModelVersion) -> ModelVersion:
+    """A version's definition alone (without a candidate's held weight or a variant's weight)."""
+    return ModelVersion.model_validate({k: v for k, v in entry.model_dump().items() if k in ModelVersion.model_fields})
+
+
+def desired_spec(spec: TrafficConfigSpec, status: TrafficConfigStatus) -> TrafficConfigSpec:
+    """The spec in the stable/candidate form the state machine runs on. For ``spec.release`` (Git holds only the
+    desired version) the stable is the one the status records in full (``status.stable``): the release is the
+    candidate when it names another version, else the stable itself (changed in place). The first release, with
+    nothing recorded, is the stable at once (Flagger's initialization). The deprecated ``stable``/``canary`` form
+    is that shape already and runs as it always did."""
+    release = spec.release
+    if release is None:
+        return spec
+    stable = release.as_version()
+    canary: CanaryVersion | None = None
+    recorded = status.stable_version
+    if spec.strategy != "Weighted" and recorded is not None and recorded != release.version:
+        # A status written before status.stable existed has the version only: docs/upgrade.md has the move wait
+        # for the operator to record it.
+        stable = status.stable if status.stable is not None and status.stable.version == recorded else \
+            ModelVersion(version=recorded)
+        canary = CanaryVersion.model_validate(release.model_dump())
+    return spec.model_copy(update={"stable": stable, "canary": canary})
+
+
 def _status_model(status: dict[str, Any] | TrafficConfigStatus | None) -> TrafficConfigStatus:
     if isinstance(status, TrafficConfigStatus):
         return status
@@ -862,7 +897,8 @@ def recorded_traffic(spec: TrafficConfigSpec, status: dict[str, Any] | TrafficCo
                      world: TrafficWorld) -> list[dict[str, Any]]:
     """The VirtualModel backends that carry the step ``status`` records: what the live VirtualModel has once the
     children of that status are applied."""
-    return _Rollout(spec, _State.read(_status_model(status)), world, datetime.datetime.now(datetime.UTC)) \
+    model = _status_model(status)
+    return _Rollout(desired_spec(spec, model), _State.read(model), world, datetime.datetime.now(datetime.UTC)) \
         .recorded_backends()
 
 
@@ -873,13 +909,16 @@ def step(
     now: datetime.datetime,
 ) -> RolloutPlan:
     """The next status, the desired children and what to do now. Pure and deterministic."""
-    state = _State.read(_status_model(status))
+    model = _status_model(status)
+    spec = desired_spec(spec, model)
+    state = _State.read(model)
     previous_phase = state.phase
     r = _Rollout(spec, state, world, _utc(now), now)
     r.observe_traffic()
     if spec.strategy == "Weighted":
         return _weighted(r, previous_phase)
 
+    assert spec.stable is not None  # desired_spec: the stable/canary form
     target = spec.stable.version
     stable = state.stable or target
     canary = spec.canary.version if spec.canary else None
@@ -910,8 +949,8 @@ def step(
         # No rollout.
         if state.candidate is not None:
             if state.phase != "Failed":
-                r.event("Normal", "Aborted", f"rollout of {state.candidate} aborted: spec.canary removed; "
-                                             f"all traffic to {stable}")
+                why = "spec.canary removed" if r.legacy else f"spec.release set back to {stable}"
+                r.event("Normal", "Aborted", f"rollout of {state.candidate} aborted: {why}; all traffic to {stable}")
                 r.post_rollout = r.webhooks("PostRollout")
             state.end_rollout("Succeeded")
     else:
@@ -939,6 +978,7 @@ def step(
 def _weighted(r: _Rollout, previous_phase: Phase | None) -> RolloutPlan:
     spec, s = r.spec, r.s
     variants = spec.variants or []
+    assert spec.stable is not None  # desired_spec: the stable/canary form
     r.act_on_requests(spec.stable.version, in_rollout=False)  # no rollout: weights are desired state (spec)
     s.stable = spec.stable.version
     s.candidate, s.step, s.iterations, s.failed = None, None, 0, 0
@@ -967,11 +1007,12 @@ def _finish(r: _Rollout, keep: list[str], weights: dict[str, int], matched: str 
             previous_phase: Phase | None) -> RolloutPlan:
     spec, s, world = r.spec, r.s, r.world
     # Each version's entry (storage and sizing); a variant's entry first, as the Weighted strategy lists them all.
+    assert spec.stable is not None  # desired_spec: the stable/canary form
     entries: dict[str, ModelVersion] = {v.version: v for v in spec.variants or []}
     entries.setdefault(spec.stable.version, spec.stable)
     if spec.canary:
         entries.setdefault(spec.canary.version, spec.canary)
-        if s.stable == spec.canary.version != spec.stable.version and spec.strategy != "Weighted":
+        if r.legacy and s.stable == spec.canary.version != spec.stable.version and spec.strategy != "Weighted":
             # Promoted automatically, before spec.stable names it: the new stable takes the stable role's size
             # (as Argo Rollouts scales the promoted ReplicaSet to spec.replicas), with the candidate's weights.
             entries[spec.canary.version] = ModelVersion(
@@ -1039,6 +1080,9 @@ def _finish(r: _Rollout, keep: list[str], weights: dict[str, int], matched: str 
     pending = [_pending_event(r, event) for event in r.events]
     status: dict[str, Any] = {
         "phase": s.phase, "stableVersion": s.stable, "candidateVersion": s.candidate,
+        # In full: with spec.release, Git no longer holds the stable's definition.
+        "stable": _definition(s.stable, entries, s.stable_definition),
+        "candidate": _definition(s.candidate, entries, s.candidate_definition),
         "canaryWeight": s.weight, "currentStep": s.step, "failedChecks": s.failed, "iterations": s.iterations,
         "lastStepTime": s.last_step_time, "lastProgressTime": s.last_progress_time,
         "trafficSince": s.traffic_since,
@@ -1077,6 +1121,17 @@ def _finish(r: _Rollout, keep: list[str], weights: dict[str, int], matched: str 
 
 
 ROUTE_RECHECK_SECONDS = 1.0
+
+
+def _definition(version: str | None, entries: dict[str, ModelVersion],
+                recorded: ModelVersion | None) -> dict[str, Any] | None:
+    """A version's definition for the status: its entry in the spec, else the one recorded (the stable of a
+    release no longer in the spec), else the version alone."""
+    if version is None:
+        return None
+    entry = entries.get(version) or (recorded if recorded is not None and recorded.version == version else
+                                     ModelVersion(version=version))
+    return as_version(entry).wire()
 
 
 def _children_ready(r: _Rollout, keep: list[str]) -> Verdict | None:

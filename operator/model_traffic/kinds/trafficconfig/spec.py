@@ -76,6 +76,18 @@ class CanaryVersion(ModelVersion):
     )
 
 
+class Release(ModelVersion):
+    weight: int | None = Field(
+        default=None, ge=1, le=100,
+        description="While this release is the candidate, hold it at this weight (a manual canary): checks still "
+        "run and roll back on failure, promotion is manual. Change it to move the weight at once.",
+    )
+
+    def as_version(self) -> ModelVersion:
+        """The release as the stable runs it (a held weight is a candidate's only)."""
+        return ModelVersion.model_validate(self.model_dump(exclude={"weight"}))
+
+
 class Variant(ModelVersion):
     weight: int = Field(ge=0, le=100, description="Percent of traffic (Weighted strategy).")
 
@@ -102,7 +114,10 @@ class InferenceServiceSource(Model):
 class TrafficConfigSpec(Model):
     model_config = Model.model_config | {
         "json_schema_extra": validations(
-            cel("!has(self.canary) || self.canary.version != self.stable.version",
+            cel("has(self.release) ? !has(self.stable) && !has(self.canary) : has(self.stable)",
+                "set spec.release, the version you want to run; spec.stable and spec.canary are its deprecated "
+                "form and cannot be combined with it (docs/upgrade.md)"),
+            cel("!has(self.canary) || !has(self.stable) || self.canary.version != self.stable.version",
                 "canary.version must differ from stable.version"),
             cel("self.strategy != 'Weighted' || (has(self.variants) && size(self.variants) > 0)",
                 "the Weighted strategy needs variants"),
@@ -112,12 +127,15 @@ class TrafficConfigSpec(Model):
                 "variant weights must sum to 100"),
             cel("!has(self.variants) || self.variants.all(a, self.variants.exists_one(b, a.version == b.version))",
                 "variant versions must be unique"),
-            cel("!has(self.variants) || self.variants.exists(v, v.version == self.stable.version)",
-                "the stable version must be one of the variants"),
+            cel("!has(self.variants) || self.variants.exists(v, v.version == (has(self.release) ? "
+                "self.release.version : has(self.stable) ? self.stable.version : ''))",
+                "the stable version (spec.release) must be one of the variants"),
             cel("self.strategy != 'ABTest' || (has(self.analysis) && has(self.analysis.match))",
                 "the ABTest strategy needs analysis.match"),
             cel("!has(self.canary) || !has(self.canary.weight) || self.strategy == 'Canary'",
                 "canary.weight applies to the Canary strategy only"),
+            cel("!has(self.release) || !has(self.release.weight) || self.strategy == 'Canary'",
+                "release.weight applies to the Canary strategy only"),
             cel("self.strategy != 'Weighted' || !has(self.canary)",
                 "the Weighted strategy takes variants, not a canary"),
             *AUTH_RATE_LIMIT_RULES,
@@ -138,8 +156,20 @@ class TrafficConfigSpec(Model):
     strategy: Literal["Canary", "ABTest", "BlueGreen", "Weighted"] = Field(
         default="Canary", description="How a new version takes traffic."
     )
-    stable: ModelVersion = Field(description="The version serving production traffic.")
-    canary: CanaryVersion | None = Field(default=None, description="The candidate; setting it starts a rollout.")
+    # Git holds the desired release; the status says what is stable and what is the candidate (Flagger, Argo
+    # Rollouts). A new version here starts a rollout from the stable in status; its success needs no commit.
+    release: Release | None = Field(
+        default=None,
+        description="The version you want to run. The first one becomes stable at once; a later one (another "
+        "version label) is rolled out from the stable recorded in status.stable, by the strategy, and becomes "
+        "stable when it passes (no further commit); when it fails it is rolled back and stays here, Failed, until "
+        "it changes or a retry request. The same version label with other fields (storage, size) changes that "
+        "version in place. Weighted: the variant that counts as the stable one.",
+    )
+    stable: ModelVersion | None = Field(
+        default=None, description="Deprecated (use release): the version serving production traffic.")
+    canary: CanaryVersion | None = Field(
+        default=None, description="Deprecated (use release): the candidate; setting it starts a rollout.")
     variants: list[Variant] | None = Field(default=None, max_length=10, description="Weighted: explicit weights.")
     analysis: Analysis | None = Field(default=None, description="Steps, checks and promotion.")
     paused: bool = Field(default=False, description="Freeze the rollout where it is.")
@@ -174,6 +204,13 @@ class TrafficConfigSpec(Model):
         "adopts them again); the other versions' objects are deleted. Delete: everything it owns is deleted with "
         "it, and the model name goes offline.",
     )
+
+    def first_stable(self) -> ModelVersion:
+        """The stable version of an object with nothing recorded yet: the release (or the deprecated stable)."""
+        if self.release is not None:
+            return self.release.as_version()
+        assert self.stable is not None  # the CEL rule: release, or stable
+        return self.stable
 
 
 class MetricResult(Model):
@@ -233,6 +270,13 @@ class TrafficConfigStatus(StatusBase):
     phase: Phase | None = Field(default=None, description="Where the rollout is.")
     stable_version: str | None = Field(default=None, description="The stable version.")
     candidate_version: str | None = Field(default=None, description="The version being rolled out.")
+    stable: ModelVersion | None = Field(
+        default=None,
+        description="The stable version in full (storage, size): what serves when no rollout runs. Git holds "
+        "only the desired release (spec.release), so the stable's definition lives here.",
+    )
+    candidate: ModelVersion | None = Field(
+        default=None, description="The version being rolled out, in full (from spec.release).")
     canary_weight: int | None = Field(default=None, description="Percent of traffic on the candidate.")
     current_step: int | None = Field(default=None, description="Index of the current step.")
     failed_checks: int | None = Field(default=None, description="Failed checks in this rollout.")
@@ -288,7 +332,9 @@ _WHY_VERSION_FITS = (
 
 ROOT_VALIDATIONS = [
     name_length_rule(MAX_INFERENCE_SERVICE_NAME_LENGTH - 2, _WHY_VERSION_FITS + ", and a version is at least 1"),
-    cel(f"[self.spec.stable].all(v, {_VERSION_FITS})",
+    cel(f"!has(self.spec.release) || [self.spec.release].all(v, {_VERSION_FITS})",
+        f"metadata.name and spec.release.version are too long together: {_WHY_VERSION_FITS}"),
+    cel(f"!has(self.spec.stable) || [self.spec.stable].all(v, {_VERSION_FITS})",
         f"metadata.name and spec.stable.version are too long together: {_WHY_VERSION_FITS}"),
     cel(f"!has(self.spec.canary) || [self.spec.canary].all(v, {_VERSION_FITS})",
         f"metadata.name and spec.canary.version are too long together: {_WHY_VERSION_FITS}"),
