@@ -66,8 +66,9 @@ CHILD = "a child it owns: server-side apply (patch, and create when new), delete
 WATCHED = [
     Rule("modeltraffic.io", ("managedaiservicebackends", "virtualmodels"), ALL_VERBS,
          "kopf watches them, each reconcile reads its object fresh; a TrafficConfig owns one of each per version"),
-    Rule("modeltraffic.io", ("trafficconfigs",), ("get", "list", "watch"),
-         "watched and read; its spec is the user's, never written"),
+    Rule("modeltraffic.io", ("trafficconfigs",), ("get", "list", "watch", "patch"),
+         "watched and read; patch: its finalizer for spec.deletionPolicy Retain (metadata only; the spec is the "
+         "user's, never written)"),
     Rule("modeltraffic.io", ("managedaiservicebackends/status", "virtualmodels/status", "trafficconfigs/status"),
          ("patch",), "conditions and observedGeneration: a merge patch of the status subresource"),
     Rule("modeltraffic.io", ("metrictemplates",), ("list", "watch"),

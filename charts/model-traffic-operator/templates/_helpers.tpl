@@ -77,9 +77,11 @@ handler for; get is the fresh read before each reconcile and the reads of refere
 - apiGroups: [modeltraffic.io]
   resources: [managedaiservicebackends, virtualmodels]
   verbs: [get, list, watch, create, patch, delete]
+# TrafficConfigs: patch only for its own finalizer (modeltraffic.io/retain-on-delete, spec.deletionPolicy Retain:
+# a merge patch of metadata.finalizers); its spec is the user's, never written.
 - apiGroups: [modeltraffic.io]
   resources: [trafficconfigs]
-  verbs: [get, list, watch]
+  verbs: [get, list, watch, patch]
 # Conditions and observedGeneration (merge patch of the status subresource).
 - apiGroups: [modeltraffic.io]
   resources: [managedaiservicebackends/status, virtualmodels/status, trafficconfigs/status]

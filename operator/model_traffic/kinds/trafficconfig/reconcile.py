@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from model_traffic import kube, metrics
-from model_traffic.kinds.trafficconfig import measure
+from model_traffic.kinds.trafficconfig import deletion, measure
 from model_traffic.kinds.trafficconfig.analysis import Target, served_model_name
 from model_traffic.kinds.trafficconfig.analysis_spec import Prometheus
 from model_traffic.kinds.trafficconfig.render import (
@@ -297,6 +297,9 @@ def reconcile(kube_: Kube, body: dict[str, Any], default_prometheus: str | None 
         spec = TrafficConfigSpec.model_validate(body.get("spec") or {})
     except ValidationError as error:
         return invalid_spec(error)
+    # Deleting it keeps the stable version serving (spec.deletionPolicy Retain): that needs our finalizer on it.
+    deletion.keep_finalizer(kube_, body, spec.deletion_policy)
+    deletion.adopt_orphans(kube_, body)  # what the deletion of an earlier TrafficConfig of this name left serving
     spec, templates = measure.with_templates(spec, namespace, measure.template_lookup(kube_))
     if templates.problems:
         # Nothing is measured and no step is taken until the templates are there (their watch wakes us).
@@ -348,6 +351,11 @@ def reconcile(kube_: Kube, body: dict[str, Any], default_prometheus: str | None 
         result.requeue_after = min(plan.requeue_after or KSERVE_RECHECK_SECONDS, KSERVE_RECHECK_SECONDS)
     result.announced = announced
     return result
+
+
+def finalize(kube_: Kube, body: dict[str, Any]) -> Result | None:
+    """A TrafficConfig being deleted that carries deletion.FINALIZER: one step of its deletion policy."""
+    return deletion.finalize(kube_, body, _route_references)
 
 
 # --- metrics --------------------------------------------------------------------------------------------
