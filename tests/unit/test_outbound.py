@@ -11,6 +11,7 @@ import yaml
 from model_traffic import kube
 from model_traffic.kinds.backend.render import BackendWorld, render
 from model_traffic.kinds.backend.spec import ManagedAIServiceBackendSpec
+from model_traffic.kinds.trafficconfig.measure import template_refusals, with_templates
 from model_traffic.kinds.trafficconfig.render import outbound_refusals
 from model_traffic.kinds.trafficconfig.spec import TrafficConfigSpec
 from model_traffic.outbound import DEFAULT_DENY, OutboundPolicy, PolicyError, Rules, host_of, literal_address
@@ -118,6 +119,20 @@ def test_traffic_config_refusals_name_each_address() -> None:
         "webhook gate: 169.254.169.254 is denied by the operator's outbound policy (169.254.0.0/16)",
     ]
     assert outbound_refusals(spec, "http://prometheus.monitoring:9090", DEFAULT) == [refusals[1]]
+
+
+def test_a_templates_own_prometheus_is_checked_against_the_policy_too() -> None:
+    spec = TrafficConfigSpec.model_validate({
+        "inferenceService": {"ref": {"name": "llama"}}, "stable": {"version": "v1"},
+        "analysis": {"metrics": [{"name": "ttft", "templateRef": {"name": "t", "kind": "ClusterMetricTemplate"}}]},
+    })
+    template = {"spec": {"builtin": "TimeToFirstTokenP95", "max": 1.0,
+                         "prometheus": {"address": "http://metadata.google.internal/computeMetadata"}}}
+    _, resolved = with_templates(spec, "llm", lambda kind, namespace, name: template)
+    assert template_refusals(resolved, DEFAULT) == [
+        "the Prometheus of metric ttft's template: metadata.google.internal is denied by the operator's outbound "
+        "policy (metadata.google.internal)"]
+    assert template_refusals(resolved, OutboundPolicy.parse(deny=[], allow=[])) == []
 
 
 def test_the_charts_default_deny_list_is_the_operators() -> None:
