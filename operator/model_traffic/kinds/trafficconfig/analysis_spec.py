@@ -84,15 +84,21 @@ class Header(Model):
         default=None, description="The value from a Secret: never shown in status, Events or logs.")
 
 
-_HEADER_RULES = (
-    cel("self.all(a, self.exists_one(b, a.name.lowerAscii() == b.name.lowerAscii()))",
-        "header names must be unique"),
-    cel("self.all(h, !(h.name.lowerAscii() in ['authorization', 'content-type', 'content-length', 'host', "
+_UNIQUE_HEADERS = cel("self.all(a, self.exists_one(b, a.name.lowerAscii() == b.name.lowerAscii()))",
+                      "header names must be unique")
+# What the operator sets itself. Prometheus' Authorization comes from secretRef; a webhook's may be a header (from a
+# Secret), as a webhook receiver's auth is whatever it asks for.
+Headers = Annotated[list[Header], Field(max_length=16, json_schema_extra=validations(
+    _UNIQUE_HEADERS,
+    cel("self.all(h, !(h.name.lowerAscii() in ['authorization', 'content-type', 'content-length', 'host']))",
+        "headers may not set Authorization (use secretRef), Content-Type, Content-Length or Host"),
+))]
+WebhookHeaders = Annotated[list[Header], Field(max_length=16, json_schema_extra=validations(
+    _UNIQUE_HEADERS,
+    cel("self.all(h, !(h.name.lowerAscii() in ['content-type', 'content-length', 'host', "
         "'x-model-traffic-signature']))",
-        "headers may not set Authorization (use secretRef), Content-Type, Content-Length, Host or "
-        "X-Model-Traffic-Signature"),
-)
-Headers = Annotated[list[Header], Field(max_length=16, json_schema_extra=validations(*_HEADER_RULES))]
+        "headers may not set Content-Type, Content-Length, Host or X-Model-Traffic-Signature (use signature)"),
+))]
 
 
 class Prometheus(Model):
@@ -237,7 +243,8 @@ class Webhook(Model):
         description="How long it may take (1s to 10m), enforced: no answer by then fails the check. The call runs "
         "beside the reconcile, which never waits for it.",
     )
-    headers: Headers | None = Field(default=None, description="Extra request headers, from values or Secrets.")
+    headers: WebhookHeaders | None = Field(
+        default=None, description="Extra request headers (Authorization included), from values or Secrets.")
     signature: WebhookSignature | None = Field(
         default=None, description="Sign the body with a key from a Secret, so the receiver can tell it is ours.")
 
