@@ -120,10 +120,11 @@ def test_deleting_mid_rollout_keeps_the_stable_serving_and_a_new_traffic_config_
     models = [obj for _, _, obj in changes if obj.get("kind") == "VirtualModel"]
     assert models and all("llama-v1" in {b["name"] for b in obj["spec"]["backends"]} for obj in models)
 
-    # Created again with the same stable version: it adopts them; nothing is re-created or restarted.
+    # Created again (as Git now holds it: the release) with the same version: it adopts them; nothing is
+    # re-created or restarted.
     apply(cluster, namespace, traffic_config("llama", f"""\
         gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
-    """, TEMPLATE, "stable: {version: v1}\n"))
+    """, TEMPLATE, "release: {version: v1}\n"))
     new_uid = str(wait_for(lambda: (kube.get(k.TRAFFIC_CONFIG, namespace, "llama") or {}).get("metadata", {})
                            .get("uid"), 30, "the new TrafficConfig"))
     for rtype, name in ((k.VIRTUAL_MODEL, "llama"), (k.MANAGED_AI_SERVICE_BACKEND, "llama-v1"),

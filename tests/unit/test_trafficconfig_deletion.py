@@ -17,6 +17,7 @@ from model_traffic.kinds.trafficconfig.deletion import (
     Standing,
     decide,
     is_orphan_of,
+    running_version,
     stable_only_virtual_model,
     stable_version,
     standing_of,
@@ -184,3 +185,12 @@ def test_the_stable_only_virtual_model_keeps_everything_else_of_its_spec() -> No
     live["spec"]["backends"] = live["spec"]["backends"][1:2]
     assert stable_only_virtual_model(live, "llama", "llama-3", "v1")["spec"]["backends"] == [
         {"name": "llama-v1", "modelNameOverride": "llama-3-v1", "weight": 100}]
+
+
+def test_an_adopted_stable_is_recorded_as_it_runs() -> None:
+    isvc = {"spec": {"predictor": {"minReplicas": 2, "maxReplicas": 2,
+                                   "model": {"storageUri": "hf://org/llama:rev1", "args": ["--model_name=x"]}}}}
+    assert running_version(isvc) == {"storageUri": "hf://org/llama:rev1", "replicas": 2}
+    isvc["spec"]["predictor"]["maxReplicas"] = 4  # the template's autoscaling range: not a fixed count
+    assert running_version(isvc) == {"storageUri": "hf://org/llama:rev1"}
+    assert running_version(None) == {}

@@ -447,6 +447,20 @@ def _orphans(kube_: Kube, namespace: str, name: str) -> Iterable[tuple[ResourceT
                 yield rtype, obj
 
 
+def running_version(isvc: dict[str, Any] | None) -> dict[str, Any]:
+    """What the stable's entry (status.stable) needs so that a release naming another version renders the adopted
+    stable as it runs: its storageUri, and its replica count when fixed (minReplicas = maxReplicas, as a version's
+    replicas are written). Its resources come from the template then (a resized stable would be resized back)."""
+    predictor = ((isvc or {}).get("spec") or {}).get("predictor") or {}
+    model: dict[str, Any] = predictor["model"] if isinstance(predictor.get("model"), dict) else predictor
+    out: dict[str, Any] = {}
+    if model.get("storageUri"):
+        out["storageUri"] = str(model["storageUri"])
+    if isinstance(predictor.get("minReplicas"), int) and predictor.get("minReplicas") == predictor.get("maxReplicas"):
+        out["replicas"] = predictor["minReplicas"]
+    return out
+
+
 @dataclass
 class Adopted:
     names: list[str] = field(default_factory=list)
@@ -457,8 +471,9 @@ def adopt_orphans(kube_: Kube, body: dict[str, Any]) -> Adopted:
     """Take back what the deletion of an earlier TrafficConfig of this name left (our note, no controller): its
     owner reference becomes this TrafficConfig's and the note goes, so the reconcile writes them as its own
     children (server-side apply then finds them owned). When this TrafficConfig has recorded no stable version
-    yet, the version the adopted VirtualModel routes to becomes its stable (status.stableVersion), so a spec naming
-    another version replaces it make-before-break, as any change of the stable does. Nothing to adopt: no write."""
+    yet, the version the adopted VirtualModel routes to becomes its stable (status.stableVersion and status.stable,
+    as it runs), so a release naming another version rolls out from it, as any new release does. Nothing to
+    adopt: no write."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     owner = apply.Owner.of(body)
@@ -479,9 +494,12 @@ def adopt_orphans(kube_: Kube, body: dict[str, Any]) -> Adopted:
     if adopted.stable and not status.get("stableVersion"):
         backend = kube_.get(kube.MANAGED_AI_SERVICE_BACKEND, namespace, f"{name}-{adopted.stable}") or {}
         isvc = (((backend.get("spec") or {}).get("endpoint") or {}).get("inferenceService") or {}).get("name")
-        seed: dict[str, Any] = {"stableVersion": adopted.stable}
+        seed: dict[str, Any] = {"stableVersion": adopted.stable, "stable": {"version": adopted.stable}}
         if isvc:
             seed["versions"] = [{"version": adopted.stable, "inferenceService": isvc, "ready": False}]
+            live = kube_.get(kube.INFERENCE_SERVICE, namespace, str(isvc)) \
+                if kube_.served_versions(kube.INFERENCE_SERVICE.group) else None
+            seed["stable"].update(running_version(live))
         written = kube_.patch_status(kube.TRAFFIC_CONFIG, namespace, name, seed,
                                      resource_version=meta["resourceVersion"])
         body["status"] = written.get("status") or {}
