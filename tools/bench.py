@@ -11,7 +11,7 @@
   RSS; p95 of spec change -> child updated over 20 changes; SIGTERM -> exit.
 - requests per client: ``apiserver_request_total`` has no user label, so the bench's API server writes an audit
   log (metadata only, see localcluster/controlplane.py) and the bench counts its lines by client (the operator's
-  reconciles, its kopf watches, the floor script, the bench's kubectl, each upstream controller: by user agent),
+  reconciles, its watches, the floor script, the bench's kubectl, each upstream controller: by user agent),
   by phase (convergence, idle, restart, floor) and by verb and resource.
 
 ``BENCH_ARGS="--objects 200 --idle 30"`` for a quick run. Not shipped: it lives in tools/.
@@ -143,7 +143,8 @@ def mutating(requests: dict[str, float]) -> float:
 
 # User agents of the clients the bench tells apart in the audit log (the rest: the agent's product name).
 OPERATOR_AGENT = "model-traffic-operator"  # model_traffic.kube.Kube: the reconciles
-KOPF_AGENT = "kopf"  # the operator's watches
+WATCH_AGENT = "model-traffic-operator-watch"  # model_traffic.pipeline.informer: the operator's watches
+KOPF_AGENT = "kopf"  # kopf's own (CRDs, namespaces)
 FLOOR_AGENT = "mto-bench-floor"  # the bare server-side-apply loop below
 
 
@@ -153,10 +154,10 @@ def utc_stamp() -> str:
 
 
 def client_of(user_agent: str, username: str) -> str:
+    if user_agent.startswith(WATCH_AGENT) or user_agent.startswith(KOPF_AGENT):
+        return "operator (watches)"
     if user_agent.startswith(OPERATOR_AGENT):
         return "operator (reconciles)"
-    if user_agent.startswith(KOPF_AGENT):
-        return "operator (kopf watches)"
     if user_agent.startswith(FLOOR_AGENT):
         return "floor script"
     if user_agent.startswith("kubectl"):
@@ -417,13 +418,13 @@ def run_on_stack(stack: Any, binaries: Any, count: int, idle: float, ready_timeo
     by_client = requests_per_client(tmp / "audit.log", phases)
     figures["requests_per_client"] = by_client
     operator_total: Counter[str] = Counter()
-    for client in ("operator (reconciles)", "operator (kopf watches)"):
+    for client in ("operator (reconciles)", "operator (watches)"):
         operator_total.update((by_client.get("convergence", {}).get(client) or {}).get("by_verb", {}))
     figures["operator_requests_per_object_during_convergence"] = {
         verb: round(value / total, 2) for verb, value in sorted(operator_total.items())}
     for phase in ("idle", "restart"):
         figures[f"operator_mutating_requests_{phase}"] = sum(
-            value for client in ("operator (reconciles)", "operator (kopf watches)")
+            value for client in ("operator (reconciles)", "operator (watches)")
             for verb, value in ((by_client.get(phase, {}).get(client) or {}).get("by_verb", {})).items()
             if verb.upper() in MUTATING)
 

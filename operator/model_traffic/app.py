@@ -1,9 +1,13 @@
-"""The kopf application: thin handlers that turn every trigger into one reconcile.
+"""The operator's wiring: what it watches, and how each watch event becomes keys in the work queue.
 
 Triggers are level-based: the object's own watch events (including the initial listing, so a restart
-resumes everything), events of objects it references (found through an index), events of its children
-(drift is restored), and a periodic resync. Only ``on.event`` handlers are used: kopf then keeps no
-state in annotations and adds no finalizer, so deleting an object never waits for the operator.
+resumes everything), events of objects it references (found through the watch cache's indexes), events of
+its children (drift is restored), and a periodic resync. Every handler only enqueues.
+
+The watches are the operator's own informers (:mod:`model_traffic.pipeline.informer`), on threads of their own,
+each feeding the watch cache (:mod:`model_traffic.pipeline.cache`) before its handlers run. kopf runs the
+process: start-up and SIGTERM, the liveness endpoint and its probe; it watches none of these kinds, so it keeps
+no state in annotations and adds no finalizer, and deleting an object never waits for the operator.
 """
 
 from __future__ import annotations
@@ -11,26 +15,24 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 
 from model_traffic import health, kube
 from model_traffic.kinds.backend import reconcile as backend_reconciler
-from model_traffic.kinds.backend import spec as backend
-from model_traffic.kinds.common import GROUP, VERSION
 from model_traffic.kinds.metrictemplate import resolve as metrictemplate
 from model_traffic.kinds.trafficconfig import measure as trafficconfig_measure
-from model_traffic.kinds.trafficconfig import deletion as trafficconfig_deletion
 from model_traffic.kinds.trafficconfig import reconcile as trafficconfig_reconciler
 from model_traffic.kinds.trafficconfig import render as trafficconfig_render
-from model_traffic.kinds.trafficconfig import spec as trafficconfig
 from model_traffic.kinds.virtualmodel import reconcile as virtualmodel_reconciler
-from model_traffic.kinds.virtualmodel import spec as virtualmodel
-from model_traffic.kube import Kube
+from model_traffic.kube import Kube, ResourceType
 from model_traffic.pipeline import apply
 from model_traffic.pipeline.cache import CachedKube, Caches
-from model_traffic.pipeline.runtime import Finalizer, Result, Runtime
+from model_traffic.pipeline.informer import Informers
+from model_traffic.pipeline.runtime import Result, Runtime
 from model_traffic.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,42 +53,92 @@ CHILD_TYPES = (kube.BACKEND, kube.AI_SERVICE_BACKEND, kube.BACKEND_SECURITY_POLI
 # lists or watches the Secrets of the cluster; kinds/backend/reconcile.py looks again while one is missing.
 COMPLETELY_CACHED = (kube.MANAGED_AI_SERVICE_BACKEND, kube.VIRTUAL_MODEL, kube.TRAFFIC_CONFIG,
                      kube.INFERENCE_SERVICE, kube.INFERENCE_POOL, kube.GATEWAY, kube.BACKEND, kube.AI_SERVICE_BACKEND,
-                     kube.REFERENCE_GRANT, metrictemplate.METRIC_TEMPLATE, metrictemplate.CLUSTER_METRIC_TEMPLATE)
+                     kube.REFERENCE_GRANT)
 CACHED_BY_OUR_LABELS = (kube.BACKEND_SECURITY_POLICY, kube.QUOTA_POLICY, kube.AI_GATEWAY_ROUTE,
                         kube.BACKEND_TRAFFIC_POLICY, kube.SECURITY_POLICY, kube.HTTP_ROUTE)
 CACHES = Caches()
 
+# (event type: None for the initial listing, "ADDED", "MODIFIED", "DELETED"; the object as watched)
+EventHandler = Callable[[str | None, dict[str, Any]], None]
+SecondaryKeys = Callable[[Mapping[str, Any]], Iterable[Hashable]]
 
-def _claimed_model_names(obj: Any) -> list[str]:
-    meta = obj.get("metadata") or {}
-    return [virtualmodel_reconciler.model_name_of(str(meta.get("name") or ""), obj.get("spec") or {})]
+
+@dataclass
+class Watch:
+    """One watched kind: cached (whole, or only ours), and the handlers its events run, in order."""
+
+    rtype: ResourceType
+    cluster_scoped: bool = False
+    handlers: list[EventHandler] = field(default_factory=list)
 
 
-def _register_cache(rtype: kube.ResourceType, complete: bool) -> None:
-    """Feed the cache from kopf's watch of the kind: an index function sees every event but deletions before any
-    handler does (and kopf fills indexes before the first handler runs); the deletion handler is registered
-    before every other handler of the kind, and kopf runs them in order. No label filter even where only our
-    children are kept: the cache itself tells ours (labels or owner reference) and forgets what stops being ours."""
-    CACHES.register(rtype, complete=complete,
-                    secondary=_claimed_model_names if rtype == kube.VIRTUAL_MODEL else None)
-    cache_id = f"cache-{rtype.plural}.{rtype.group or 'core'}"
+WATCHES: dict[ResourceType, Watch] = {}
 
-    async def cache_object(body: kopf.Body, **_: Any) -> dict[str, str]:
-        CACHES.put(rtype, body)
-        return {}  # the cache holds the object; kopf's index only provides the wait for the initial listing
 
-    async def forget_deleted(type: str, body: kopf.Body, **_: Any) -> None:
-        if type == "DELETED":
-            CACHES.drop(rtype, body)
+def watch(rtype: ResourceType, *, complete: bool = True, secondary: SecondaryKeys | None = None,
+          cluster_scoped: bool = False) -> Watch:
+    """Watch and cache a kind (once). ``secondary``: further keys its objects are found by
+    (:meth:`Caches.holders`): what an index of kopf's did before."""
+    if rtype not in WATCHES:
+        CACHES.register(rtype, complete=complete, secondary=secondary)
+        WATCHES[rtype] = Watch(rtype, cluster_scoped)
+    return WATCHES[rtype]
 
-    kopf.index(rtype.group, rtype.version, rtype.plural, id=cache_id)(cache_object)
-    kopf.on.event(rtype.group, rtype.version, rtype.plural, id=f"{cache_id}-deletions")(forget_deleted)
+
+def on_event(*rtypes: ResourceType) -> Callable[[EventHandler], EventHandler]:
+    """Run the decorated function for every event of these (watched) kinds, after the cache has the event."""
+    def register(handler: EventHandler) -> EventHandler:
+        for rtype in rtypes:
+            WATCHES[rtype].handlers.append(handler)
+        return handler
+    return register
+
+
+def _where(body: Mapping[str, Any]) -> tuple[str, str]:
+    meta = body.get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+
+# Secondary keys (the indexes): ("uses", namespace, kind, name) of an object a backend, VirtualModel or
+# TrafficConfig reads in its own namespace; ("shared", namespace, kind, name) of a backend a VirtualModel uses in
+# another namespace, with ("shared", namespace, "ReferenceGrant", ANY_GRANT) for the grants there; ("gateway",
+# namespace, "Gateway", name) of each Gateway a VirtualModel attaches to; ("model", modelName) it claims.
+
+def _backend_keys(body: Mapping[str, Any]) -> list[Hashable]:
+    namespace, _ = _where(body)
+    endpoint = (body.get("spec") or {}).get("endpoint") or {}
+    return [("uses", namespace, kind, str(endpoint[field_]["name"]))
+            for field_, kind in (("inferenceService", "InferenceService"), ("inferencePool", "InferencePool"),
+                                 ("backendRef", "Backend"))
+            if isinstance(endpoint.get(field_), Mapping) and endpoint[field_].get("name")]
+
+
+def _virtual_model_keys(body: Mapping[str, Any]) -> list[Hashable]:
+    namespace, name = _where(body)
+    spec = body.get("spec") or {}
+    keys: list[Hashable] = [("model", virtualmodel_reconciler.model_name_of(name, spec))]
+    keys += [("uses", *key) for key in virtualmodel_reconciler.references(namespace, name, spec)]
+    keys += [("shared", *key) for key in virtualmodel_reconciler.shared_references(namespace, name, spec)]
+    keys += [("gateway", *key) for key in virtualmodel_reconciler.gateway_references(
+        namespace, name, spec, STATE.settings.default_gateway)]
+    return keys
+
+
+def _traffic_config_keys(body: Mapping[str, Any]) -> list[Hashable]:
+    namespace, name = _where(body)
+    spec = dict(body.get("spec") or {})
+    return [*(("uses", *key) for key in trafficconfig_reconciler.references(namespace, name, spec)),
+            *(("template", *key) for key in metrictemplate.template_users(namespace, name, spec))]
 
 
 for _rtype in COMPLETELY_CACHED:
-    _register_cache(_rtype, complete=True)
+    watch(_rtype, secondary={kube.MANAGED_AI_SERVICE_BACKEND: _backend_keys, kube.VIRTUAL_MODEL: _virtual_model_keys,
+                             kube.TRAFFIC_CONFIG: _traffic_config_keys}.get(_rtype))
 for _rtype in CACHED_BY_OUR_LABELS:
-    _register_cache(_rtype, complete=False)
+    watch(_rtype, complete=False)
+# The metric templates TrafficConfigs reference: read from the cache, and a change reconciles their users.
+watch(metrictemplate.METRIC_TEMPLATE)
+watch(metrictemplate.CLUSTER_METRIC_TEMPLATE, cluster_scoped=True)
 
 
 class State:
@@ -94,6 +146,9 @@ class State:
 
     runtime: Runtime
     settings: Settings
+    informers: Informers
+    # The namespaces watched (none: all), as given on the command line or by MTO_NAMESPACES (cli.run sets it).
+    namespaces: list[str] | None = None
 
 
 STATE = State()
@@ -103,6 +158,7 @@ STATE = State()
 def start(settings: kopf.OperatorSettings, **_: Any) -> None:
     config = Settings.from_env()
     STATE.settings = config
+    namespaces = STATE.namespaces if STATE.namespaces is not None else config.namespaces
     kube_ = CachedKube(CACHES)
     rt = Runtime(kube_)
 
@@ -120,21 +176,40 @@ def start(settings: kopf.OperatorSettings, **_: Any) -> None:
     def reconcile_traffic_config(k: Kube, body: dict[str, Any]) -> Result:
         return trafficconfig_reconciler.reconcile(k, body, config.prometheus_address, outbound=config.outbound)
 
-    # Deleting a TrafficConfig keeps its stable version serving unless its deletionPolicy says Delete.
-    rt.register(kube.TRAFFIC_CONFIG, reconcile_traffic_config,
-                Finalizer(trafficconfig_deletion.FINALIZER, trafficconfig_reconciler.finalize))
+    rt.register(kube.TRAFFIC_CONFIG, reconcile_traffic_config)
     STATE.runtime = rt
     # A webhook call that ends (on its own pool) wakes its TrafficConfig, whose next reconcile takes the answer.
     trafficconfig_measure.WEBHOOK_CALLS.wake = lambda namespace, name: rt.enqueue(kube.TRAFFIC_CONFIG.kind,
                                                                                   namespace, name)
-    rt.start()
+
+    informers = Informers(kube.load_config(), CACHES)
+    for watched in WATCHES.values():
+        informers.watch(watched.rtype, [] if watched.cluster_scoped else namespaces, _dispatcher(watched))
+    STATE.informers = informers
+    informers.start()
+    threading.Thread(target=_start_when_synced, args=(informers, rt, config), name="start", daemon=True).start()
 
     settings.posting.level = logging.WARNING
-    # Handlers only enqueue (they are async and return at once); kopf's threads run nothing of ours.
     settings.execution.max_workers = 2
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
-    threading.Thread(target=_resync_forever, args=(rt, config), name="resync", daemon=True).start()
+
+
+def _dispatcher(watched: Watch) -> EventHandler:
+    def dispatch(event_type: str | None, body: dict[str, Any]) -> None:
+        for handler in watched.handlers:
+            handler(event_type, body)
+    return dispatch
+
+
+def _start_when_synced(informers: Informers, rt: Runtime, config: Settings) -> None:
+    """The workers start once every watch has listed (client-go's WaitForCacheSync): the keys of the initial
+    listings are queued by then, and no reconcile reads a half-filled cache."""
+    started = time.monotonic()
+    informers.wait_synced()
+    log.info("watch caches filled in %.1f s (%d objects); reconciling", time.monotonic() - started, CACHES.size())
+    rt.start()
+    _resync_forever(rt, config)
 
 
 @kopf.on.probe(id="apiServer", errors=kopf.ErrorsMode.PERMANENT)
@@ -153,12 +228,13 @@ async def api_server_reachable(**_: Any) -> str:
 @kopf.on.cleanup()
 def stop(**_: Any) -> None:
     """SIGTERM: take no more work, let the reconciles in progress finish (bounded), then let kopf exit."""
+    STATE.informers.stop()
     if not STATE.runtime.shutdown():
         log.warning("reconciles still running after the shutdown grace period; exiting anyway")
 
 
 def _virtual_models_claiming(model_name: str) -> list[dict[str, Any]]:
-    return CACHES.find(kube.VIRTUAL_MODEL, model_name)
+    return CACHES.find(kube.VIRTUAL_MODEL, ("model", model_name))
 
 
 def _resync_forever(rt: Runtime, config: Settings) -> None:
@@ -175,9 +251,13 @@ def _enqueue(kind: str, namespace: str, name: str) -> None:
     STATE.runtime.enqueue(kind, namespace, name)
 
 
-# --- ManagedAIServiceBackend ----------------------------------------------------------------------
+def _enqueue_holders(owner: ResourceType, key: Hashable) -> None:
+    """Reconcile every object of ``owner`` whose secondary keys include ``key`` (that reads what changed)."""
+    for namespace, name in CACHES.holders(owner, key):
+        _enqueue(owner.kind, namespace, name)
 
-def is_status_echo(event_type: str | None, body: kopf.Body) -> bool:
+
+def is_status_echo(event_type: str | None, body: Mapping[str, Any]) -> bool:
     """A modification that changed no spec: in practice our own status write coming back.
 
     Reconciling on it would redo every read only to find nothing to do. What else can change without a new
@@ -187,148 +267,78 @@ def is_status_echo(event_type: str | None, body: kopf.Body) -> bool:
     if event_type != "MODIFIED":
         return False
     observed = (body.get("status") or {}).get("observedGeneration")
-    return observed is not None and observed == body.get("metadata", {}).get("generation")
+    return observed is not None and observed == (body.get("metadata") or {}).get("generation")
 
 
-@kopf.on.event(GROUP, VERSION, backend.PLURAL)
-async def backend_event(type: str, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
-    namespace = namespace or ""
-    if type == "DELETED":
-        STATE.runtime.forget(backend.KIND, namespace, name)
-        return
-    if not is_status_echo(type, body):
-        STATE.runtime.enqueue(backend.KIND, namespace, name, urgent=True)
+def _own_event(rtype: ResourceType, event_type: str | None, body: Mapping[str, Any], wanted: bool = False) -> None:
+    """The object's own event: reconcile it first (urgent), unless it is our status write coming back."""
+    namespace, name = _where(body)
+    if event_type == "DELETED":
+        STATE.runtime.forget(rtype.kind, namespace, name)
+    elif wanted or not is_status_echo(event_type, body):
+        STATE.runtime.enqueue(rtype.kind, namespace, name, urgent=True)
 
 
-@kopf.index(GROUP, VERSION, backend.PLURAL)
-async def backend_references(namespace: str | None, name: str, spec: kopf.Spec,
-                             **_: Any) -> dict[tuple[str, str, str], str]:
-    """(namespace, kind, name) of every watched object a backend reads -> the backend's name (its credentials
-    Secret is not watched: see COMPLETELY_CACHED)."""
-    namespace = namespace or ""
-    refs: dict[tuple[str, str, str], str] = {}
-    endpoint = spec.get("endpoint") or {}
-    for field, kind in (("inferenceService", "InferenceService"), ("inferencePool", "InferencePool"),
-                        ("backendRef", "Backend")):
-        if endpoint.get(field, {}).get("name"):
-            refs[(namespace, kind, endpoint[field]["name"])] = name
-    return refs
+# --- children -------------------------------------------------------------------------------------
 
-
-def _reconcile_referencing(index: kopf.Index[Any, Any], owner_kind: str, namespace: str | None, kind: str,
-                           name: str) -> None:
-    """A referenced object changed: reconcile every object of owner_kind in its namespace that reads it."""
-    if not namespace:
-        return
-    for owner in sorted(set(index.get((namespace, kind, name), []))):
-        _enqueue(owner_kind, namespace, owner)
-
-
-@kopf.on.event(kube.INFERENCE_SERVICE.group, kube.INFERENCE_SERVICE.version, kube.INFERENCE_SERVICE.plural)
-async def inference_service_event(namespace: str | None, name: str, **kwargs: Any) -> None:
-    _reconcile_referencing(kwargs["backend_references"], backend.KIND, namespace, "InferenceService", name)
-    _reconcile_referencing(kwargs["traffic_config_references"], trafficconfig.KIND, namespace, "InferenceService",
-                           name)
-
-
-@kopf.on.event(kube.INFERENCE_POOL.group, kube.INFERENCE_POOL.version, kube.INFERENCE_POOL.plural)
-async def inference_pool_event(namespace: str | None, name: str, **kwargs: Any) -> None:
-    _reconcile_referencing(kwargs["backend_references"], backend.KIND, namespace, "InferencePool", name)
-
-
-@kopf.on.event(kube.BACKEND.group, kube.BACKEND.version, kube.BACKEND.plural)
-async def referenced_backend_event(namespace: str | None, name: str, **kwargs: Any) -> None:
-    _reconcile_referencing(kwargs["backend_references"], backend.KIND, namespace, "Backend", name)
-
-
-async def _on_child_event(body: kopf.Body, namespace: str | None, **_: Any) -> None:
+@on_event(*CHILD_TYPES)
+def child_event(event_type: str | None, body: dict[str, Any]) -> None:
     # The owner by owner reference first, so a child whose labels were removed by hand is restored at once.
     owner = apply.owner_of(body)
+    namespace, _ = _where(body)
     if owner is not None and owner[0] in STATE.runtime.kinds and namespace:
         _enqueue(owner[0], namespace, owner[1])
 
 
-for _child in CHILD_TYPES:
-    kopf.on.event(_child.group, _child.version, _child.plural, id=f"child-{_child.plural}")(_on_child_event)
+# --- ManagedAIServiceBackend ----------------------------------------------------------------------
+
+@on_event(kube.MANAGED_AI_SERVICE_BACKEND)
+def backend_event(event_type: str | None, body: dict[str, Any]) -> None:
+    _own_event(kube.MANAGED_AI_SERVICE_BACKEND, event_type, body)
+    namespace, name = _where(body)
+    # The VirtualModels routing to it (in its namespace, or sharing it from another).
+    _enqueue_holders(kube.VIRTUAL_MODEL, ("uses", namespace, kube.MANAGED_AI_SERVICE_BACKEND.kind, name))
+    _enqueue_holders(kube.VIRTUAL_MODEL, ("shared", namespace, kube.MANAGED_AI_SERVICE_BACKEND.kind, name))
+
+
+@on_event(kube.INFERENCE_SERVICE, kube.INFERENCE_POOL, kube.BACKEND)
+def backend_endpoint_event(event_type: str | None, body: dict[str, Any]) -> None:
+    """An object a backend's endpoint names (or a TrafficConfig's brownfield InferenceService) changed."""
+    namespace, name = _where(body)
+    key = ("uses", namespace, str(body.get("kind")), name)
+    _enqueue_holders(kube.MANAGED_AI_SERVICE_BACKEND, key)
+    if body.get("kind") == kube.INFERENCE_SERVICE.kind:
+        _enqueue_holders(kube.TRAFFIC_CONFIG, key)
+    if body.get("kind") == kube.INFERENCE_POOL.kind:
+        _enqueue_holders(kube.VIRTUAL_MODEL, key)
+
+
+@on_event(kube.AI_SERVICE_BACKEND)
+def ai_service_backend_event(event_type: str | None, body: dict[str, Any]) -> None:
+    namespace, name = _where(body)
+    _enqueue_holders(kube.VIRTUAL_MODEL, ("uses", namespace, kube.AI_SERVICE_BACKEND.kind, name))
+    _enqueue_holders(kube.VIRTUAL_MODEL, ("shared", namespace, kube.AI_SERVICE_BACKEND.kind, name))
 
 
 # --- VirtualModel ---------------------------------------------------------------------------------
 
-@kopf.index(GROUP, VERSION, virtualmodel.PLURAL)
-async def virtual_model_references(namespace: str | None, name: str, spec: kopf.Spec,
-                             **_: Any) -> dict[tuple[str, str, str], str]:
-    """(namespace, kind, name) of each backend a VirtualModel routes to -> the VirtualModel's name."""
-    return virtualmodel_reconciler.references(namespace or "", name, spec)
-
-
-@kopf.index(GROUP, VERSION, virtualmodel.PLURAL)
-async def virtual_model_gateways(namespace: str | None, name: str, spec: kopf.Spec,
-                           **_: Any) -> dict[tuple[str, str, str], tuple[str, str]]:
-    """(namespace, "Gateway", name) -> (namespace, name) of each VirtualModel attached to it."""
-    return virtualmodel_reconciler.gateway_references(namespace or "", name, spec, STATE.settings.default_gateway)
-
-
-@kopf.index(GROUP, VERSION, virtualmodel.PLURAL)
-async def virtual_model_names(namespace: str | None, name: str, spec: kopf.Spec,
-                              **_: Any) -> dict[str, tuple[str, str]]:
-    """modelName -> (namespace, name) of each VirtualModel claiming it."""
-    return virtualmodel_reconciler.model_names(namespace or "", name, spec)
-
-
-@kopf.on.event(GROUP, VERSION, virtualmodel.PLURAL)
-async def virtual_model_event(type: str, body: kopf.Body, namespace: str | None, name: str, **kwargs: Any) -> None:
-    namespace = namespace or ""
-    if type == "DELETED":
-        STATE.runtime.forget(virtualmodel.KIND, namespace, name)
-    elif is_status_echo(type, body):
+@on_event(kube.VIRTUAL_MODEL)
+def virtual_model_event(event_type: str | None, body: dict[str, Any]) -> None:
+    namespace, name = _where(body)
+    if event_type != "DELETED" and is_status_echo(event_type, body):
         return
-    else:
-        STATE.runtime.enqueue(virtualmodel.KIND, namespace, name, urgent=True)
+    _own_event(kube.VIRTUAL_MODEL, event_type, body)
     # The others claiming the same model name: a refused one may now own it (or must now be refused).
-    model = (body.get("spec") or {}).get("modelName") or name
-    for other in sorted(set(kwargs["virtual_model_names"].get(model, []))):
+    model = virtualmodel_reconciler.model_name_of(name, body.get("spec") or {})
+    for other in CACHES.holders(kube.VIRTUAL_MODEL, ("model", model)):
         if other != (namespace, name):
-            _enqueue(virtualmodel.KIND, *other)
+            _enqueue(kube.VIRTUAL_MODEL.kind, *other)
 
 
-@kopf.on.event(GROUP, VERSION, backend.PLURAL, id="virtual-models-of-managed-backend")
-async def managed_backend_event_for_virtual_models(namespace: str | None, name: str, **kwargs: Any) -> None:
-    _reconcile_referencing(kwargs["virtual_model_references"], virtualmodel.KIND, namespace, backend.KIND, name)
-    _reconcile_sharing(kwargs["virtual_model_shared_references"], namespace, backend.KIND, name)
-
-
-@kopf.on.event(kube.AI_SERVICE_BACKEND.group, kube.AI_SERVICE_BACKEND.version, kube.AI_SERVICE_BACKEND.plural,
-               id="virtual-models-of-aiservicebackend")
-async def ai_service_backend_event_for_virtual_models(namespace: str | None, name: str, **kwargs: Any) -> None:
-    _reconcile_referencing(kwargs["virtual_model_references"], virtualmodel.KIND, namespace, "AIServiceBackend", name)
-    _reconcile_sharing(kwargs["virtual_model_shared_references"], namespace, "AIServiceBackend", name)
-
-
-@kopf.index(GROUP, VERSION, virtualmodel.PLURAL)
-async def virtual_model_shared_references(namespace: str | None, name: str, spec: kopf.Spec,
-                                          **_: Any) -> dict[tuple[str, str, str], tuple[str, str]]:
-    """(namespace, kind, name) of a backend in another namespace, and (namespace, "ReferenceGrant", "*") ->
-    (namespace, name) of each VirtualModel using it."""
-    return virtualmodel_reconciler.shared_references(namespace or "", name, spec)
-
-
-def _reconcile_sharing(index: kopf.Index[Any, Any], namespace: str | None, kind: str, name: str) -> None:
-    """Something a VirtualModel of another namespace uses changed: reconcile it."""
-    for owner in sorted(set(index.get((namespace or "", kind, name), []))):
-        _enqueue(virtualmodel.KIND, *owner)
-
-
-@kopf.on.event(kube.REFERENCE_GRANT.group, kube.REFERENCE_GRANT.version, kube.REFERENCE_GRANT.plural,
-               id="virtual-models-of-referencegrant")
-async def reference_grant_event(namespace: str | None, **kwargs: Any) -> None:
-    _reconcile_sharing(kwargs["virtual_model_shared_references"], namespace, "ReferenceGrant",
-                       virtualmodel_reconciler.ANY_GRANT)
-
-
-@kopf.on.event(kube.INFERENCE_POOL.group, kube.INFERENCE_POOL.version, kube.INFERENCE_POOL.plural,
-               id="virtual-models-of-inferencepool")
-async def inference_pool_event_for_virtual_models(namespace: str | None, name: str, **kwargs: Any) -> None:
-    _reconcile_referencing(kwargs["virtual_model_references"], virtualmodel.KIND, namespace, "InferencePool", name)
+@on_event(kube.REFERENCE_GRANT)
+def reference_grant_event(event_type: str | None, body: dict[str, Any]) -> None:
+    namespace, _ = _where(body)
+    _enqueue_holders(kube.VIRTUAL_MODEL, ("shared", namespace, "ReferenceGrant", virtualmodel_reconciler.ANY_GRANT))
 
 
 # What VirtualModels read of each Gateway (kinds/virtualmodel/render.py gateway_address), as last seen. Envoy Gateway
@@ -338,71 +348,47 @@ async def inference_pool_event_for_virtual_models(namespace: str | None, name: s
 _GATEWAY_SEEN: dict[tuple[str, str], str] = {}
 
 
-def _gateway_as_read(body: kopf.Body) -> str:
+def _gateway_as_read(body: Mapping[str, Any]) -> str:
     listeners = [(x.get("name"), x.get("port")) for x in (body.get("spec") or {}).get("listeners") or []]
     return repr(((body.get("status") or {}).get("addresses"), listeners))
 
 
-@kopf.on.event(kube.GATEWAY.group, kube.GATEWAY.version, kube.GATEWAY.plural)
-async def gateway_event(type: str, body: kopf.Body, namespace: str | None, name: str, **kwargs: Any) -> None:
+@on_event(kube.GATEWAY)
+def gateway_event(event_type: str | None, body: dict[str, Any]) -> None:
     """A Gateway's address or listeners changed: reconcile the VirtualModels attached to it, in any namespace."""
-    key, seen = (namespace or "", name), _gateway_as_read(body)
-    if type == "DELETED":
+    key, seen = _where(body), _gateway_as_read(body)
+    if event_type == "DELETED":
         _GATEWAY_SEEN.pop(key, None)
     elif _GATEWAY_SEEN.get(key) == seen:
         return
     else:
         _GATEWAY_SEEN[key] = seen
-    for owner in sorted(set(kwargs["virtual_model_gateways"].get((namespace or "", "Gateway", name), []))):
-        _enqueue(virtualmodel.KIND, *owner)
+    _enqueue_holders(kube.VIRTUAL_MODEL, ("gateway", key[0], "Gateway", key[1]))
 
 
 # --- TrafficConfig --------------------------------------------------------------------------------
 
-@kopf.index(GROUP, VERSION, trafficconfig.PLURAL)
-async def traffic_config_references(namespace: str | None, name: str, spec: kopf.Spec,
-                              **_: Any) -> dict[tuple[str, str, str], str]:
-    """(namespace, "InferenceService", name) of a brownfield ref -> the TrafficConfig's name."""
-    return trafficconfig_reconciler.references(namespace or "", name, dict(spec))
+@on_event(kube.TRAFFIC_CONFIG)
+def traffic_config_event(event_type: str | None, body: dict[str, Any]) -> None:
+    _own_event(kube.TRAFFIC_CONFIG, event_type, body, wanted=has_pending_request(body))
+    if event_type == "DELETED":
+        trafficconfig_reconciler.forget_metrics(*_where(body))
 
 
-@kopf.on.event(GROUP, VERSION, trafficconfig.PLURAL)
-async def traffic_config_event(type: str, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
-    namespace = namespace or ""
-    if type == "DELETED":
-        STATE.runtime.forget(trafficconfig.KIND, namespace, name)
-        trafficconfig_reconciler.forget_metrics(namespace, name)
-    elif not is_status_echo(type, body) or has_pending_request(body):
-        STATE.runtime.enqueue(trafficconfig.KIND, namespace, name, urgent=True)
+def _on_template_event(rtype: ResourceType) -> None:
+    @on_event(rtype)
+    def template_event(event_type: str | None, body: dict[str, Any]) -> None:
+        """A template appeared, changed or went: reconcile the TrafficConfigs that use it (a ClusterMetricTemplate's
+        in every namespace)."""
+        namespace, name = _where(body)
+        _enqueue_holders(kube.TRAFFIC_CONFIG, ("template", *metrictemplate.template_key(rtype.kind, namespace, name)))
 
 
-@kopf.index(GROUP, VERSION, trafficconfig.PLURAL)
-async def traffic_config_templates(namespace: str | None, name: str, spec: kopf.Spec,
-                                   **_: Any) -> dict[tuple[str, str, str], tuple[str, str]]:
-    """(kind, namespace ("" cluster-wide), name) of each metric template a TrafficConfig uses -> the TrafficConfig."""
-    return metrictemplate.template_users(namespace or "", name, dict(spec))
+_on_template_event(metrictemplate.METRIC_TEMPLATE)
+_on_template_event(metrictemplate.CLUSTER_METRIC_TEMPLATE)
 
 
-def _reconcile_template_users(index: kopf.Index[Any, Any], kind: str, namespace: str | None, name: str) -> None:
-    for owner in sorted(set(index.get(metrictemplate.template_key(kind, namespace or "", name), []))):
-        _enqueue(trafficconfig.KIND, *owner)
-
-
-@kopf.on.event(GROUP, VERSION, metrictemplate.METRIC_TEMPLATE.plural, id="traffic-configs-of-metrictemplate")
-async def metric_template_event(namespace: str | None, name: str, **kwargs: Any) -> None:
-    """A template appeared, changed or went: reconcile the TrafficConfigs that use it."""
-    _reconcile_template_users(kwargs["traffic_config_templates"], metrictemplate.METRIC_TEMPLATE.kind, namespace,
-                              name)
-
-
-@kopf.on.event(GROUP, VERSION, metrictemplate.CLUSTER_METRIC_TEMPLATE.plural,
-               id="traffic-configs-of-clustermetrictemplate")
-async def cluster_metric_template_event(name: str, **kwargs: Any) -> None:
-    _reconcile_template_users(kwargs["traffic_config_templates"], metrictemplate.CLUSTER_METRIC_TEMPLATE.kind, "",
-                              name)
-
-
-def has_pending_request(body: kopf.Body) -> bool:
+def has_pending_request(body: Mapping[str, Any]) -> bool:
     """A rollout action (status.requests, written by people through the status subresource: no new generation)
     not yet acted on: not an echo of our own write."""
     status = body.get("status") or {}

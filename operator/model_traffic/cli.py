@@ -53,12 +53,13 @@ def run(args: argparse.Namespace) -> int:
     import kopf
     from prometheus_client import start_http_server
 
-    from model_traffic import app, health, metrics  # noqa: F401  (app registers the handlers)
+    from model_traffic import app, health, metrics  # app registers the handlers
     from model_traffic.kube import Kube
     from model_traffic.leader import LeaderElector
 
     settings = Settings.from_env()
     namespaces: list[str] = list(args.namespace or settings.namespaces)
+    app.STATE.namespaces = namespaces  # the operator's own watches follow the same namespaces
     kopf.configure(
         verbose=args.verbose,
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN,

@@ -126,6 +126,13 @@ class Kube:
                                                             label_selector=label_selector)
         return cast(list[dict[str, Any]], cast(dict[str, Any], result).get("items", []))
 
+    def list_controlled(self, rtype: ResourceType, namespace: str, uid: str) -> list[dict[str, Any]]:
+        """The objects of the kind in ``namespace`` controlled by the object with this uid (its children, found
+        by owner reference, so also those whose labels were removed). A watch cache answers it from an index."""
+        return [obj for obj in self.list_objects(rtype, namespace) if any(
+            ref.get("uid") == uid and ref.get("controller")
+            for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])]
+
     # -- writes ------------------------------------------------------------------------------
     def apply(self, obj: dict[str, Any], *, force: bool = True, dry_run: bool = False) -> dict[str, Any]:
         """Server-side apply of a whole custom object under our field manager."""

@@ -1,5 +1,6 @@
-"""The watch caches reconciles read from: projections, newest wins, deletions, secondary keys, and the read seam
-(a cache miss of a kind cached only by our labels still asks the server)."""
+"""The watch caches reconciles read from: projections, newest wins, deletions, secondary keys, children by
+controller, and the read seam (a name of a kind cached only by our labels held by someone else's object is read
+from the server; a miss is absent)."""
 
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ def test_label_selectors_of_equalities() -> None:
 
 
 
-def test_reads_of_cached_kinds_never_reach_the_server_but_a_miss_of_a_label_filtered_kind_does(
+def test_reads_of_cached_kinds_never_reach_the_server_but_a_name_held_by_someone_else_does(
         monkeypatch: Any) -> None:
     c = caches()
     reads: list[str] = []
@@ -95,8 +96,13 @@ def test_reads_of_cached_kinds_never_reach_the_server_but_a_miss_of_a_label_filt
     assert reads == []
     assert cached.get_ours(kube.AI_GATEWAY_ROUTE, "llm", "r") is None  # ours would be cached: no read
     assert reads == []
-    cached.get(kube.AI_GATEWAY_ROUTE, "llm", "r")  # before creating it: someone else's may exist
+    assert cached.get(kube.AI_GATEWAY_ROUTE, "llm", "r") is None  # the watch saw no object of that name at all
+    assert reads == []
+    c.put(kube.AI_GATEWAY_ROUTE, obj(kube.AI_GATEWAY_ROUTE, "r", "2"))  # someone else's, no labels: name only
+    cached.get(kube.AI_GATEWAY_ROUTE, "llm", "r")  # before writing ours over it: read, to report it
     assert reads == ["AIGatewayRoute/r"]
+    c.drop(kube.AI_GATEWAY_ROUTE, obj(kube.AI_GATEWAY_ROUTE, "r", "3"))
+    assert cached.get(kube.AI_GATEWAY_ROUTE, "llm", "r") is None and reads == ["AIGatewayRoute/r"]
 
 
 def test_a_kind_cached_only_when_ours_keeps_a_child_that_lost_our_labels_and_forgets_what_is_not_ours() -> None:
@@ -124,3 +130,43 @@ def test_objects_are_selected_by_labels_before_they_are_copied() -> None:
     assert sorted(o["metadata"]["name"] for o in c.objects(kube.BACKEND, None, "tc=one")) == ["a", "c"]
     assert len(c.objects(kube.BACKEND)) == 3
 
+
+
+def test_children_are_found_by_their_controllers_uid_and_follow_changes() -> None:
+    c = caches()
+
+    def child(name: str, rv: str, uid: str | None, namespace: str = "llm") -> dict[str, Any]:
+        body = obj(kube.BACKEND, name, rv, namespace=namespace)
+        if uid:
+            body["metadata"]["ownerReferences"] = [{"apiVersion": "modeltraffic.io/v1alpha1", "kind": "TrafficConfig",
+                                                    "name": "t", "uid": uid, "controller": True}]
+        return body
+
+    c.put(kube.BACKEND, child("a", "1", "u1"))
+    c.put(kube.BACKEND, child("b", "2", "u1"))
+    c.put(kube.BACKEND, child("c", "3", "u2"))
+    c.put(kube.BACKEND, child("d", "4", "u1", namespace="other"))
+    assert [o["metadata"]["name"] for o in c.controlled_by(kube.BACKEND, "llm", "u1")] == ["a", "b"]
+    c.put(kube.BACKEND, child("b", "5", None))  # released
+    c.drop(kube.BACKEND, child("a", "6", "u1"))
+    assert c.controlled_by(kube.BACKEND, "llm", "u1") == []
+    assert [o["metadata"]["name"] for o in c.controlled_by(kube.BACKEND, "other", "u1")] == ["d"]
+
+
+def test_kubectls_last_applied_copy_is_not_kept() -> None:
+    body = obj(kube.BACKEND, "b", "1", spec={"x": 1})
+    body["metadata"]["annotations"] = {"kubectl.kubernetes.io/last-applied-configuration": "{...}", "keep": "me"}
+    assert project(kube.BACKEND, body)["metadata"]["annotations"] == {"keep": "me"}
+    assert "kubectl.kubernetes.io/last-applied-configuration" in body["metadata"]["annotations"]  # not changed
+
+
+def test_versions_cover_ours_and_the_names_of_the_others() -> None:
+    """What a relist compares with: every object the watch saw, of a label-filtered kind too."""
+    c = caches()
+    c.put(kube.AI_GATEWAY_ROUTE, obj(kube.AI_GATEWAY_ROUTE, "ours", "1",
+                                     labels={"app.kubernetes.io/managed-by": "model-traffic-operator"}))
+    c.put(kube.AI_GATEWAY_ROUTE, obj(kube.AI_GATEWAY_ROUTE, "theirs", "2"))
+    c.put(kube.AI_GATEWAY_ROUTE, obj(kube.AI_GATEWAY_ROUTE, "elsewhere", "3", namespace="other"))
+    assert c.versions(kube.AI_GATEWAY_ROUTE, "llm") == {("llm", "ours"): "1", ("llm", "theirs"): "2"}
+    assert len(c.versions(kube.AI_GATEWAY_ROUTE)) == 3
+    assert c.size() == 1

@@ -1,11 +1,11 @@
 """Watch caches: what a reconcile reads, instead of a GET or LIST per reconcile.
 
-The operator already watches every kind it reads (kopf's watches, declared in :mod:`model_traffic.app`). Each
-watched event of a cached kind is also put here, by a kopf index function, before any handler sees the event:
-kopf fills every index from its initial listings before it calls the first handler, so a reconcile (which
-only a handler can trigger) never starts on a half-filled cache, and the reconcile an event triggers already
-sees that event. Our own writes are put here too (write-through), so the next reconcile does not see the
-world from before them; an older watch event never replaces a newer entry (resourceVersions are compared).
+The operator watches every kind it reads (its informers, :mod:`model_traffic.pipeline.informer`, declared in
+:mod:`model_traffic.app`). Each watched event is put here before any handler sees it, and the work queue starts
+only once every informer has listed, so a reconcile never starts on a half-filled cache, and the reconcile an
+event triggers already sees that event. Our own writes are put here too (write-through), so the next reconcile
+does not see the world from before them; an older watch event never replaces a newer entry (resourceVersions
+are compared).
 
 Cached: the three kinds we reconcile, and everything they read except Secrets (a backend's credentials Secret
 is read by name when it reconciles: the operator may not list or watch Secrets): InferenceServices,
@@ -13,18 +13,21 @@ InferencePools, Gateways, Envoy Gateway Backends,
 AIServiceBackends (all of them, so a miss means absent), and our children and the HTTPRoute the AI Gateway
 generates from our AIGatewayRoute (only ours: those carrying our labels or, should someone have removed the
 labels, a controller owner reference to one of our kinds, so a child whose labels were stripped is still found
-and restored; a miss there means "not ours", which for a child about to be created is checked once with a GET
-so that a same-named object of someone else's is reported, never overwritten).
+and restored). Of the others of those kinds only the name and resourceVersion are kept, so a miss means absent
+and a child is created without a GET first; a name held by someone else's object is read fresh, so that object
+is reported, never overwritten.
 
 Objects are kept pickled: a read unpickles a private copy (several times faster than ``copy.deepcopy``, which
 was a fifth of the operator's CPU at 300 objects of each kind) and a pickle takes a fraction of the memory of
-the dicts it stands for. The resourceVersion, labels and secondary keys stay beside it, so comparisons,
-selectors and indexes never unpickle.
+the dicts it stands for. What no reconcile reads is not kept: managedFields and kubectl's
+last-applied-configuration annotation (a second copy of the spec). The resourceVersion, labels, controller
+owner's uid and secondary keys stay beside it, so comparisons, selectors, indexes and "the children of X"
+never unpickle.
 
 Still read fresh from the API server, and why:
 
-- a child of a label-filtered kind that the cache does not have, right before creating it: an object of the
-  same name without our labels is invisible to the cache and must not be taken over;
+- an object of a label-filtered kind whose name is held by an object that is not ours, right before a child of
+  that name would be written: it is reported as a conflict, with what it is;
 - ``/apis`` discovery, once per API group (a missing group again after ``MISSING_GROUP_RECHECK_SECONDS``),
   to pick the AI Gateway version and to know whether KServe and the Inference Extension are installed;
 - the AIServiceBackend-accepts-an-InferencePool probe (a server-side dry run), once per 5 minutes, only for
@@ -59,14 +62,30 @@ def type_key(rtype: ResourceType) -> TypeKey:
     return (rtype.group, rtype.plural)
 
 
+# kubectl apply's copy of the whole object as last applied: as large as the spec, never read by a reconcile.
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
 def project(rtype: ResourceType, body: Mapping[str, Any]) -> dict[str, Any]:
-    """What the cache keeps of an object: all but managedFields (large, never read); of a Secret, the names of
-    its keys only. Shares values with ``body``: the cache pickles it at once."""
+    """What the cache keeps of an object: all but managedFields and kubectl's last-applied annotation (large,
+    never read); of a Secret, the names of its keys only. Shares values with ``body``: the cache pickles it at
+    once."""
     meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
+    annotations = meta.get("annotations")
+    if annotations and LAST_APPLIED in annotations:
+        meta["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
     if rtype == kube.SECRET:
         keys = [*(body.get("data") or {}), *(body.get("stringData") or {})]
         return {"apiVersion": "v1", "kind": "Secret", "metadata": meta, "data": dict.fromkeys(keys, "")}
     return {**{k: v for k, v in body.items() if k != "metadata"}, "metadata": meta}
+
+
+def controller_uid(body: Mapping[str, Any]) -> str | None:
+    """The uid of the object's controller (its controlling owner reference), whoever that is."""
+    for ref in (body.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("uid"):
+            return str(ref["uid"])
+    return None
 
 
 def is_ours(body: Mapping[str, Any]) -> bool:
@@ -102,6 +121,7 @@ class _Entry:
     resource_version: str
     labels: dict[str, str]
     secondary_keys: tuple[Hashable, ...]
+    controller: str | None  # the uid of its controller (see controlled_by)
     pickled: bytes
 
     def load(self) -> dict[str, Any]:
@@ -116,6 +136,10 @@ class _KindCache:
     secondary: SecondaryKeys | None
     by_namespace: dict[str, dict[str, _Entry]]
     by_secondary: dict[Hashable, set[tuple[str, str]]]
+    by_controller: dict[Hashable, set[tuple[str, str]]]  # controller uid -> its children
+    # Of a kind cached only when ours: namespace -> name -> resourceVersion of each object that is not, so a
+    # miss in both means absent.
+    others: dict[str, dict[str, str]]
 
 
 class Caches:
@@ -127,7 +151,7 @@ class Caches:
 
     def register(self, rtype: ResourceType, *, complete: bool, secondary: SecondaryKeys | None = None) -> None:
         """Cache this kind. ``secondary``: further keys an object is found by (:meth:`find`)."""
-        self._kinds[type_key(rtype)] = _KindCache(rtype, complete, secondary, {}, {})
+        self._kinds[type_key(rtype)] = _KindCache(rtype, complete, secondary, {}, {}, {}, {})
 
     def covers(self, rtype: ResourceType) -> bool:
         return type_key(rtype) in self._kinds
@@ -144,28 +168,39 @@ class Caches:
         meta = body.get("metadata") or {}
         if cache is None or not meta.get("name"):
             return
+        namespace, name = str(meta.get("namespace") or ""), str(meta["name"])
         if not cache.complete and not is_ours(body):
             self._remove(cache, body)
+            with self._lock:
+                cache.others.setdefault(namespace, {})[name] = _resource_version(body)
             return
-        namespace, name = str(meta.get("namespace") or ""), str(meta["name"])
         projected = project(cache.rtype, body)
         entry = _Entry(_resource_version(body), dict(meta.get("labels") or {}),
                        tuple(cache.secondary(projected)) if cache.secondary is not None else (),
-                       pickle.dumps(projected, protocol=pickle.HIGHEST_PROTOCOL))
+                       controller_uid(body), pickle.dumps(projected, protocol=pickle.HIGHEST_PROTOCOL))
         with self._lock:
             objects = cache.by_namespace.setdefault(namespace, {})
             current = objects.get(name)
             if current is not None and not _newer_or_equal(entry.resource_version, current.resource_version):
                 return
             objects[name] = entry
-            if cache.secondary is not None:
-                self._reindex(cache, namespace, name, current, entry)
+            self._forget_other(cache, namespace, name)
+            self._reindex(cache, namespace, name, current, entry)
 
     def drop(self, rtype: ResourceType, body: Mapping[str, Any]) -> None:
         """A deletion seen by the watch (unless the entry is already a newer object of the same name)."""
         cache = self._kinds.get(type_key(rtype))
         if cache is not None:
             self._remove(cache, body)
+            meta = body.get("metadata") or {}
+            with self._lock:
+                self._forget_other(cache, str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+
+    @staticmethod
+    def _forget_other(cache: _KindCache, namespace: str, name: str) -> None:
+        others = cache.others.get(namespace)
+        if others is not None and others.pop(name, None) is not None and not others:
+            del cache.others[namespace]
 
     def _remove(self, cache: _KindCache, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}
@@ -178,19 +213,25 @@ class Caches:
             del objects[name]
             if not objects:
                 cache.by_namespace.pop(namespace, None)
-            if cache.secondary is not None:
-                self._reindex(cache, namespace, name, current, None)
+            self._reindex(cache, namespace, name, current, None)
 
     @staticmethod
     def _reindex(cache: _KindCache, namespace: str, name: str, old: _Entry | None, new: _Entry | None) -> None:
-        for key in old.secondary_keys if old is not None else ():
-            holders = cache.by_secondary.get(key)
-            if holders is not None:
-                holders.discard((namespace, name))
-                if not holders:
-                    del cache.by_secondary[key]
-        for key in new.secondary_keys if new is not None else ():
-            cache.by_secondary.setdefault(key, set()).add((namespace, name))
+        where = (namespace, name)
+        for index, old_keys, new_keys in (
+                (cache.by_secondary, old.secondary_keys if old else (), new.secondary_keys if new else ()),
+                (cache.by_controller, (old.controller,) if old and old.controller else (),
+                 (new.controller,) if new and new.controller else ())):
+            if old_keys == new_keys:
+                continue
+            for key in old_keys:
+                holders = index.get(key)
+                if holders is not None:
+                    holders.discard(where)
+                    if not holders:
+                        del index[key]
+            for key in new_keys:
+                index.setdefault(key, set()).add(where)
 
     # -- reading (copies: callers may change what they get) --------------------------------------
     def get(self, rtype: ResourceType, namespace: str, name: str) -> dict[str, Any] | None:
@@ -225,6 +266,43 @@ class Caches:
             found = [cache.by_namespace.get(ns, {}).get(name) for ns, name in holders]
         return [entry.load() for entry in found if entry is not None]
 
+    def holders(self, rtype: ResourceType, key: Hashable) -> list[tuple[str, str]]:
+        """(namespace, name) of the objects whose secondary keys include ``key``, without reading them."""
+        cache = self._kinds[type_key(rtype)]
+        with self._lock:
+            return sorted(cache.by_secondary.get(key, ()))
+
+    def controlled_by(self, rtype: ResourceType, namespace: str, uid: str) -> list[dict[str, Any]]:
+        """The objects of the kind in ``namespace`` whose controller has this uid: only those are unpickled."""
+        cache = self._kinds[type_key(rtype)]
+        with self._lock:
+            bucket = cache.by_namespace.get(namespace, {})
+            found = [bucket.get(name) for ns, name in sorted(cache.by_controller.get(uid, ())) if ns == namespace]
+        return [entry.load() for entry in found if entry is not None]
+
+    def held_by_another(self, rtype: ResourceType, namespace: str, name: str) -> bool:
+        """Whether an object of a kind cached only when ours, not ours, holds this name."""
+        cache = self._kinds[type_key(rtype)]
+        with self._lock:
+            return name in cache.others.get(namespace, {})
+
+    def versions(self, rtype: ResourceType, namespace: str | None = None) -> dict[tuple[str, str], str]:
+        """(namespace, name) -> resourceVersion of every object known of the kind (in ``namespace``), ours or not:
+        what a relist compares with."""
+        cache = self._kinds.get(type_key(rtype))
+        if cache is None:
+            return {}
+        with self._lock:
+            found = {(ns, name): entry.resource_version for ns, bucket in cache.by_namespace.items()
+                     if namespace is None or ns == namespace for name, entry in bucket.items()}
+            found.update({(ns, name): version for ns, bucket in cache.others.items()
+                          if namespace is None or ns == namespace for name, version in bucket.items()})
+        return found
+
+    def get_any(self, rtype: ResourceType, namespace: str, name: str) -> dict[str, Any] | None:
+        """Like :meth:`get`, None for a kind not cached."""
+        return self.get(rtype, namespace, name) if self.covers(rtype) else None
+
     def size(self) -> int:
         with self._lock:
             return sum(len(b) for cache in self._kinds.values() for b in cache.by_namespace.values())
@@ -255,9 +333,10 @@ class CachedKube(Kube):
         found = self.caches.get(rtype, namespace, name)
         if found is not None or self.caches.is_complete(rtype):
             return found
-        # Only our labelled objects are cached: a same-named object of someone else's may exist.
-        live = super().get(rtype, namespace, name)
-        return live
+        # Only ours are cached whole: a same-named object of someone else's is read, to be reported.
+        if self.caches.held_by_another(rtype, namespace, name):
+            return super().get(rtype, namespace, name)
+        return None
 
     def get_ours(self, rtype: ResourceType, namespace: str, name: str) -> dict[str, Any] | None:
         if self.caches.covers(rtype):
@@ -269,6 +348,11 @@ class CachedKube(Kube):
         if not self.caches.is_complete(rtype):
             return super().list_objects(rtype, namespace, label_selector)
         return self.caches.objects(rtype, namespace, label_selector)
+
+    def list_controlled(self, rtype: ResourceType, namespace: str, uid: str) -> list[dict[str, Any]]:
+        if not self.caches.covers(rtype):
+            return super().list_controlled(rtype, namespace, uid)
+        return self.caches.controlled_by(rtype, namespace, uid)
 
     def apply(self, obj: dict[str, Any], *, force: bool = True, dry_run: bool = False) -> dict[str, Any]:
         applied = super().apply(obj, force=force, dry_run=dry_run)

@@ -109,7 +109,7 @@ def observe(kube_: Kube, spec: TrafficConfigSpec, body: dict[str, Any]) -> Traff
     if kube_.served_versions(kube.INFERENCE_SERVICE.group):
         kinds.append(kube.INFERENCE_SERVICE)
     for rtype in kinds:
-        for child in kube_.list_objects(rtype, namespace):
+        for child in kube_.list_controlled(rtype, namespace, owner.uid):
             version = _version_of(child, name)
             if version is None or not apply.owned_by(child, owner):
                 continue
