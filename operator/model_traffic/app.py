@@ -24,6 +24,7 @@ import kopf
 from model_traffic import health, kube
 from model_traffic.kinds.backend import reconcile as backend_reconciler
 from model_traffic.kinds.metrictemplate import resolve as metrictemplate
+from model_traffic.kinds.trafficconfig import deletion as trafficconfig_deletion
 from model_traffic.kinds.trafficconfig import measure as trafficconfig_measure
 from model_traffic.kinds.trafficconfig import reconcile as trafficconfig_reconciler
 from model_traffic.kinds.trafficconfig import render as trafficconfig_render
@@ -32,7 +33,7 @@ from model_traffic.kube import Kube, ResourceType
 from model_traffic.pipeline import apply
 from model_traffic.pipeline.cache import CachedKube, Caches
 from model_traffic.pipeline.informer import Informers
-from model_traffic.pipeline.runtime import Result, Runtime
+from model_traffic.pipeline.runtime import Finalizer, Result, Runtime
 from model_traffic.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,9 @@ def start(settings: kopf.OperatorSettings, **_: Any) -> None:
     def reconcile_traffic_config(k: Kube, body: dict[str, Any]) -> Result:
         return trafficconfig_reconciler.reconcile(k, body, config.prometheus_address, outbound=config.outbound)
 
-    rt.register(kube.TRAFFIC_CONFIG, reconcile_traffic_config)
+    # Deleting a TrafficConfig keeps its stable version serving unless its deletionPolicy says Delete.
+    rt.register(kube.TRAFFIC_CONFIG, reconcile_traffic_config,
+                Finalizer(trafficconfig_deletion.FINALIZER, trafficconfig_reconciler.finalize))
     STATE.runtime = rt
     # A webhook call that ends (on its own pool) wakes its TrafficConfig, whose next reconcile takes the answer.
     trafficconfig_measure.WEBHOOK_CALLS.wake = lambda namespace, name: rt.enqueue(kube.TRAFFIC_CONFIG.kind,
