@@ -220,3 +220,35 @@ def test_a_kill_right_after_the_delete_resumes_too(
     restarted = start_operator(cluster, operator.log_path, **{"MTO_METRICS_PORT": str(operator.metrics_port)})
     operator.process = restarted.process
     assert_kept_serving_v1(cluster, kube, namespace, uid)
+
+
+def test_a_new_traffic_config_naming_another_release_rolls_out_from_the_adopted_stable(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    """Adopted with no stable of its own, the new TrafficConfig takes the kept version as its stable
+    (status.stable, as it runs): its release v3 is a candidate rolled out from v1, and v1 serves until then."""
+    apply(cluster, namespace, traffic_config("llama", f"""\
+        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
+    """, TEMPLATE, 'release: {version: v1, storageUri: "hf://org/llama:rev1"}\n'))
+    wait_served(kube, namespace, "llama-v1")
+    wait_phase(kube, namespace, "llama", "Succeeded")
+    wait_for(lambda: deletion.FINALIZER in finalizers(kube, namespace, "llama"), 30, "the retain finalizer")
+    cluster.kubectl("delete", "trafficconfig", "llama", "-n", namespace, "--wait=false")
+    wait_for(lambda: gone(kube, k.TRAFFIC_CONFIG, namespace, "llama"), 90, "the TrafficConfig gone")
+    assert weights(kube, namespace, "llama") == {"llama-v1": 100}
+
+    apply(cluster, namespace, traffic_config("llama", f"""\
+        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
+        analysis: {{interval: 2s, stepWeights: [50]}}
+    """, TEMPLATE, 'release: {version: v3, storageUri: "hf://org/llama:rev3"}\n'))
+    recorded = wait_for(lambda: (kube.get(k.TRAFFIC_CONFIG, namespace, "llama") or {}).get("status", {})
+                        .get("stable"), 30, "the adopted stable recorded")
+    assert recorded == {"version": "v1", "storageUri": "hf://org/llama:rev1"}
+    isvc = kube.get(k.INFERENCE_SERVICE, namespace, "llama-v1") or {}
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == "hf://org/llama:rev1"  # not re-rendered from v3
+    wait_served(kube, namespace, "llama-v3")
+    wait_weights(kube, namespace, "llama", {"llama-v1": 50, "llama-v3": 50}, timeout=60)
+    done = wait_phase(kube, namespace, "llama", "Succeeded", timeout=90)
+    assert done["stableVersion"] == "v3"
+    wait_weights(kube, namespace, "llama", {"llama-v3": 100})
+    wait_for(gone_check(kube, k.INFERENCE_SERVICE, namespace, "llama-v1"), 60, "the adopted v1 retired")
