@@ -7,7 +7,8 @@ its children (drift is restored), and a periodic resync. Every handler only enqu
 The watches are the operator's own informers (:mod:`model_traffic.pipeline.informer`), on threads of their own,
 each feeding the watch cache (:mod:`model_traffic.pipeline.cache`) before its handlers run. kopf runs the
 process: start-up and SIGTERM, the liveness endpoint and its probe; it watches none of these kinds, so it keeps
-no state in annotations and adds no finalizer, and deleting an object never waits for the operator.
+no state in annotations and adds no finalizer, and deleting an object never waits for kopf. The one finalizer is
+the operator's own, on a TrafficConfig whose deletionPolicy is Retain (kinds/trafficconfig/deletion.py).
 """
 
 from __future__ import annotations
