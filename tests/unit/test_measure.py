@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import json
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -90,6 +91,9 @@ def test_a_slow_webhook_does_not_hold_the_caller_and_fails_once_its_timeout_pass
     [result] = done.results
     assert (result.passed, result.message) == (False, "no answer within 1s")
     assert time.monotonic() - started < 3.0  # enforced from the call's start, not the receiver's 5 s
+    # The abandoned call's thread still waits for the receiver: a daemon, so the operator's exit never waits for it.
+    assert [t.daemon for t in threading.enumerate() if t.name.startswith("webhook-")] == [True] * len(
+        [t for t in threading.enumerate() if t.name.startswith("webhook-")])
 
 
 def test_a_call_for_another_check_is_not_taken_for_this_one(receiver: WebhookServer) -> None:

@@ -24,13 +24,14 @@ import hashlib
 import hmac
 import json
 import logging
+import queue
 import socket
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -225,7 +226,10 @@ class WebhookCalls:
     status) calls again. ``wake`` is told (namespace, name) when a call ends: the app enqueues the TrafficConfig."""
 
     def __init__(self, workers: int = 8, clock: Callable[[], float] = time.monotonic) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="webhook")
+        self._work: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._workers = workers
+        self._threads: list[threading.Thread] = []
+        self._threads_lock = threading.Lock()  # apart from _lock, which poll holds while it starts a call
         self._calls: dict[str, _Call] = {}
         self._lock = threading.Lock()
         self._clock = clock
@@ -262,7 +266,7 @@ class WebhookCalls:
             if not outcome.passed:
                 log.warning("PostRollout webhook %s of %s: %s", call.hook.name, what, outcome.message)
 
-        self._pool.submit(run)
+        self._submit(run)
 
     def remaining(self, key: str) -> float | None:
         """Seconds until the call's timeout; None when there is no such call."""
@@ -281,7 +285,7 @@ class WebhookCalls:
             entry.started.append(self._clock())
             return call_webhook(call, outbound, time.monotonic() + timeout)
 
-        entry.future = self._pool.submit(run)
+        entry.future = self._submit(run)
         entry.future.add_done_callback(lambda _: self._woken(owner))
         return entry
 
@@ -292,8 +296,30 @@ class WebhookCalls:
             except Exception:  # waking is a courtesy: the requeue comes anyway
                 log.exception("waking %s/%s after a webhook call failed", *owner)
 
-    def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+    def _submit(self, call: Callable[[], Any]) -> Future[Any]:
+        """Run ``call`` on one of the pool's threads: daemon threads, so a shutdown never waits for a receiver that
+        does not answer (a ThreadPoolExecutor's threads are joined at exit)."""
+        future: Future[Any] = Future()
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(call())
+            except BaseException as error:  # handed to whoever polls the call
+                future.set_exception(error)
+
+        self._work.put(run)
+        with self._threads_lock:
+            if len(self._threads) < self._workers:
+                thread = threading.Thread(target=self._serve, name=f"webhook-{len(self._threads)}", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+        return future
+
+    def _serve(self) -> None:
+        while True:
+            self._work.get()()
 
 
 WEBHOOK_CALLS = WebhookCalls()
