@@ -322,9 +322,10 @@ def reconcile(kube_: Kube, body: dict[str, Any], default_prometheus: str | None 
     for pending in leftover:
         events.post(kube_, body, pending)
     now = clock()
-    plan, pending = _take_step(kube_, spec, previous, world, now, default_prometheus, outbound, templates.prometheus)
-    if pending is not None:
-        _awaiting(plan, pending, previous, now)
+    plan, incomplete = _take_step(kube_, spec, previous, world, now, default_prometheus, outbound,
+                                  templates.prometheus)
+    if incomplete is not None:
+        _awaiting(plan, incomplete, previous, now)
     announced = bool(leftover)
     if record_progress(kube_, body, plan):
         for pending in plan.status.get("pendingEvents") or []:
@@ -343,8 +344,9 @@ def reconcile(kube_: Kube, body: dict[str, Any], default_prometheus: str | None 
         result.verdict = dataclasses.replace(result.verdict, state="Stalled", reason="KServeNotInstalled",
                                              message="the InferenceService API (serving.kserve.io) is not "
                                                      "installed")
-    if pending is not None and pending.missing and not applied.conflicts:
-        result.verdict = Verdict("Stalled", "CredentialsNotFound", "analysis not run: " + "; ".join(pending.missing))
+    if incomplete is not None and incomplete.missing and not applied.conflicts:
+        result.verdict = Verdict("Stalled", "CredentialsNotFound",
+                                 "analysis not run: " + "; ".join(incomplete.missing))
     result.requeue_after = plan.requeue_after
     if not kserve_served:
         # Nothing we watch announces KServe's arrival (or the end of a discovery lag): look again.
