@@ -252,3 +252,20 @@ def test_a_new_traffic_config_naming_another_release_rolls_out_from_the_adopted_
     assert done["stableVersion"] == "v3"
     wait_weights(kube, namespace, "llama", {"llama-v3": 100})
     wait_for(gone_check(kube, k.INFERENCE_SERVICE, namespace, "llama-v1"), 60, "the adopted v1 retired")
+
+
+def test_a_foreground_deletion_cannot_keep_anything_and_says_so(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    """propagationPolicy Foreground (Argo CD's default prune): the garbage collector deletes the children before
+    the TrafficConfig, whatever its finalizer does (docs/gitops.md tells Argo CD users to prune in background).
+    The deletion still ends, and a NotRetained Warning says why nothing was kept."""
+    mid_rollout(cluster, kube, namespace)
+    cluster.kubectl("delete", "trafficconfig", "llama", "-n", namespace, "--cascade=foreground", "--wait=false")
+    for rtype, name in ((k.TRAFFIC_CONFIG, "llama"), (k.VIRTUAL_MODEL, "llama"),
+                        (k.MANAGED_AI_SERVICE_BACKEND, "llama-v1"), (k.INFERENCE_SERVICE, "llama-v1"),
+                        (k.MANAGED_AI_SERVICE_BACKEND, "llama-v2"), (k.INFERENCE_SERVICE, "llama-v2")):
+        wait_for(gone_check(kube, rtype, namespace, name), 90, f"{rtype.kind} {name} gone")
+    warnings = [m for r, m in events(cluster, namespace, "llama") if r == "NotRetained"]
+    assert len(warnings) == 1 and "propagationPolicy Foreground" in warnings[0], warnings
+    assert [r for r, _ in events(cluster, namespace, "llama") if r == "Retained"] == []

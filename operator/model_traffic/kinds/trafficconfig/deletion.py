@@ -204,13 +204,12 @@ def _notices(w: DeletionWorld) -> tuple[Notice, ...]:
         notices.append(event("Normal", "Retained", text + "; the other versions' objects are deleted with it"))
     if lost or missing or not kept:
         why = []
-        if lost:
-            cause = ("it was deleted with propagationPolicy Foreground, which deletes the children first"
-                     if w.foreground else "something else deleted it (its namespace, a person or a foreground "
-                     "deletion)")
-            why.append(f"{', '.join(lost)} already being deleted ({cause})")
-        if missing:
-            why.append(f"{', '.join(missing)} not found")
+        if lost or missing:
+            cause = ("this TrafficConfig was deleted with propagationPolicy Foreground, which has the garbage "
+                     "collector delete the children first" if w.foreground else
+                     "deleted by something else: a deletion with propagationPolicy Foreground (Argo CD prunes so by "
+                     "default), the namespace's deletion, or a person")
+            why.append(f"{', '.join(lost + missing)} already deleted or being deleted ({cause})")
         if left and not kept:
             why.append(f"{', '.join(left)} not owned by this TrafficConfig (left as it is)")
         notices.append(event("Warning", "NotRetained",
