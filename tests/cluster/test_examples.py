@@ -195,6 +195,12 @@ def traffic_config_llama(w: Walkthrough) -> None:
     # KServe's Hugging Face server serves the OpenAI API under /openai (kserve/protocol/rest/openai/endpoints.py).
     aisb = w.kube.get(k.AI_SERVICE_BACKEND, NAMESPACE, "llama-v1") or {}
     assert aisb["spec"]["schema"] == {"name": "OpenAI", "prefix": "/openai/v1"}
+    # Git goes back to the file (release v1, the stable): the rollout ends and all traffic is v1's again, so
+    # applying the examples once more below changes nothing.
+    w.cluster.kubectl("patch", "trafficconfig", "llama", "-n", NAMESPACE, "--type=merge", "-p", json.dumps(
+        {"spec": {"release": {"version": "v1", "storageUri": "hf://meta-llama/Meta-Llama-3-8B-Instruct:e1945c4"}}}))
+    ended = w.ready(k.TRAFFIC_CONFIG, "llama", reason="Succeeded", timeout=90)["status"]
+    assert ended["stableVersion"] == "v1" and "candidateVersion" not in ended
 
 
 EXPECTED: dict[tuple[str, str], Check] = {

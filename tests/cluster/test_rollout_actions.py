@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,7 +33,8 @@ from tests.cluster.test_trafficconfig import (
     wait_weights,
     weights,
 )
-from tests.conftest import Cluster, Operator, helm_template, parse_manifests, wait_for
+from tests.conftest import Cluster, Operator, condition, helm_template, parse_manifests, wait_for
+from tests.support.webhooks import WebhookServer
 
 pytestmark = pytest.mark.cluster
 
@@ -118,6 +120,169 @@ def test_actions_are_status_requests_that_a_sync_does_not_revert(
     assert "Stable:      v2" in view and "Requests:    none pending" in view
     assert any(line.split()[:3] == ["v2", "stable", "100%"] for line in view.splitlines()), view
     assert "Promoted" in view
+
+
+# --- Git holds the release (issue #14 item 1): one commit per release, actions on top, syncs in between ---------
+
+def release_commit(namespace: str, version: str, hook_url: str, promotion: str = "Automatic") -> str:
+    """The TrafficConfig as a GitOps user commits it: the release wanted, and how it rolls out."""
+    return traffic_config("llama", f"""\
+        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
+    """, TEMPLATE, f"""\
+        release: {{version: {version}, storageUri: "hf://org/llama:{version}"}}
+        analysis:
+          interval: 2s
+          threshold: 2
+          stepWeights: [20, 50]
+          promotion: {promotion}
+          webhooks: [{{name: load, type: Rollout, url: "{hook_url}"}}]
+    """)
+
+
+def sync_commit(cluster: Cluster, namespace: str, commit: str) -> None:
+    """Argo CD (automated sync, self-heal): the Git version applied server-side under its own field manager,
+    taking over any field someone else set (--force-conflicts), as its ServerSideApply=true sync option does."""
+    cluster.kubectl("apply", "--server-side", "--field-manager=argocd-controller", "--force-conflicts",
+                    "-n", namespace, "-f", "-", stdin=commit)
+
+
+@pytest.fixture
+def webhook_server() -> Iterator[WebhookServer]:
+    with WebhookServer() as server:
+        yield server
+
+
+def test_a_release_a_rollback_a_retry_and_a_manual_promotion_by_commits_and_actions_only(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str, webhook_server: WebhookServer
+) -> None:
+    """The done-when of issue #14: a GitOps user commits one release at a time and acts with model-traffic
+    (status requests); a sync between every two steps reverts nothing: the stable after a promotion stays, a
+    rollback stays rolled back, and the actions stay acted on."""
+    hook = webhook_server.url("/load")
+
+    def settled_on(stable: str, phase: str = "Succeeded") -> dict[str, Any]:
+        current = wait_phase(kube, namespace, "llama", phase, timeout=90)
+        assert current["stableVersion"] == stable and current["stable"]["version"] == stable, current
+        return current
+
+    def holds(stable: str, phase: str, seconds: float = 6) -> None:
+        """A sync now, then more than two intervals later nothing has moved."""
+        sync_commit(cluster, namespace, git)
+        time.sleep(seconds)
+        now = status(kube, namespace, "llama")
+        assert (now["phase"], now["stableVersion"]) == (phase, stable), now
+        assert weights(kube, namespace, "llama") == {f"llama-{stable}": 100}
+
+    # Commit 1: the first release is stable at once (no rollout).
+    git = release_commit(namespace, "v1", hook)
+    sync_commit(cluster, namespace, git)
+    wait_served(kube, namespace, "llama-v1")
+    first = settled_on("v1")
+    assert "candidateVersion" not in first and first["stable"]["storageUri"] == "hf://org/llama:v1"
+    wait_weights(kube, namespace, "llama", {"llama-v1": 100})
+
+    # Commit 2: release v2 rolls out and, passing its checks, is stable; Git needs no second commit.
+    git = release_commit(namespace, "v2", hook)
+    sync_commit(cluster, namespace, git)
+    wait_for(lambda: status(kube, namespace, "llama").get("candidateVersion") == "v2" or None, 30, "v2's rollout")
+    wait_served(kube, namespace, "llama-v2")
+    settled_on("v2")
+    wait_weights(kube, namespace, "llama", {"llama-v2": 100})
+    wait_for(lambda: kube.get(k.INFERENCE_SERVICE, namespace, "llama-v1") is None, 60, "v1 retired")
+    holds("v2", "Succeeded")
+    assert kube.get(k.INFERENCE_SERVICE, namespace, "llama-v1") is None  # the sync did not bring v1 back
+
+    # Commit 3: release v3, whose checks fail: rolled back to v2, and it stays so through syncs of Git (which
+    # still names v3): no check runs again, the object says why (Stalled, RolledBack).
+    webhook_server.respond("/load", 500, body={"error": "p95 too high"})
+    git = release_commit(namespace, "v3", hook, promotion="Manual")
+    sync_commit(cluster, namespace, git)
+    failed = settled_on("v2", "Failed")
+    assert failed["candidateVersion"] == "v3" and failed["stable"]["storageUri"] == "hf://org/llama:v2"
+    wait_weights(kube, namespace, "llama", {"llama-v2": 100})
+    # The progress is written first, the conditions after the children: wait for them.
+    wait_for(lambda: condition(kube.get(k.TRAFFIC_CONFIG, namespace, "llama"), "Stalled").get("reason") == "RolledBack"
+             or None, 30, "Stalled=True, RolledBack")
+    assert condition(kube.get(k.TRAFFIC_CONFIG, namespace, "llama"), "Stalled")["status"] == "True"
+    checks = len(webhook_server.calls("/load"))
+    holds("v2", "Failed")
+    assert len(webhook_server.calls("/load")) == checks
+
+    # The retry action (a status request): v3 rolls out again from its first step, and a sync does not undo it.
+    webhook_server.respond("/load", 200)
+    model_traffic(cluster, "retry", "llama", "-n", namespace)
+    wait_for(lambda: status(kube, namespace, "llama").get("phase") in ("Progressing", "WaitingPromotion") or None,
+             60, "the retried rollout")
+    sync_commit(cluster, namespace, git)
+    waiting = wait_phase(kube, namespace, "llama", "WaitingPromotion", timeout=90)
+    assert (waiting["stableVersion"], waiting["candidateVersion"], waiting["canaryWeight"]) == ("v2", "v3", 50)
+    sync_commit(cluster, namespace, git)
+    time.sleep(5)
+    assert status(kube, namespace, "llama")["phase"] == "WaitingPromotion"
+
+    # The manual promotion (an action): v3 is stable; the sync of Git (release v3) keeps it.
+    model_traffic(cluster, "promote", "llama", "-n", namespace)
+    settled_on("v3")
+    wait_weights(kube, namespace, "llama", {"llama-v3": 100})
+    holds("v3", "Succeeded")
+
+    # Each step happened once; the spec is Git's alone (no operator or CLI field in it).
+    reasons = [reason for reason, _ in events(cluster, namespace, "llama")]
+    assert [reasons.count(r) for r in ("RolledBack", "Retried", "Promoted")] == [1, 1, 2], reasons
+    assert "Aborted" not in reasons and "RolloutReset" not in reasons, reasons
+    final = kube.get(k.TRAFFIC_CONFIG, namespace, "llama") or {}
+    spec_managers = {e["manager"] for e in final["metadata"]["managedFields"]
+                     if not e.get("subresource") and "f:spec" in (e.get("fieldsV1") or {})}
+    assert spec_managers == {"argocd-controller"}, spec_managers
+    assert final["status"]["stable"] == {"version": "v3", "storageUri": "hf://org/llama:v3"}
+
+
+def test_an_object_in_the_deprecated_form_moved_to_a_release_mid_rollout_goes_on_without_reverting(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    """docs/upgrade.md's move, on the real stack: Git held stable v1 / canary v2 (the deprecated form) and the
+    rollout is under way; the commit that replaces them by release v2 (the candidate's entry) is synced. The
+    rollout neither restarts nor reverts: the weight never goes down, one RolloutStarted, no RolloutReset."""
+    sync(cluster, namespace)  # git_version: the deprecated form, a canary stepping every 2s, promotion Manual
+    wait_served(kube, namespace, "llama-v2")
+    wait_for(lambda: weights(kube, namespace, "llama").get("llama-v2", 0) >= 20, 60, "the rollout under way")
+    recorded = wait_for(lambda: status(kube, namespace, "llama").get("stable"), 30, "status.stable recorded")
+    assert recorded == {"version": "v1"} and status(kube, namespace, "llama")["candidate"] == {"version": "v2"}
+
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def watch_weights() -> None:
+        while not stop.is_set():
+            current = weights(kube, namespace, "llama")
+            seen.append(current.get("llama-v2", 0))
+            assert set(current) <= {"llama-v1", "llama-v2"}, current
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch_weights, daemon=True)
+    watcher.start()
+    try:
+        moved = "".join(line.replace("canary: {version: v2}", "release: {version: v2}")
+                        for line in git_version(namespace).splitlines(keepends=True)
+                        if line.strip() != "stable: {version: v1}")
+        assert "release: {version: v2}" in moved and "stable:" not in moved and "canary:" not in moved
+        sync_commit(cluster, namespace, moved)
+        spec = spec_of(kube, namespace)
+        assert "stable" not in spec and "canary" not in spec and spec["release"] == {"version": "v2"}
+        waiting = wait_phase(kube, namespace, "llama", "WaitingPromotion", timeout=90)
+    finally:
+        stop.set()
+        watcher.join()
+    assert (waiting["stableVersion"], waiting["candidateVersion"], waiting["canaryWeight"]) == ("v1", "v2", 90)
+    assert seen == sorted(seen) and min(seen) >= 20, seen  # never back to a lower step, never to v1 alone
+    model_traffic(cluster, "promote", "llama", "-n", namespace)
+    wait_phase(kube, namespace, "llama", "Succeeded")
+    sync_commit(cluster, namespace, moved)
+    time.sleep(3)
+    assert status(kube, namespace, "llama")["stableVersion"] == "v2"
+    assert weights(kube, namespace, "llama") == {"llama-v2": 100}
+    reasons = [reason for reason, _ in events(cluster, namespace, "llama")]
+    assert reasons.count("RolloutStarted") == 1 and "RolloutReset" not in reasons, reasons
 
 
 # --- the chart's roles for people ---------------------------------------------------------------------------

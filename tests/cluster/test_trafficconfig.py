@@ -285,6 +285,56 @@ def test_failing_checks_roll_back_after_the_threshold(
     assert len(hooks.calls("/load")) == calls
 
 
+def test_a_candidate_that_never_gets_ready_is_stalled_at_the_progress_deadline_then_rolled_back(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str
+) -> None:
+    """Issue #14 item 3: the candidate's pod cannot be scheduled (KServe reports it not Ready, for real); after
+    progressDeadlineSeconds the object is Stalled naming what it waits for; with progressDeadlineAbort it rolls
+    back (Failed, the deadline as its reason) instead of waiting forever."""
+    base = f"""\
+        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
+        progressDeadlineSeconds: 30
+    """, TEMPLATE, """\
+        stable: {version: v1}
+    """
+    apply(cluster, namespace, traffic_config("llama", *base))
+    wait_served(kube, namespace, "llama-v1")
+    wait_phase(kube, namespace, "llama", "Succeeded")
+    with nodes_cordoned(cluster):
+        apply(cluster, namespace, traffic_config("llama", *base, "canary: {version: v2}\n"))
+        started = wait_phase(kube, namespace, "llama", "Initializing")
+        assert started["candidateVersion"] == "v2" and started["lastProgressTime"]
+
+        def stalled() -> dict[str, Any] | None:
+            obj = kube.get(k.TRAFFIC_CONFIG, namespace, "llama")
+            return obj if condition(obj, "Stalled").get("reason") == "ProgressDeadlineExceeded" else None
+
+        obj = wait_for(stalled, 90, "Stalled=True, ProgressDeadlineExceeded")
+        assert condition(obj, "Stalled")["status"] == "True"
+        message = condition(obj, "Stalled")["message"]
+        assert "no progress in 30s" in message and "InferenceService llama-v2 not Ready" in message, message
+        assert obj["status"]["phase"] == "Initializing"  # without the opt-in it keeps waiting
+        assert weights(kube, namespace, "llama") == {"llama-v1": 100}
+
+        # The opt-in: the next reconcile rolls the candidate back, the deadline being long past.
+        cluster.kubectl("patch", "trafficconfig", "llama", "-n", namespace, "--type=merge",
+                        "-p", '{"spec": {"progressDeadlineAbort": true}}')
+        failed = wait_phase(kube, namespace, "llama", "Failed", timeout=30)
+        assert failed["stableVersion"] == "v1" and failed["candidateVersion"] == "v2"
+        def rolled_back() -> dict[str, Any] | None:
+            # The progress is written first, the conditions after the children: wait for them too.
+            obj = kube.get(k.TRAFFIC_CONFIG, namespace, "llama")
+            return obj if "rolled back" in condition(obj, "Stalled").get("message", "") else None
+
+        obj = wait_for(rolled_back, 30, "Stalled: rolled back")
+        assert condition(obj, "Stalled")["reason"] == "ProgressDeadlineExceeded"
+        wait_for(lambda: kube.get(k.INFERENCE_SERVICE, namespace, "llama-v2") is None, 60, "the candidate retired")
+    # One rollback Event (beside the Ready condition's own Events, which carry the same reason).
+    rolled = [m for r, m in events(cluster, namespace, "llama") if r == "ProgressDeadlineExceeded" and
+              m.startswith("rolled back v2")]
+    assert len(rolled) == 1 and "not Ready" in rolled[0], rolled
+
+
 def pending_unschedulable(cluster: Cluster, namespace: str, isvc: str) -> bool:
     """Whether the InferenceService's pods are all Pending because the scheduler found no node for them."""
     pods = get_json(cluster, "pods", "-n", namespace, "-l", f"serving.kserve.io/inferenceservice={isvc}")["items"]
@@ -655,6 +705,14 @@ def test_invalid_specs_are_refused_at_apply_time(cluster: Cluster, namespace: st
                                            "variants: [{version: v1, weight: 60}, {version: v2, weight: 30}]\n",
         "canary.weight applies to the Canary strategy only": "strategy: BlueGreen\nstable: {version: v1}\n"
                                                              "canary: {version: v2, weight: 10}\n",
+        # spec.release replaces the deprecated pair: never both (docs/upgrade.md), and one of them is needed.
+        "spec.stable and spec.canary are its deprecated form": "release: {version: v2}\nstable: {version: v1}\n",
+        "set spec.release, the version you want to run": "paused: false\n",
+        "release.weight applies to the Canary strategy only":
+            'strategy: ABTest\nrelease: {version: v2, weight: 5}\n'
+            'analysis: {match: [{headers: [{name: x-b, value: "1"}]}]}\n',
+        "the stable version must be one of the variants (spec.release": "strategy: Weighted\nrelease: {version: v3}\n"
+                                                                         "variants: [{version: v1, weight: 100}]\n",
     }
     for message, spec in cases.items():
         refused = cluster.kubectl("apply", "-n", namespace, "-f", "-", check=False,

@@ -72,3 +72,10 @@ def test_the_cli_has_get_with_watch() -> None:
     with pytest.raises(SystemExit) as exit_:
         cli.main(["get", "--help"])
     assert exit_.value.code == 0
+
+
+def test_a_failed_release_shows_what_git_asks_for_beside_what_runs() -> None:
+    s = spec(release={"version": "v2"}, stable=None, canary=None)
+    status = {"phase": "Failed", "stableVersion": "v1", "candidateVersion": "v2", "stable": {"version": "v1"}}
+    lines = rolloutview.render(obj_of(s.wire(), status), [], NOW).splitlines()
+    assert "Release:     v2  (spec.release)" in lines and "Stable:      v1" in lines

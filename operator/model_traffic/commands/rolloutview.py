@@ -49,6 +49,8 @@ def render(obj: dict[str, Any], events: list[dict[str, Any]], now: datetime.date
     stable, candidate = status.get("stableVersion"), status.get("candidateVersion")
     lines = [f"Name:        {meta.get('name')}", f"Namespace:   {meta.get('namespace')}",
              f"Strategy:    {spec.get('strategy') or 'Canary'}",
+             # What Git asks for (spec.release); the status below says what runs.
+             *([f"Release:     {spec['release'].get('version')}  (spec.release)"] if spec.get("release") else []),
              f"Phase:       {status.get('phase') or '-'}"
              + (f"  ({ready.get('reason')}: {ready.get('message')})" if ready.get("message") else "")]
     steps = _steps(spec)

@@ -129,7 +129,7 @@ class TrafficConfigSpec(Model):
                 "variant versions must be unique"),
             cel("!has(self.variants) || self.variants.exists(v, v.version == (has(self.release) ? "
                 "self.release.version : has(self.stable) ? self.stable.version : ''))",
-                "the stable version (spec.release) must be one of the variants"),
+                "the stable version must be one of the variants (spec.release names it)"),
             cel("self.strategy != 'ABTest' || (has(self.analysis) && has(self.analysis.match))",
                 "the ABTest strategy needs analysis.match"),
             cel("!has(self.canary) || !has(self.canary.weight) || self.strategy == 'Canary'",
