@@ -16,7 +16,7 @@ import pytest
 
 from model_traffic.kinds.trafficconfig import measure
 from model_traffic.kinds.trafficconfig.analysis import Target
-from model_traffic.kinds.trafficconfig.analysis_spec import Prometheus, Webhook
+from model_traffic.kinds.trafficconfig.analysis_spec import Metric, Prometheus, Webhook
 from model_traffic.outbound import OutboundPolicy
 from tests.support.webhooks import WebhookServer
 
@@ -157,3 +157,15 @@ def test_a_header_value_with_a_line_break_is_refused_not_sent() -> None:
 def test_a_prepared_call_never_shows_header_values() -> None:
     call = measure.prepare_call(hook("http://127.0.0.1:9/", **SIGNED), {"a": 1}, read)
     assert "s3cr3t" not in repr(call) and "sha256=" not in repr(call)
+
+
+def test_a_missing_prometheus_secret_stops_the_check_before_any_webhook_is_called(receiver: WebhookServer) -> None:
+    calls = measure.WebhookCalls(workers=1)
+    absent = Prometheus.model_validate({"address": "http://127.0.0.1:9", "secretRef": {"name": "absent"}})
+    metric = Metric.model_validate({"name": "e", "builtin": "ErrorRate", "max": 0.1})
+    measured = measure.run_analysis([metric], [hook(receiver.url("/eval"))], candidate=Target("v2", "chat-v2"),
+                                    stable=Target("v1", "chat-v1"), interval="1m", prometheus=absent,
+                                    template_prometheus={}, target=TARGET, read=read, outbound=LOOPBACK, calls=calls)
+    assert not measured.complete and measured.missing and measured.waiting == []
+    time.sleep(0.3)
+    assert receiver.calls("/eval") == []  # called again and again while the Secret is missing, it would spam

@@ -364,18 +364,42 @@ def run_analysis(metrics: list[Metric], hooks: list[Webhook], *, candidate: Targ
                  interval: str, prometheus: Prometheus | None, template_prometheus: dict[str, Prometheus],
                  target: AnalysisTarget, read: ReadValue, outbound: OutboundPolicy = DEFAULT_POLICY,
                  calls: WebhookCalls = WEBHOOK_CALLS) -> Measurement:
-    """Webhooks first (started, or their answers collected), then the metrics once every webhook has answered:
-    a check still waiting queries nothing."""
-    hook_results: list[MetricResult] = []
-    waiting: list[Webhook] = []
+    """Credentials first (a missing one stops the check before anything is called), then the webhooks (started,
+    or their answers collected), then the metrics once every webhook has answered: a check still waiting queries
+    nothing."""
     missing: list[str] = []
-    recheck: list[float] = []
+    prepared: list[PreparedCall] = []
     for hook in hooks:
         try:
-            call = prepare_call(hook, webhook_payload(candidate, stable, hook, target), read)
+            prepared.append(prepare_call(hook, webhook_payload(candidate, stable, hook, target), read))
         except MissingValue as error:
             missing.append(str(error))
-            continue
+    groups: dict[str, list[Metric]] = {}
+    providers: dict[str, Prometheus | None] = {}
+    for metric in metrics:
+        provider = template_prometheus.get(metric.name, prometheus)
+        key = provider.model_dump_json() if provider is not None else ""
+        providers[key] = provider
+        groups.setdefault(key, []).append(metric)
+    clients: dict[str, HTTPPrometheus | str] = {}  # by provider: a client, or why its metrics fail
+    for key, provider in providers.items():
+        if provider is None:
+            clients[key] = "no Prometheus: set spec.analysis.prometheus.address"
+        elif refused := resolved_refusal(provider.address, outbound):
+            clients[key] = f"Prometheus not queried: {refused}"
+        else:
+            try:
+                clients[key] = prometheus_client(provider, read)
+            except MissingValue as error:
+                missing.append(str(error))
+    if missing:
+        return Measurement(None, missing=missing, recheck_after=CREDENTIALS_RECHECK_SECONDS)
+
+    hook_results: list[MetricResult] = []
+    waiting: list[Webhook] = []
+    recheck: list[float] = []
+    for call in prepared:
+        hook = call.hook
         key = f"{target.namespace}/{target.name}/{target.check}/{hook.type}/{hook.name}/{candidate.version}"
         outcome = calls.poll(key, call, (target.namespace, target.name), outbound)
         if outcome is None:
@@ -384,41 +408,18 @@ def run_analysis(metrics: list[Metric], hooks: list[Webhook], *, candidate: Targ
             recheck.append((left if left is not None else 0.0) + 0.5)
         else:
             hook_results.append(outcome)
-    if missing:
-        return Measurement(None, waiting, missing, CREDENTIALS_RECHECK_SECONDS)
     if waiting:
         return Measurement(None, waiting, recheck_after=min(recheck))
-    by_provider: dict[str, list[Metric]] = {}
-    providers: dict[str, Prometheus | None] = {}
-    for metric in metrics:
-        provider = template_prometheus.get(metric.name, prometheus)
-        key = provider.model_dump_json() if provider is not None else ""
-        providers[key] = provider
-        by_provider.setdefault(key, []).append(metric)
+
     metric_results: dict[str, MetricResult] = {}
-    for key, group in by_provider.items():
-        provider = providers[key]
-        if provider is None:
-            for metric in group:
-                metric_results[metric.name] = MetricResult(
-                    name=metric.name, passed=False, message="no Prometheus: set spec.analysis.prometheus.address")
-            continue
-        refused = resolved_refusal(provider.address, outbound)
-        if refused:
-            for metric in group:
-                metric_results[metric.name] = MetricResult(name=metric.name, passed=False,
-                                                           message=f"Prometheus not queried: {refused}")
-            continue
-        try:
-            client = prometheus_client(provider, read)
-        except MissingValue as error:
-            missing.append(str(error))
+    for key, group in groups.items():
+        client = clients[key]
+        if isinstance(client, str):
+            metric_results.update({m.name: MetricResult(name=m.name, passed=False, message=client) for m in group})
             continue
         for result in run_metrics(group, client, candidate=candidate, stable=stable, model_name=target.model,
                                   namespace=target.namespace, interval=interval):
             metric_results[result.name] = result
-    if missing:
-        return Measurement(None, missing=missing, recheck_after=CREDENTIALS_RECHECK_SECONDS)
     return Measurement([*(metric_results[m.name] for m in metrics), *hook_results])
 
 
