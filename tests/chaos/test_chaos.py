@@ -107,7 +107,7 @@ class Scenario:
             f"interval: 3s\n{checks}webhooks: [{{name: load, type: Rollout, url: \"{self.hook_url}\"}}]\n", "  ")
 
     def initial(self) -> str:
-        versions = "stable: {version: v1}\n"
+        versions = "release: {version: v1}\n"  # Git holds the release; the first one is stable at once
         if self.strategy == "Weighted":
             versions += "variants: [{version: v1, weight: 100}]\n"
         return our_yaml("TrafficConfig", self.name, self.head() + TEMPLATE + versions + self.analysis())
@@ -115,13 +115,13 @@ class Scenario:
     def rollout(self) -> str:
         if self.strategy == "Weighted":
             self.pending_edits = [
-                ({self.v1: 40, self.v2: 60}, "stable: {version: v1}\nvariants: [{version: v1, weight: 40}, "
+                ({self.v1: 40, self.v2: 60}, "release: {version: v1}\nvariants: [{version: v1, weight: 40}, "
                                              "{version: v2, weight: 60}]\n"),
-                ({self.v2: 100}, "stable: {version: v2}\nvariants: [{version: v2, weight: 100}]\n"),
+                ({self.v2: 100}, "release: {version: v2}\nvariants: [{version: v2, weight: 100}]\n"),
             ]
-            versions = "stable: {version: v1}\nvariants: [{version: v1, weight: 70}, {version: v2, weight: 30}]\n"
+            versions = "release: {version: v1}\nvariants: [{version: v1, weight: 70}, {version: v2, weight: 30}]\n"
         else:
-            versions = "stable: {version: v1}\ncanary: {version: v2}\n"
+            versions = "release: {version: v2}\n"  # one commit: the new release, rolled out from the stable
         return our_yaml("TrafficConfig", self.name, self.head() + TEMPLATE + versions + self.analysis())
 
     def expected_states(self) -> list[TrafficState]:
