@@ -180,3 +180,61 @@ def test_an_inconclusive_check_pauses_until_a_resume_request_and_a_signed_webhoo
                     "-p", json.dumps({"status": {"requests": {"resume": "2026-01-01T00:00:00Z"}}}))
     done = wait_phase(kube, namespace, "llama", "Succeeded", timeout=90)
     assert done["stableVersion"] == "v2"
+
+
+def test_a_missing_credentials_secret_holds_the_check_and_heals_and_a_slow_webhook_times_out_beside_the_reconcile(
+    cluster: Cluster, kube: Kube, operator: Operator, namespace: str, genai_exporter: GenAIExporter,
+    prometheus: PrometheusServer, receiver: WebhookServer,
+) -> None:
+    model = f"llama-{namespace}"
+    genai_exporter.set_profile(f"{model}-v1", ttft_seconds=0.2)
+    genai_exporter.set_profile(f"{model}-v2", ttft_seconds=0.2)
+    prometheus.wait_for_samples(f'gen_ai_server_time_to_first_token_seconds_count{{gen_ai_request_model="{model}-v2"}}')
+    receiver.respond("/slow", delay=30.0)
+    apply(cluster, namespace, traffic_config("llama", f"""\
+        modelName: {model}
+        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
+    """, TEMPLATE, textwrap.dedent(f"""\
+        stable: {{version: v1}}
+        canary: {{version: v2}}
+        analysis:
+          interval: 2s
+          threshold: 1
+          stepWeights: [50]
+          prometheus:
+            address: "{prometheus.address}"
+            secretRef: {{name: prom-reader}}
+          metrics:
+          - {{name: ttft, builtin: TimeToFirstTokenP95, maxRelativeToStable: 1.5}}
+          webhooks:
+          - {{name: load, type: Rollout, url: "{receiver.url('/slow')}", timeout: 3s}}
+    """)))
+    wait_served(kube, namespace, "llama-v2")
+
+    # The metric's Secret is missing: the check is not run at all (counted neither way, no webhook called) and the
+    # object says which Secret.
+    def credentials_missing() -> dict[str, Any] | None:
+        found = ready(kube, namespace, "llama")
+        return found if found.get("reason") == "CredentialsNotFound" else None
+
+    missing = wait_for(credentials_missing, 60, "Ready=False CredentialsNotFound")
+    assert "Secret prom-reader not found" in str(missing["message"])
+    assert not (kube.get(k.TRAFFIC_CONFIG, namespace, "llama") or {})["status"].get("failedChecks")
+    assert receiver.calls("/slow") == []
+
+    # The Secret appears (basic auth: this Prometheus ignores it): the next look (every 15 s) runs the check. Its
+    # webhook is called beside the reconcile, recorded in status while awaited; its 30 s answer is not waited for:
+    # after its 3 s timeout the check fails, rolled back at threshold 1.
+    cluster.kubectl("create", "secret", "generic", "prom-reader", "-n", namespace, "--from-literal=username=u",
+                    "--from-literal=password=hunter2")
+
+    def awaited() -> list[dict[str, Any]] | None:
+        calls = (kube.get(k.TRAFFIC_CONFIG, namespace, "llama") or {}).get("status", {}).get("webhookCalls")
+        return calls or None
+
+    [call] = wait_for(awaited, 60, "status.webhookCalls while the webhook runs")
+    assert (call["name"], call["type"]) == ("load", "Rollout")
+    failed = wait_phase(kube, namespace, "llama", "Failed", timeout=90)
+    hook = next(r for r in failed["lastResults"] if r["name"] == "webhook/load")
+    assert hook["message"] == "no answer within 3s" and not hook["passed"]
+    assert "hunter2" not in json.dumps(kube.get(k.TRAFFIC_CONFIG, namespace, "llama"))
