@@ -49,6 +49,25 @@ def standby_health_endpoint(port: int) -> Iterator[None]:
         thread.join()
 
 
+def configure_operator_logging(log_format: str, *, verbose: bool) -> None:
+    """One handler on the root logger, kopf's, in the format asked for.
+
+    main() has already given the root logger basicConfig's plain handler (for the other subcommands); kopf.configure
+    adds its own beside any handler it did not make, so without this every line came out twice, once plain and
+    once as JSON, which breaks a log pipeline that parses JSON lines.
+    """
+    import kopf
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.PLAIN)
+    if not verbose:
+        # kopf logs every handler of every watch event at INFO: thousands of lines a second at scale, for nothing
+        # the operator's own log (a reconcile's outcome, a readiness change) does not say better.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+
+
 def run(args: argparse.Namespace) -> int:
     import kopf
     from prometheus_client import start_http_server
@@ -60,14 +79,7 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     namespaces: list[str] = list(args.namespace or settings.namespaces)
     app.STATE.namespaces = namespaces  # the operator's own watches follow the same namespaces
-    kopf.configure(
-        verbose=args.verbose,
-        log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN,
-    )
-    if not args.verbose:
-        # kopf logs every handler of every watch event at INFO: thousands of lines a second at scale, for nothing
-        # the operator's own log (a reconcile's outcome, a readiness change) does not say better.
-        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    configure_operator_logging(args.log_format, verbose=args.verbose)
     liveness_port = args.liveness_port if args.liveness_port is not None else settings.liveness_port
     if settings.metrics_port:
         start_http_server(settings.metrics_port)  # a standby's metrics too (model_traffic_* stay empty there)
