@@ -192,8 +192,8 @@ REFUSED: list[tuple[str, str, dict[str, Any], str, str]] = [
     ("interval 99999h", TRAFFIC_CONFIG, changed(TRAFFIC_CONFIG, "analysis.interval", "99999h"), "t", INTERVAL),
     ("metric window 48h", TRAFFIC_CONFIG, changed(TRAFFIC_CONFIG, "analysis.metrics", [
         {"name": "errors", "builtin": "ErrorRate", "max": 0.01, "interval": "48h"}]), "t", INTERVAL),
-    ("webhook timeout 10m", TRAFFIC_CONFIG, webhook(timeout="10m"), "t", "must be a duration between 1s and 60s"),
-    ("webhook timeout 0s", TRAFFIC_CONFIG, webhook(timeout="0s"), "t", "must be a duration between 1s and 60s"),
+    ("webhook timeout 11m", TRAFFIC_CONFIG, webhook(timeout="11m"), "t", "must be a duration between 1s and 10m"),
+    ("webhook timeout 0s", TRAFFIC_CONFIG, webhook(timeout="0s"), "t", "must be a duration between 1s and 10m"),
     ("webhook not http", TRAFFIC_CONFIG, webhook(url="file:///etc/passwd"), "t", "spec.analysis.webhooks[0].url"),
     ("threshold 0", TRAFFIC_CONFIG, changed(TRAFFIC_CONFIG, "analysis.threshold", 0), "t",
      "should be greater than or equal to 1"),
