@@ -477,20 +477,19 @@ def adopt_orphans(kube_: Kube, body: dict[str, Any]) -> Adopted:
     namespace, name = meta["namespace"], meta["name"]
     owner = apply.Owner.of(body)
     adopted = Adopted()
-    for rtype, obj in list(_orphans(kube_, namespace, name)):
-        refs = [*(obj["metadata"].get("ownerReferences") or []), owner.reference()]
-        patch_metadata(kube_, rtype, namespace, obj["metadata"]["name"],
-                       {"ownerReferences": refs, "annotations": dict.fromkeys(ORPHAN_NOTE)},
-                       obj["metadata"]["resourceVersion"])
-        adopted.names.append(f"{rtype.kind} {obj['metadata']['name']}")
+    orphans = list(_orphans(kube_, namespace, name))
+    if not orphans:
+        return adopted
+    for rtype, obj in orphans:
         if rtype == kube.VIRTUAL_MODEL:
             routed = [str(b.get("name", "")) for b in (obj.get("spec") or {}).get("backends") or []]
             if len(routed) == 1 and routed[0].startswith(f"{name}-"):
                 adopted.stable = routed[0][len(name) + 1:]
-    if not adopted.names:
-        return adopted
     status = body.get("status") or {}
     if adopted.stable and not status.get("stableVersion"):
+        # The seed is written before any note goes: the notes are the only record that this version was stable,
+        # so were the children adopted first, a status write that failed (a conflict, a crash) would leave a
+        # TrafficConfig with no stable and no orphans, and its release would replace the version serving at once.
         backend = kube_.get(kube.MANAGED_AI_SERVICE_BACKEND, namespace, f"{name}-{adopted.stable}") or {}
         isvc = (((backend.get("spec") or {}).get("endpoint") or {}).get("inferenceService") or {}).get("name")
         seed: dict[str, Any] = {"stableVersion": adopted.stable, "stable": {"version": adopted.stable}}
@@ -503,6 +502,12 @@ def adopt_orphans(kube_: Kube, body: dict[str, Any]) -> Adopted:
                                      resource_version=meta["resourceVersion"])
         body["status"] = written.get("status") or {}
         meta["resourceVersion"] = written["metadata"]["resourceVersion"]
+    for rtype, obj in orphans:
+        refs = [*(obj["metadata"].get("ownerReferences") or []), owner.reference()]
+        patch_metadata(kube_, rtype, namespace, obj["metadata"]["name"],
+                       {"ownerReferences": refs, "annotations": dict.fromkeys(ORPHAN_NOTE)},
+                       obj["metadata"]["resourceVersion"])
+        adopted.names.append(f"{rtype.kind} {obj['metadata']['name']}")
     events.emit(kube_, body, "Normal", "Adopted",
                 f"adopted {', '.join(adopted.names)}, left serving by the deletion of an earlier TrafficConfig "
                 f"{name} (annotation {ANNOTATION_ORPHANED_FROM})"
