@@ -19,7 +19,9 @@ is reported, never overwritten.
 
 Objects are kept pickled: a read unpickles a private copy (several times faster than ``copy.deepcopy``, which
 was a fifth of the operator's CPU at 300 objects of each kind) and a pickle takes a fraction of the memory of
-the dicts it stands for. What no reconcile reads is not kept: managedFields and kubectl's
+the dicts it stands for; compressed (zlib, fastest level), about 60 % of that again, for some 10 µs per read
+(the operator at 2,000 objects of each kind waits on the API server, not on its CPU). Label keys are interned:
+every object carries the same few. What no reconcile reads is not kept: managedFields and kubectl's
 last-applied-configuration annotation (a second copy of the spec). The resourceVersion, labels, controller
 owner's uid and secondary keys stay beside it, so comparisons, selectors, indexes and "the children of X"
 never unpickle.
@@ -42,7 +44,9 @@ loses nothing: the initial listings fill it again before the first reconcile.
 from __future__ import annotations
 
 import pickle
+import sys
 import threading
+import zlib
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -125,7 +129,7 @@ class _Entry:
     pickled: bytes
 
     def load(self) -> dict[str, Any]:
-        loaded: dict[str, Any] = pickle.loads(self.pickled)
+        loaded: dict[str, Any] = pickle.loads(zlib.decompress(self.pickled))
         return loaded
 
 
@@ -175,9 +179,11 @@ class Caches:
                 cache.others.setdefault(namespace, {})[name] = _resource_version(body)
             return
         projected = project(cache.rtype, body)
-        entry = _Entry(_resource_version(body), dict(meta.get("labels") or {}),
+        labels = {sys.intern(str(key)): value for key, value in (meta.get("labels") or {}).items()}
+        pickled = zlib.compress(pickle.dumps(projected, protocol=pickle.HIGHEST_PROTOCOL), 1)
+        entry = _Entry(_resource_version(body), labels,
                        tuple(cache.secondary(projected)) if cache.secondary is not None else (),
-                       controller_uid(body), pickle.dumps(projected, protocol=pickle.HIGHEST_PROTOCOL))
+                       controller_uid(body), pickled)
         with self._lock:
             objects = cache.by_namespace.setdefault(namespace, {})
             current = objects.get(name)

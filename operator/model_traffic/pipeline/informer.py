@@ -166,6 +166,8 @@ class Informer:
         except (HTTPError, OSError) as error:
             log.debug("watch of %s: %s", self.rtype.plural, error)  # a read timeout: watch again
         finally:
+            # A stream left unread (stopping, an error) must not go back to the pool as if it were idle.
+            response.close()
             response.release_conn()
         return resource_version
 

@@ -143,7 +143,9 @@ class EventPoster:
         self._threads: list[threading.Thread] = []
 
     def post(self, body: dict[str, Any], event_type: str, reason: str, message: str) -> None:
-        event = (body, event_type, reason, message)
+        # Only what an Event names of its object waits in the backlog, not the whole object: thousands of them
+        # wait while many objects converge at once.
+        event = (involved_object(body), event_type, reason, message)
         if not self._threads:
             self._emit(event)
             return
@@ -179,6 +181,13 @@ class EventPoster:
 
     def _emit(self, event: tuple[dict[str, Any], str, str, str]) -> None:
         events.emit(self._kube, *event)
+
+
+def involved_object(body: dict[str, Any]) -> dict[str, Any]:
+    """What :func:`events.emit` reads of an object."""
+    meta = body["metadata"]
+    return {"apiVersion": body["apiVersion"], "kind": body["kind"],
+            "metadata": {key: meta[key] for key in ("name", "namespace", "uid", "resourceVersion") if key in meta}}
 
 
 class Runtime:
