@@ -220,7 +220,7 @@ def render(crd_dir: Path) -> str:
         HEADER,
         "# API reference",
         "",
-        "Every field of the three kinds as the API server enforces it, generated from the CRDs in `crds/` "
+        "Every field of every kind as the API server enforces it, generated from the CRDs in `crds/` "
         "(which are generated from the pydantic models in `operator/model_traffic/kinds/`). "
         "`kubectl explain <kind>.spec --recursive` shows the same schema from a live cluster. "
         "Field paths use `[]` for the items of a list. What the operator writes in `status.conditions` is in "
