@@ -61,7 +61,8 @@ def configure_operator_logging(log_format: str, *, verbose: bool) -> None:
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.PLAIN)
+    # "plain" is kopf's FULL text format: a time, the logger and the level before each message (its PLAIN has none).
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.FULL)
     if not verbose:
         # kopf logs every handler of every watch event at INFO: thousands of lines a second at scale, for nothing
         # the operator's own log (a reconcile's outcome, a readiness change) does not say better.

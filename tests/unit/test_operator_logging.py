@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -49,5 +50,9 @@ def test_plain_logs_have_one_line_per_record_too(root_logger: logging.Logger) ->
     assert isinstance(handler, logging.StreamHandler)
     handler.setStream(stream)
     logging.getLogger("model_traffic.test").info("reconciled")
-    assert len(stream.getvalue().splitlines()) == 1
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1
+    # When and how bad, as basicConfig's lines said before: a log without times cannot be read against others.
+    timestamp = r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\]"
+    assert re.match(rf"^{timestamp} model_traffic\.test +\[INFO +\] reconciled$", lines[0]), lines
     assert len(root_logger.handlers) == 1
