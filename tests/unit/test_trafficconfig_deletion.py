@@ -125,6 +125,15 @@ def test_objects_already_being_deleted_cannot_be_kept_and_are_not_waited_for() -
     assert "propagationPolicy Foreground" in notice.message
 
 
+def test_a_foreground_deletion_tries_nothing_even_while_the_children_are_still_there() -> None:
+    """The garbage collector is deleting them already: neither routing nor orphaning would hold."""
+    decision = decide(mid_rollout(foreground=True))
+    assert decision.release and decision.orphan == () and not decision.route
+    [notice] = decision.notices
+    assert (notice.type, notice.reason) == ("Warning", "NotRetained")
+    assert "propagationPolicy Foreground" in notice.message and "PrunePropagationPolicy=background" in notice.message
+
+
 def test_delete_releases_at_once_and_keeps_nothing() -> None:
     decision = decide(mid_rollout(policy="Delete"))
     assert decision.release and decision.orphan == () and decision.notices == () and not decision.route

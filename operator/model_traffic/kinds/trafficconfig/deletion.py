@@ -161,6 +161,15 @@ def decide(w: DeletionWorld) -> Decision:
         return Decision(release=True, notices=(event(
             "Warning", "NotRetained", "deletionPolicy Retain: no stable version was ever recorded "
             "(status.stableVersion), so nothing is kept; every object this TrafficConfig owns is deleted with it"),))
+    if w.foreground:
+        # The garbage collector deletes the children first and is already at it: routing and orphaning would race
+        # it, keep some of the stable's objects and lose others, and a Retained Event would name objects it then
+        # deletes anyway (seen in CI). Nothing is tried; one Warning says why.
+        return Decision(release=True, notices=(event(
+            "Warning", "NotRetained", f"deletionPolicy Retain: nothing of version {w.stable} is kept: this "
+            "TrafficConfig was deleted with propagationPolicy Foreground, which has the garbage collector delete "
+            "its children first (Argo CD prunes so by default: set PrunePropagationPolicy=background, "
+            "docs/gitops.md)"),))
     vm = w.virtual_model
     if vm.standing == "ours" and not w.stable_only():
         if w.stable_ready or not w.others_serving:
