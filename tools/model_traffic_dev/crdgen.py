@@ -59,6 +59,12 @@ def _ready_columns() -> list[dict[str, Any]]:
     ]
 
 
+# The two template kinds share one spec, so one set of columns.
+METRIC_TEMPLATE_COLUMNS = [
+    {"name": "Builtin", "type": "string", "jsonPath": ".spec.builtin"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
 KINDS: list[KindInfo] = [
     KindInfo(
         kind=backend.KIND,
@@ -108,10 +114,7 @@ KINDS: list[KindInfo] = [
         short_names=["mtpl"],
         model=metrictemplate.MetricTemplate,
         description=metrictemplate.MetricTemplate.__doc__ or "",
-        printer_columns=[
-            {"name": "Builtin", "type": "string", "jsonPath": ".spec.builtin"},
-            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-        ],
+        printer_columns=METRIC_TEMPLATE_COLUMNS,
         has_status=False,
     ),
     KindInfo(
@@ -120,10 +123,7 @@ KINDS: list[KindInfo] = [
         short_names=["cmtpl"],
         model=metrictemplate.ClusterMetricTemplate,
         description=metrictemplate.ClusterMetricTemplate.__doc__ or "",
-        printer_columns=[
-            {"name": "Builtin", "type": "string", "jsonPath": ".spec.builtin"},
-            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-        ],
+        printer_columns=METRIC_TEMPLATE_COLUMNS,
         cluster_scoped=True,
         has_status=False,
     ),
