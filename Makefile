@@ -94,9 +94,9 @@ unit: venv
 prerequisites:
 	bash tools/test-prerequisites.sh
 
-# Two pytest workers, each with its own local stack (a stack takes ~1 core-minute to start): the suite spends more
-# than half its time waiting on controllers: two took 642 s where one took 1,025 s (1,028 tests). A file stays on one worker
-# (its module fixtures are made once). PYTEST_WORKERS=0 runs everything in this process.
+# Two pytest workers, each with its own local stack (started in ~22 s, warm): the suite spends
+# more than half its time waiting on controllers, so two took 642 s where one took 1,025 s (1,028 tests). A file
+# stays on one worker (its module fixtures are made once). PYTEST_WORKERS=0 runs everything in this process.
 PYTEST_WORKERS ?= 2
 
 test: prerequisites lint binaries helm
