@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import textwrap
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,10 +17,9 @@ import pytest
 from model_traffic import kube as k
 from model_traffic.kube import Kube
 from tests.cluster.test_trafficconfig import (
-    TEMPLATE,
     apply,
+    canary_with_analysis,
     events,
-    traffic_config,
     wait_phase,
     wait_served,
     wait_weights,
@@ -60,21 +58,15 @@ def test_a_cluster_template_with_args_heals_when_created_and_its_analysis_promot
     genai_exporter.set_profile(f"{model}-v1", ttft_seconds=0.2)
     genai_exporter.set_profile(f"{model}-v2", ttft_seconds=0.21)
     prometheus.wait_for_samples(f'gen_ai_server_time_to_first_token_seconds_count{{gen_ai_request_model="{model}-v2"}}')
-    apply(cluster, namespace, traffic_config("llama", f"""\
-        modelName: {model}
-        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
-    """, TEMPLATE, textwrap.dedent(f"""\
-        stable: {{version: v1}}
-        canary: {{version: v2}}
-        analysis:
-          interval: 5s
-          stepWeights: [50]
-          prometheus: {{address: "{prometheus.address}"}}
-          metrics:
-          - name: ttft
-            templateRef: {{kind: ClusterMetricTemplate, name: {template}}}
-            args: {{quantile: "0.95"}}
-    """)))
+    apply(cluster, namespace, canary_with_analysis(namespace, model, f"""\
+        interval: 5s
+        stepWeights: [50]
+        prometheus: {{address: "{prometheus.address}"}}
+        metrics:
+        - name: ttft
+          templateRef: {{kind: ClusterMetricTemplate, name: {template}}}
+          args: {{quantile: "0.95"}}
+    """))
     try:
         def template_not_found() -> dict[str, Any] | None:
             found = ready(kube, namespace, "llama")
@@ -129,25 +121,19 @@ def test_an_inconclusive_check_pauses_until_a_resume_request_and_a_signed_webhoo
         maxRelativeToStable: 2.0
         inconclusive: {maxRelativeToStable: 1.2}
     """))
-    apply(cluster, namespace, traffic_config("llama", f"""\
-        modelName: {model}
-        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
-    """, TEMPLATE, textwrap.dedent(f"""\
-        stable: {{version: v1}}
-        canary: {{version: v2}}
-        analysis:
-          interval: 5s
-          stepWeights: [50]
-          prometheus: {{address: "{prometheus.address}"}}
-          metrics:
-          - {{name: ttft, templateRef: {{name: ttft}}}}
-          webhooks:
-          - name: evals
-            type: Rollout
-            url: "{receiver.url('/evals')}"
-            headers: [{{name: X-Token, valueFrom: {{secretKeyRef: {{name: hooks, key: token}}}}}}]
-            signature: {{secretKeyRef: {{name: hooks, key: hmac}}}}
-    """)))
+    apply(cluster, namespace, canary_with_analysis(namespace, model, f"""\
+        interval: 5s
+        stepWeights: [50]
+        prometheus: {{address: "{prometheus.address}"}}
+        metrics:
+        - {{name: ttft, templateRef: {{name: ttft}}}}
+        webhooks:
+        - name: evals
+          type: Rollout
+          url: "{receiver.url('/evals')}"
+          headers: [{{name: X-Token, valueFrom: {{secretKeyRef: {{name: hooks, key: token}}}}}}]
+          signature: {{secretKeyRef: {{name: hooks, key: hmac}}}}
+    """))
     paused = wait_phase(kube, namespace, "llama", "Paused", timeout=120)
     assert paused["pausedByRequest"] is True and paused["canaryWeight"] == 50
     # The progress is written first, the conditions at the end of the same reconcile.
@@ -191,24 +177,18 @@ def test_a_missing_credentials_secret_holds_the_check_and_heals_and_a_slow_webho
     genai_exporter.set_profile(f"{model}-v2", ttft_seconds=0.2)
     prometheus.wait_for_samples(f'gen_ai_server_time_to_first_token_seconds_count{{gen_ai_request_model="{model}-v2"}}')
     receiver.respond("/slow", delay=30.0)
-    apply(cluster, namespace, traffic_config("llama", f"""\
-        modelName: {model}
-        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
-    """, TEMPLATE, textwrap.dedent(f"""\
-        stable: {{version: v1}}
-        canary: {{version: v2}}
-        analysis:
-          interval: 2s
-          threshold: 1
-          stepWeights: [50]
-          prometheus:
-            address: "{prometheus.address}"
-            secretRef: {{name: prom-reader}}
-          metrics:
-          - {{name: ttft, builtin: TimeToFirstTokenP95, maxRelativeToStable: 1.5}}
-          webhooks:
-          - {{name: load, type: Rollout, url: "{receiver.url('/slow')}", timeout: 3s}}
-    """)))
+    apply(cluster, namespace, canary_with_analysis(namespace, model, f"""\
+        interval: 2s
+        threshold: 1
+        stepWeights: [50]
+        prometheus:
+          address: "{prometheus.address}"
+          secretRef: {{name: prom-reader}}
+        metrics:
+        - {{name: ttft, builtin: TimeToFirstTokenP95, maxRelativeToStable: 1.5}}
+        webhooks:
+        - {{name: load, type: Rollout, url: "{receiver.url('/slow')}", timeout: 3s}}
+    """))
     wait_served(kube, namespace, "llama-v2")
 
     # The metric's Secret is missing: the check is not run at all (counted neither way, no webhook called) and the

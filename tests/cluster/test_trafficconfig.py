@@ -43,6 +43,16 @@ def traffic_config(name: str, *parts: str) -> str:
     return our_yaml("TrafficConfig", name, "".join(textwrap.dedent(part) for part in parts))
 
 
+def canary_with_analysis(namespace: str, model: str, analysis: str) -> str:
+    """The TrafficConfig ``llama`` serving ``model`` through the namespace's own Gateway: v1 stable, v2 its canary,
+    checked by ``analysis`` (the body of ``spec.analysis``, a YAML block dedented on its own)."""
+    return traffic_config("llama", f"""\
+        modelName: {model}
+        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
+    """, TEMPLATE, "stable: {version: v1}\ncanary: {version: v2}\nanalysis:\n"
+        + textwrap.indent(textwrap.dedent(analysis), "  "))
+
+
 def apply(cluster: Cluster, namespace: str, text: str) -> None:
     cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=text)
 

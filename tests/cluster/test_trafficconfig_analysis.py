@@ -13,6 +13,7 @@ from model_traffic.kube import Kube
 from tests.cluster.test_trafficconfig import (
     TEMPLATE,
     apply,
+    canary_with_analysis,
     events,
     traffic_config,
     wait_phase,
@@ -28,15 +29,8 @@ __all__ = ["genai_exporter", "prometheus"]  # the session fixtures, re-exported 
 
 def rollout(cluster: Cluster, kube: Kube, namespace: str, prometheus: PrometheusServer, model: str,
             analysis: str) -> None:
-    apply(cluster, namespace, traffic_config("llama", f"""\
-        modelName: {model}
-        gatewayRefs: [{{name: ai-gateway, namespace: {namespace}}}]
-    """, TEMPLATE, textwrap.dedent(f"""\
-        stable: {{version: v1}}
-        canary: {{version: v2}}
-        analysis:
-          prometheus: {{address: "{prometheus.address}"}}
-    """) + textwrap.indent(textwrap.dedent(analysis), "  ")))
+    apply(cluster, namespace, canary_with_analysis(
+        namespace, model, f'prometheus: {{address: "{prometheus.address}"}}\n' + textwrap.dedent(analysis)))
     wait_served(kube, namespace, "llama-v1")
     wait_served(kube, namespace, "llama-v2")
 
