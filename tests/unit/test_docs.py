@@ -50,6 +50,8 @@ DYNAMIC_REASONS: dict[tuple[str, str], tuple[str, ...]] = {
     ("kinds/trafficconfig/render.py", "reason"): (),
     # The reconciler emits the plan's RolloutEvents: their reasons are the self.event(...) literals.
     ("kinds/trafficconfig/reconcile.py", "event.reason"): (),
+    # A named constant: the reason while a controller has not reported yet (the runtime posts no Event for it).
+    ("pipeline/acceptance.py", "AWAITING_CONTROLLERS"): ("AwaitingControllers",),
     # The runtime announces each change of the Ready condition with its reason: a condition reason.
     ("pipeline/runtime.py", "after['reason']"): (),
 }

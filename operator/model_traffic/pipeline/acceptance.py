@@ -231,6 +231,10 @@ def not_generated(kind: str, name: str) -> Acceptance:
     return Acceptance(kind, name, Judgement.AWAITED, AI_GATEWAY, message="not generated yet")
 
 
+# The reason while a controller has not yet reported on what was last written: every object passes through it.
+AWAITING_CONTROLLERS = "AwaitingControllers"
+
+
 @dataclass(frozen=True)
 class ChildrenAccepted:
     detail: Detail
@@ -249,8 +253,8 @@ def children_accepted(acceptances: Iterable[Acceptance]) -> ChildrenAccepted:
                                 Verdict("Stalled", "ChildRefused", message))
     if awaited:
         message = "; ".join(f"waiting for {a.controller} to report on {a.child} ({a.message})" for a in awaited)
-        return ChildrenAccepted(Detail("ChildrenAccepted", None, "AwaitingControllers", message),
-                                Verdict("Progressing", "AwaitingControllers", message))
+        return ChildrenAccepted(Detail("ChildrenAccepted", None, AWAITING_CONTROLLERS, message),
+                                Verdict("Progressing", AWAITING_CONTROLLERS, message))
     if not judged:
         return ChildrenAccepted(Detail("ChildrenAccepted", True, "NoUpstreamChildren",
                                        "no child is judged by another controller"), None)

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from model_traffic import metrics
 from model_traffic.kube import Kube, ResourceType
 from model_traffic.pipeline import conditions, events
+from model_traffic.pipeline.acceptance import AWAITING_CONTROLLERS
 from model_traffic.pipeline.conditions import Detail, Verdict
 from model_traffic.pipeline.workqueue import WorkQueue
 
@@ -120,6 +121,12 @@ def retry_delay(failures: int, error: BaseException) -> float:
     slow_failures = failures - FAST_RETRIES if transient else failures
     return float(min(ERROR_BACKOFF_CAP_SECONDS, ERROR_BACKOFF_SECONDS * 2 ** (slow_failures - 1)))
 
+
+# Not-ready reasons that get no Event: a controller has not yet reported on what was just written. Every object
+# passes through it after each change (for seconds, or minutes while Envoy Gateway works through thousands of
+# routes), so it was a Warning Event per object and per change, with nothing for a person to do. The condition
+# says it; a refusal (ChildRefused), any other reason and Ready get theirs.
+UNANNOUNCED_REASONS = frozenset({AWAITING_CONTROLLERS})
 
 # Readiness Events waiting to be posted; beyond this many, new ones are dropped (and logged): an Event is a courtesy.
 EVENT_BACKLOG = 10_000
@@ -328,10 +335,13 @@ class Runtime:
         return "updated"
 
     def _announce(self, body: dict[str, Any], old: list[dict[str, Any]], new: list[dict[str, Any]]) -> None:
-        """An Event for each change of readiness (and each new reason of not being ready)."""
+        """An Event for each change of readiness (and each new reason of not being ready), except for a wait on a
+        controller's first report (:data:`UNANNOUNCED_REASONS`)."""
         before = conditions.find(old, "Ready")
         after = conditions.find(new, "Ready")
         if after is None:
+            return
+        if after["status"] != "True" and after["reason"] in UNANNOUNCED_REASONS:
             return
         if before and (before.get("status"), before.get("reason")) == (after["status"], after["reason"]):
             return
