@@ -333,7 +333,9 @@ def run_on_stack(stack: Any, binaries: Any, count: int, idle: float, ready_timeo
         if reconciled_at is None and reconciled >= total:
             reconciled_at = time.monotonic() - started
             figures["operator_cpu_seconds_to_all_reconciled"] = round(cpu_seconds(operator.pid), 1)
-        if ready >= total:
+        # All Ready: every object the operator reports on, which includes the TrafficConfigs' own backends and
+        # VirtualModels (more than the bench created).
+        if reconciled >= total and ready >= reconciled:
             ready_at = time.monotonic() - started
             break
         if reconciled_at is not None and time.monotonic() - started > reconciled_at + ready_timeout:
