@@ -105,8 +105,13 @@ def manifests(count: int, gateway: str) -> list[dict[str, Any]]:
                      "metadata": {"name": f"t{i}", "namespace": NAMESPACE},
                      "spec": {"modelName": f"tc-model-{i}",
                               "gatewayRefs": [{"name": gw_name, "namespace": gw_namespace}],
+                              # A tenth of a CPU each: KServe's default request (1 CPU) fits only 192 of the 200
+                              # predictors on the stack's fake nodes (localcluster/nodes.py), and the rest would
+                              # stay Pending, never Ready.
                               "inferenceService": {"template": {"predictor": {"model": {
-                                  "modelFormat": {"name": "huggingface"}}}}},
+                                  "modelFormat": {"name": "huggingface"},
+                                  "resources": {"requests": {"cpu": "100m", "memory": "512Mi"},
+                                                "limits": {"cpu": "1", "memory": "2Gi"}}}}}},
                               "release": {"version": "v1"}}})
     return docs
 
