@@ -42,6 +42,11 @@ log = logging.getLogger(__name__)
 USER_AGENT = "model-traffic-operator-watch/python-kubernetes"
 # Objects per page of a LIST: a page is parsed while the next is served, and no one response holds them all.
 PAGE_SIZE = 500
+# One page of one LIST in hand at a time, across all the informers: a page of 500 objects with their status is
+# megabytes of JSON and some ten times that once parsed, and on a start every informer lists at once (some twenty
+# of them). At 4,600 objects the operator reached 240 MiB while it started, against 158 MiB while it reconciled
+# everything from nothing. A page is fetched and handled in a fraction of a second, so the informers take turns.
+LIST_PAGES_IN_HAND = threading.BoundedSemaphore(1)
 # The server ends a watch after this many seconds (spread, so the watches do not all restart at once); the
 # client gives up on a silent connection a little later and watches again from the last resourceVersion.
 WATCH_SECONDS = (240, 300)
@@ -119,17 +124,20 @@ class Informer:
         seen: set[tuple[str, str]] = set()
         token: str | None = None
         while True:
-            page = self._call(watch=False, limit=PAGE_SIZE, _continue=token)
-            for item in page.get("items") or []:
-                self._stamp(item)
-                meta = item["metadata"]
-                key = (str(meta.get("namespace") or ""), str(meta["name"]))
-                seen.add(key)
-                if initial:
-                    self._deliver(None, item)
-                elif before.get(key) != meta.get("resourceVersion"):
-                    self._deliver("MODIFIED" if key in before else "ADDED", item)
-            token = (page.get("metadata") or {}).get("continue") or None
+            with LIST_PAGES_IN_HAND:
+                page = self._call(watch=False, limit=PAGE_SIZE, _continue=token)
+                for item in page.get("items") or []:
+                    self._stamp(item)
+                    meta = item["metadata"]
+                    key = (str(meta.get("namespace") or ""), str(meta["name"]))
+                    seen.add(key)
+                    if initial:
+                        self._deliver(None, item)
+                    elif before.get(key) != meta.get("resourceVersion"):
+                        self._deliver("MODIFIED" if key in before else "ADDED", item)
+                token = (page.get("metadata") or {}).get("continue") or None
+                resource_version = str((page.get("metadata") or {}).get("resourceVersion") or "")
+                del page  # parsed objects now live in the cache only
             if token is None:
                 break
         for key in before.keys() - seen:
@@ -140,7 +148,7 @@ class Informer:
             self._deliver("DELETED", gone)
         self._listed_once = True
         self.synced.set()
-        return str((page.get("metadata") or {}).get("resourceVersion") or "")
+        return resource_version
 
     # -- WATCH -----------------------------------------------------------------------------------
     def _watch(self, resource_version: str) -> str:
