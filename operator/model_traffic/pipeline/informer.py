@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 # Named in the API server's audit log (`make bench` counts the watches apart from the reconciles).
 USER_AGENT = "model-traffic-operator-watch/python-kubernetes"
-# Objects per page of a LIST: a page is parsed while the next is served, and no one response holds them all.
+# Objects per page of a LIST: no one response holds them all.
 PAGE_SIZE = 500
 # One page of one LIST in hand at a time, across all the informers: a page of 500 objects with their status is
 # megabytes of JSON and some ten times that once parsed, and on a start every informer lists at once (some twenty

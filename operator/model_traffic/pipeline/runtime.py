@@ -335,8 +335,8 @@ class Runtime:
         return "updated"
 
     def _announce(self, body: dict[str, Any], old: list[dict[str, Any]], new: list[dict[str, Any]]) -> None:
-        """An Event for each change of readiness (and each new reason of not being ready), except for a wait on a
-        controller's first report (:data:`UNANNOUNCED_REASONS`)."""
+        """An Event for each change of readiness (and each new reason of not being ready), except for a wait on the
+        controllers' reports (:data:`UNANNOUNCED_REASONS`)."""
         before = conditions.find(old, "Ready")
         after = conditions.find(new, "Ready")
         if after is None:
