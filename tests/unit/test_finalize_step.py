@@ -8,6 +8,7 @@ from typing import Any
 from model_traffic import kube
 from model_traffic.pipeline.conditions import Verdict, find
 from model_traffic.pipeline.runtime import Finalizer, Result, Runtime
+from tests.support.statuskube import StatusKube
 
 FINALIZER = "modeltraffic.io/test-finalizer"
 
@@ -19,24 +20,6 @@ def body(*, deleting: bool, finalizers: list[str]) -> dict[str, Any]:
         meta["deletionTimestamp"] = "2026-11-30T06:00:00Z"
     return {"apiVersion": "modeltraffic.io/v1alpha1", "kind": "TrafficConfig", "metadata": meta,
             "spec": {}, "status": {"phase": "Progressing", "canaryWeight": 10}}
-
-
-class RecordingKube:
-    def __init__(self, obj: dict[str, Any]) -> None:
-        self.obj = obj
-        self.patches: list[dict[str, Any]] = []
-        self.core = self
-
-    def get(self, rtype: Any, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.obj
-
-    def patch_status(self, rtype: Any, namespace: str, name: str, patch: dict[str, Any],
-                     resource_version: str | None = None) -> dict[str, Any]:
-        self.patches.append(patch)
-        return {}
-
-    def create_namespaced_event(self, namespace: str, event: Any) -> None:
-        pass
 
 
 class Calls:
@@ -54,8 +37,8 @@ class Calls:
         return self.finalize_result
 
 
-def run(obj: dict[str, Any], finalize_result: Result | None = None) -> tuple[Calls, RecordingKube]:
-    fake = RecordingKube(obj)
+def run(obj: dict[str, Any], finalize_result: Result | None = None) -> tuple[Calls, StatusKube]:
+    fake = StatusKube(obj)
     calls = Calls(finalize_result)
     runtime = Runtime(fake)  # type: ignore[arg-type]
     runtime.register(kube.TRAFFIC_CONFIG, calls.reconcile, Finalizer(FINALIZER, calls.finalize))

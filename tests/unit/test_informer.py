@@ -70,6 +70,7 @@ class PagedInformer(Informer):
 
 
 def test_informers_listing_at_once_hold_one_page_at_a_time_between_them() -> None:
+    PagedInformer.in_hand = PagedInformer.most_in_hand = 0
     informers = []
     for plural in ("virtualmodels", "managedaiservicebackends", "trafficconfigs", "httproutes"):
         rtype = dataclasses.replace(kube.VIRTUAL_MODEL, plural=plural)

@@ -8,6 +8,7 @@ from model_traffic import kube
 from model_traffic.pipeline.acceptance import AWAITING_CONTROLLERS
 from model_traffic.pipeline.conditions import Verdict, find
 from model_traffic.pipeline.runtime import EventPoster, Result, Runtime, involved_object
+from tests.support.statuskube import StatusKube
 
 
 def test_an_event_waiting_to_be_posted_holds_only_what_it_names_of_its_object() -> None:
@@ -25,31 +26,11 @@ def test_an_event_waiting_to_be_posted_holds_only_what_it_names_of_its_object() 
     assert waiting == (involved_object(body), "Normal", "Ready", "ready")
 
 
-class RecordingKube:
-    """One VirtualModel whose status patches are kept (as the API server would), and the Events posted on it."""
-
-    def __init__(self) -> None:
-        self.body: dict[str, Any] = {
-            "apiVersion": "modeltraffic.io/v1alpha1", "kind": "VirtualModel",
-            "metadata": {"namespace": "llm", "name": "m", "uid": "u", "generation": 1, "resourceVersion": "1"},
-            "spec": {}, "status": {}}
-        self.events: list[tuple[str, str]] = []
-        self.core = self
-
-    def get(self, rtype: Any, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.body
-
-    def patch_status(self, rtype: Any, namespace: str, name: str, patch: dict[str, Any],
-                     resource_version: str | None = None) -> dict[str, Any]:
-        self.body["status"] = {**self.body["status"], **patch}
-        return self.body
-
-    def create_namespaced_event(self, namespace: str, event: Any) -> None:
-        self.events.append((event.type, event.reason))
-
-
-def test_waiting_for_a_controllers_first_report_posts_no_event_but_a_refusal_and_ready_do() -> None:
-    fake = RecordingKube()
+def test_waiting_for_the_controllers_reports_posts_no_event_but_a_refusal_and_ready_do() -> None:
+    fake = StatusKube({
+        "apiVersion": "modeltraffic.io/v1alpha1", "kind": "VirtualModel",
+        "metadata": {"namespace": "llm", "name": "m", "uid": "u", "generation": 1, "resourceVersion": "1"},
+        "spec": {}, "status": {}})
     runtime = Runtime(fake)  # type: ignore[arg-type]
     verdicts = iter([
         Verdict("Progressing", AWAITING_CONTROLLERS, "waiting for AI Gateway to report on AIGatewayRoute/m"),
@@ -65,7 +46,7 @@ def test_waiting_for_a_controllers_first_report_posts_no_event_but_a_refusal_and
         runtime.reconcile("VirtualModel", "llm", "m")
     assert fake.events == [("Normal", "Routed"), ("Warning", "ChildRefused"), ("Warning", "BackendsNotReady"),
                            ("Normal", "Routed")]
-    assert condition_reason(fake.body) == "Routed"
+    assert condition_reason(fake.obj) == "Routed"
 
 
 def condition_reason(body: dict[str, Any]) -> str:
