@@ -246,7 +246,14 @@ def _namespace_gone(kube: Kube, name: str, timeout: float = 90) -> None:
             raise
         return False
 
-    wait_for(gone, timeout, f"namespace {name} to be deleted")
+    try:
+        wait_for(gone, timeout, f"namespace {name} to be deleted")
+    except AssertionError as error:
+        # What holds it (the namespace controller's NamespaceContentRemaining / NamespaceFinalizersRemaining), so a
+        # failure names the object and the finalizer instead of only the time.
+        held = kube.core.read_namespace(name).status
+        conditions = [f"{c.type}: {c.message}" for c in (held.conditions or []) if c.status == "True"]
+        raise AssertionError(f"{error}; {'; '.join(conditions) or 'no condition says why'}") from error
 
 
 @pytest.fixture
