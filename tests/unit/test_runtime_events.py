@@ -26,7 +26,7 @@ def test_an_event_waiting_to_be_posted_holds_only_what_it_names_of_its_object() 
     assert waiting == (involved_object(body), "Normal", "Ready", "ready")
 
 
-def test_waiting_for_the_controllers_reports_posts_no_event_but_a_refusal_and_ready_do() -> None:
+def test_waits_on_the_way_to_ready_post_no_event_but_ready_its_loss_and_a_refusal_do() -> None:
     fake = StatusKube({
         "apiVersion": "modeltraffic.io/v1alpha1", "kind": "VirtualModel",
         "metadata": {"namespace": "llm", "name": "m", "uid": "u", "generation": 1, "resourceVersion": "1"},
@@ -38,15 +38,18 @@ def test_waiting_for_the_controllers_reports_posts_no_event_but_a_refusal_and_re
         Verdict("Progressing", AWAITING_CONTROLLERS, "waiting for Envoy Gateway to report on HTTPRoute/m"),
         Verdict("Stalled", "ChildRefused", "refused: HTTPRoute/m: NotAccepted: gateway not found"),
         Verdict("Progressing", AWAITING_CONTROLLERS, "waiting for Envoy Gateway to report on HTTPRoute/m"),
-        Verdict("Progressing", "BackendsNotReady", "backend b does not exist"),
+        Verdict("Progressing", "BackendsNotReady", "backend b is not Ready"),
         Verdict("Ready", "Routed", "routed to 1 backends"),
+        Verdict("Progressing", "BackendsNotReady", "backend b is not Ready"),
+        Verdict("Stalled", "BackendsNotFound", "backend b does not exist"),
     ])
     runtime.register(kube.VIRTUAL_MODEL, lambda kube_, body: Result(next(verdicts)))
-    for _ in range(7):
+    for _ in range(9):
         runtime.reconcile("VirtualModel", "llm", "m")
-    assert fake.events == [("Normal", "Routed"), ("Warning", "ChildRefused"), ("Warning", "BackendsNotReady"),
-                           ("Normal", "Routed")]
-    assert condition_reason(fake.obj) == "Routed"
+    # The wait for the backend on the way to Ready is not announced; the same wait after Ready is (Ready was lost).
+    assert fake.events == [("Normal", "Routed"), ("Warning", "ChildRefused"), ("Normal", "Routed"),
+                           ("Warning", "BackendsNotReady"), ("Warning", "BackendsNotFound")]
+    assert condition_reason(fake.obj) == "BackendsNotFound"
 
 
 def condition_reason(body: dict[str, Any]) -> str:

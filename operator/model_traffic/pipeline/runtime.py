@@ -122,10 +122,10 @@ def retry_delay(failures: int, error: BaseException) -> float:
     return float(min(ERROR_BACKOFF_CAP_SECONDS, ERROR_BACKOFF_SECONDS * 2 ** (slow_failures - 1)))
 
 
-# Not-ready reasons that get no Event: a controller has not yet reported on what was just written. Every object
-# passes through it after each change (for seconds, or minutes while Envoy Gateway works through thousands of
-# routes), so it was a Warning Event per object and per change, with nothing for a person to do. The condition
-# says it; a refusal (ChildRefused), any other reason and Ready get theirs.
+# Not-ready reasons that never get an Event, not even when Ready is lost to them: a controller has not yet reported
+# on what was just written. Every object passes through it after each change (for seconds, or minutes while Envoy
+# Gateway works through thousands of routes), so it was a Warning Event per object and per change, with nothing
+# for a person to do. The condition says it; a refusal that follows (ChildRefused) gets its Event.
 UNANNOUNCED_REASONS = frozenset({AWAITING_CONTROLLERS})
 
 # Readiness Events waiting to be posted; beyond this many, new ones are dropped (and logged): an Event is a courtesy.
@@ -331,12 +331,18 @@ class Runtime:
         self.kube.patch_status(rtype, meta["namespace"], meta["name"], patch,
                                resource_version=meta.get("resourceVersion"))
         if not result.announced:
-            self._announce(body, old_conditions, new_conditions)
+            self._announce(body, old_conditions, new_conditions, result.verdict.state)
         return "updated"
 
-    def _announce(self, body: dict[str, Any], old: list[dict[str, Any]], new: list[dict[str, Any]]) -> None:
-        """An Event for each change of readiness (and each new reason of not being ready), except for a wait on the
-        controllers' reports (:data:`UNANNOUNCED_REASONS`)."""
+    def _announce(self, body: dict[str, Any], old: list[dict[str, Any]], new: list[dict[str, Any]],
+                  state: str) -> None:
+        """An Event when Ready becomes True, when it is lost, and for each new reason of being Stalled.
+
+        A wait on the way to Ready (Progressing after anything but Ready: a new object waiting for its backends, a
+        backend for its InferenceService) gets none: it ends by itself, and at 2,000 objects of each kind those
+        Warnings were one in six of the operator's requests while it converged. A wait on the controllers'
+        reports (:data:`UNANNOUNCED_REASONS`) never gets one.
+        """
         before = conditions.find(old, "Ready")
         after = conditions.find(new, "Ready")
         if after is None:
@@ -344,6 +350,9 @@ class Runtime:
         if after["status"] != "True" and after["reason"] in UNANNOUNCED_REASONS:
             return
         if before and (before.get("status"), before.get("reason")) == (after["status"], after["reason"]):
+            return
+        was_ready = before is not None and before.get("status") == "True"
+        if state == "Progressing" and not was_ready:
             return
         event_type = "Normal" if after["status"] == "True" else "Warning"
         self.events.post(body, event_type, after["reason"], after["message"])
