@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import importlib.metadata
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Literal
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 # Every replica serves these two, the standby too: "is any replica leading?" is max(leader) over the replicas,
 # and "up" alone cannot tell (a standby is up and scraped while it waits for the Lease).
@@ -37,14 +43,48 @@ RECONCILE_SECONDS = Histogram(
     "model_traffic_reconcile_duration_seconds", "Time of one reconcile, by kind.", ["kind"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
-READY = Gauge(
-    "model_traffic_object_ready", "1 when the object's Ready condition is True.", ["kind", "namespace", "name"]
-)
-STALLED = Gauge(
-    "model_traffic_object_stalled",
-    "1 when the object's Stalled condition is True: it cannot progress without a change (its reason says which).",
-    ["kind", "namespace", "name"],
-)
+State = Literal["Ready", "Progressing", "Stalled"]
+
+
+class ObjectStates(Collector):
+    """``model_traffic_object_ready`` and ``model_traffic_object_stalled``, one series each per reconciled object,
+    from one dict entry per object. Two labelled Gauges held a child object with its own lock per series: 7 MiB
+    at 4,600 objects, where this holds half a MiB.
+
+    Losing it in a restart loses nothing: every object's first reconcile sets it again.
+    """
+
+    def __init__(self) -> None:
+        self._states: dict[tuple[str, str, str], State] = {}
+        self._lock = threading.Lock()
+
+    def set(self, kind: str, namespace: str, name: str, state: State) -> None:
+        with self._lock:
+            self._states[(sys.intern(kind), sys.intern(namespace), name)] = state
+
+    def remove(self, kind: str, namespace: str, name: str) -> None:
+        with self._lock:
+            self._states.pop((kind, namespace, name), None)
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["kind", "namespace", "name"]
+        ready = GaugeMetricFamily("model_traffic_object_ready", "1 when the object's Ready condition is True.",
+                                  labels=labels)
+        stalled = GaugeMetricFamily(
+            "model_traffic_object_stalled",
+            "1 when the object's Stalled condition is True: it cannot progress without a change (its reason says "
+            "which).", labels=labels)
+        with self._lock:
+            states = list(self._states.items())
+        for key, state in states:
+            ready.add_metric(key, 1 if state == "Ready" else 0)
+            stalled.add_metric(key, 1 if state == "Stalled" else 0)
+        yield ready
+        yield stalled
+
+
+OBJECT_STATES = ObjectStates()
+REGISTRY.register(OBJECT_STATES)
 ROLLOUT_PHASE = Gauge(
     "model_traffic_rollout_phase", "1 for the current phase of each TrafficConfig.", ["namespace", "name", "phase"]
 )

@@ -14,7 +14,6 @@ check those expectations against the real kstatus code and against our Lua scrip
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -94,8 +93,8 @@ def write_status(obj: dict[str, Any], result: Result) -> dict[str, Any]:
     recorder = _StatusRecorder()
     runtime = Runtime(recorder)  # type: ignore[arg-type]  # only patch_status and core are used
     outcome = runtime._write_status(KINDS[obj["kind"]], obj, result)
-    with contextlib.suppress(KeyError):  # the readiness gauge it set: not a real object of this process
-        metrics.READY.remove(obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
+    # the readiness series it set: not a real object of this process
+    metrics.OBJECT_STATES.remove(obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
     out = copy.deepcopy(obj)
     if outcome == "updated":
         assert len(recorder.patches) == 1

@@ -240,9 +240,7 @@ class Runtime:
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         self.queue.forget((kind, namespace, name))
-        for gauge in (metrics.READY, metrics.STALLED):
-            with contextlib.suppress(KeyError):
-                gauge.remove(kind, namespace, name)
+        metrics.OBJECT_STATES.remove(kind, namespace, name)
 
     def _run(self, key: ObjectKey) -> float | None:
         return self.reconcile(*key)
@@ -316,12 +314,7 @@ class Runtime:
         old_conditions = old_status.get("conditions") or []
         new_conditions = conditions.build(old_conditions, result.verdict, result.details, meta["generation"])
         new_status = {**result.status, "observedGeneration": meta["generation"], "conditions": new_conditions}
-        metrics.READY.labels(rtype.kind, meta["namespace"], meta["name"]).set(
-            1 if result.verdict.state == "Ready" else 0
-        )
-        metrics.STALLED.labels(rtype.kind, meta["namespace"], meta["name"]).set(
-            1 if result.verdict.state == "Stalled" else 0
-        )
+        metrics.OBJECT_STATES.set(rtype.kind, meta["namespace"], meta["name"], result.verdict.state)
         patch = conditions.status_patch(old_status, new_status)
         if patch is None:
             return "unchanged"
