@@ -521,6 +521,17 @@ def test_observed_managed_backend_from_its_status() -> None:
     assert ObservedBackend.from_managed_backend({}).message == "it has no Ready condition yet"
 
 
+def test_a_backend_awaiting_its_controllers_reads_the_same_whichever_child_it_still_awaits() -> None:
+    def awaiting(message: str) -> dict[str, Any]:
+        return {"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "AwaitingControllers",
+                                           "message": message}]}}
+
+    first = ObservedBackend.from_managed_backend(awaiting("waiting for Envoy Gateway to report on Backend/b"))
+    then = ObservedBackend.from_managed_backend(awaiting("waiting for AI Gateway to report on AIServiceBackend/b"))
+    # So a VirtualModel's status, which quotes it, is not written again as each controller reports.
+    assert first == then and first.ready is False and first.message.startswith("AwaitingControllers: ")
+
+
 # --- the traffic policy --------------------------------------------------------------------------------
 
 def test_fallback_without_retry_gets_the_documented_default_and_says_so() -> None:

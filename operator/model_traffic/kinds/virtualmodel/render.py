@@ -47,6 +47,7 @@ from model_traffic.kinds.virtualmodel.spec import (
     VirtualModelSpec,
 )
 from model_traffic.kube import ResourceType
+from model_traffic.pipeline.acceptance import AWAITING_CONTROLLERS
 from model_traffic.pipeline.conditions import Detail, Verdict
 from model_traffic.pipeline.plan import Child, Plan
 
@@ -99,9 +100,14 @@ class ObservedBackend:
         if ready and routing == "InferencePool" and not pool:
             return cls(ready=False, routing=routing, message="its status names no InferencePool")
         message = ""
-        if not ready:
-            message = (f"{ready_cond.get('reason')}: {ready_cond.get('message')}" if ready_cond
-                       else "it has no Ready condition yet")
+        if ready_cond is None:
+            message = "it has no Ready condition yet"
+        elif not ready and ready_cond.get("reason") == AWAITING_CONTROLLERS:
+            # Not its message, which names each child still awaited and changes as each controller reports: a
+            # status write of every VirtualModel on it per report, with nothing new to say at this level.
+            message = f"{AWAITING_CONTROLLERS}: Envoy Gateway and AI Gateway have not yet reported on all its children"
+        elif not ready:
+            message = f"{ready_cond.get('reason')}: {ready_cond.get('message')}"
         return cls(ready=ready, routing=routing, inference_pool=pool, message=message)
 
 
