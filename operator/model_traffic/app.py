@@ -193,6 +193,10 @@ def start(settings: kopf.OperatorSettings, **_: Any) -> None:
     informers.start()
     threading.Thread(target=_start_when_synced, args=(informers, rt, config), name="start", daemon=True).start()
 
+    # kopf runs no resource handlers here (the informers above watch what the operator reads), so its own watch of
+    # every CustomResourceDefinition (and of Namespaces, with watched namespaces) would serve nothing: it held
+    # the cluster's CRDs (several MiB with KServe's) in memory at start and needed a cluster-wide permission.
+    settings.scanning.disabled = True
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 2
     settings.watching.connect_timeout = 30

@@ -96,15 +96,11 @@ WATCHED = [
          "an Event on each change of readiness (core/v1, as kopf's own); a repeated one's series count grows"),
 ]
 # Cluster-scoped in every mode.
+# kopf runs no resource handlers (the operator's informers watch what it reads) and its scanning is off, so neither
+# CustomResourceDefinitions nor Namespaces are read.
 OBSERVER = [
-    Rule("apiextensions.k8s.io", ("customresourcedefinitions",), ("list", "watch"),
-         "kopf follows CRDs installed or removed after start-up (else: 'not enough permissions' warning)"),
     Rule("modeltraffic.io", ("clustermetrictemplates",), ("list", "watch"),
          "cluster-wide metric templates TrafficConfigs reference: watched, never written"),
-]
-# Only with watchNamespaces: kopf follows the namespaces it watches (without it: ~1 minute blind at start).
-OBSERVER_NAMESPACED = [
-    Rule("", ("namespaces",), ("list", "watch"), "kopf resolves and follows the watched namespaces"),
 ]
 # In the Lease's namespace, with leader election.
 LEADER = [
@@ -271,8 +267,7 @@ def test_namespaced_rbac_is_a_role_in_each_watched_namespace_and_nothing_cluster
     }
     for namespace in ("team-a", "team-b"):
         assert_same(rendered[("Role", namespace, FULL)], atoms(WATCHED), f"Role in {namespace}")
-    assert_same(rendered[("ClusterRole", "", f"{FULL}-observer")], atoms(OBSERVER + OBSERVER_NAMESPACED),
-                "observer ClusterRole")
+    assert_same(rendered[("ClusterRole", "", f"{FULL}-observer")], atoms(OBSERVER), "observer ClusterRole")
     # The default gateway: that one Gateway; an extra gateway namespace: any Gateway there; a watched one
     # (team-a) needs nothing more.
     assert_same(rendered[("Role", "envoy-gateway-system", f"{FULL}-gateway-reader")],
@@ -317,7 +312,7 @@ def test_no_wildcard_no_secret_write_no_escalation(values: dict[str, Any]) -> No
 
 
 def test_every_rule_in_the_table_has_a_reason() -> None:
-    for rule in WATCHED + OBSERVER + OBSERVER_NAMESPACED + LEADER + gateway_reader(None):
+    for rule in WATCHED + OBSERVER + LEADER + gateway_reader(None):
         assert len(rule.why) > 20, rule
 
 
