@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from model_traffic import malloc
 from model_traffic.settings import Settings
 
 
@@ -69,36 +70,9 @@ def configure_operator_logging(log_format: str, *, verbose: bool) -> None:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
 
-# glibc's mallopt parameter for the number of malloc arenas (malloc.h).
-M_ARENA_MAX = -8
-MALLOC_ARENAS = 2
-
-
-def limit_malloc_arenas() -> None:
-    """At most two glibc malloc arenas, before any thread starts (what MALLOC_ARENA_MAX=2 does).
-
-    The operator runs some forty threads (reconcile workers, one watch per kind and namespace, Event posters);
-    glibc gives busy threads arenas of their own, up to eight per core, and each keeps the memory freed in it, so
-    the JSON of a large LIST parsed on one thread stays resident beside the next. Allocation is not what the
-    operator waits on (it waits on the API server); its peak memory is what a pod's limit is set by. A libc
-    without mallopt (musl) is left as it is; an explicit MALLOC_ARENA_MAX wins.
-    """
-    if "MALLOC_ARENA_MAX" in os.environ:
-        return
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
-    except (OSError, AttributeError):
-        mallopt = None
-    if mallopt is not None:
-        mallopt(M_ARENA_MAX, MALLOC_ARENAS)
-
-
 def run(args: argparse.Namespace) -> int:
-    limit_malloc_arenas()
+    malloc.limit_arenas()  # before any thread starts
+    malloc.trim_periodically()
     import kopf
     from prometheus_client import start_http_server
 
