@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from model_traffic import kube
-from model_traffic.pipeline.cache import CachedKube, Caches, project, selector_matches
+from model_traffic.pipeline.cache import CONDITION_MESSAGE_KEPT, CachedKube, Caches, project, selector_matches
 
 
 def obj(kind_type: kube.ResourceType, name: str, rv: str, namespace: str = "llm", **fields: Any) -> dict[str, Any]:
@@ -158,6 +158,26 @@ def test_kubectls_last_applied_copy_is_not_kept() -> None:
     body["metadata"]["annotations"] = {"kubectl.kubernetes.io/last-applied-configuration": "{...}", "keep": "me"}
     assert project(kube.BACKEND, body)["metadata"]["annotations"] == {"keep": "me"}
     assert "kubectl.kubernetes.io/last-applied-configuration" in body["metadata"]["annotations"]  # not changed
+
+
+def test_long_condition_messages_of_other_controllers_are_cut_ours_kept_whole() -> None:
+    overlap = "Overlapping match conditions with route(s): " + ", ".join(f"HTTPRoute bench/m{i}" for i in range(2000))
+    route = obj(kube.HTTP_ROUTE, "m0", "1")
+    route["status"] = {"parents": [{"parentRef": {"name": "gw"}, "conditions": [
+        {"type": "Accepted", "status": "True", "reason": "Accepted", "message": "Route is accepted"},
+        {"type": "RouteRulesOverlap", "status": "True", "reason": "RouteRulesOverlap", "message": overlap}]}]}
+    kept = project(kube.HTTP_ROUTE, route)["status"]["parents"][0]["conditions"]
+    assert kept[0]["message"] == "Route is accepted"
+    assert kept[1]["message"] == overlap[:CONDITION_MESSAGE_KEPT] and kept[1]["reason"] == "RouteRulesOverlap"
+    assert route["status"]["parents"][0]["conditions"][1]["message"] == overlap  # the watched object is not changed
+    backend = obj(kube.AI_SERVICE_BACKEND, "b", "1")
+    backend["status"] = {"conditions": [{"type": "NotAccepted", "status": "True", "message": "x" * 5000}]}
+    kept_message = project(kube.AI_SERVICE_BACKEND, backend)["status"]["conditions"][0]["message"]
+    assert len(kept_message) == CONDITION_MESSAGE_KEPT
+    # Our own status is kept as written: the next status write is computed against it.
+    ours = obj(kube.VIRTUAL_MODEL, "m0", "1")
+    ours["status"] = {"conditions": [{"type": "Ready", "status": "False", "message": "y" * 5000}]}
+    assert project(kube.VIRTUAL_MODEL, ours)["status"] == ours["status"]
 
 
 def test_versions_cover_ours_and_the_names_of_the_others() -> None:

@@ -70,10 +70,19 @@ def type_key(rtype: ResourceType) -> TypeKey:
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
 
+# The longest condition message of another controller's status that the cache keeps. Envoy Gateway's
+# RouteRulesOverlap condition on an HTTPRoute names every other route whose matches overlap it (AI Gateway's
+# generated routes all do), up to the schema's 32,768 characters (internal/gatewayapi/route.go): at 2,000
+# VirtualModels on one Gateway those messages were over half of the cache. A reconcile quotes a refusal's message,
+# never that much of it (an Event's message is cut at 1,024 too).
+CONDITION_MESSAGE_KEPT = 1024
+
+
 def project(rtype: ResourceType, body: Mapping[str, Any]) -> dict[str, Any]:
     """What the cache keeps of an object: all but managedFields and kubectl's last-applied annotation (large,
-    never read); of a Secret, the names of its keys only. Shares values with ``body``: the cache pickles it at
-    once."""
+    never read); of a Secret, the names of its keys only; of a status another controller writes, condition
+    messages up to CONDITION_MESSAGE_KEPT characters (ours are kept whole: a status write compares with them).
+    Shares values with ``body``: the cache pickles it at once."""
     meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
     annotations = meta.get("annotations")
     if annotations and LAST_APPLIED in annotations:
@@ -81,7 +90,32 @@ def project(rtype: ResourceType, body: Mapping[str, Any]) -> dict[str, Any]:
     if rtype == kube.SECRET:
         keys = [*(body.get("data") or {}), *(body.get("stringData") or {})]
         return {"apiVersion": "v1", "kind": "Secret", "metadata": meta, "data": dict.fromkeys(keys, "")}
-    return {**{k: v for k, v in body.items() if k != "metadata"}, "metadata": meta}
+    projected = {**{k: v for k, v in body.items() if k != "metadata"}, "metadata": meta}
+    status = body.get("status")
+    if rtype.group != kube.GROUP and isinstance(status, dict):
+        projected["status"] = _with_short_messages(status)
+    return projected
+
+
+def _with_short_messages(status: dict[str, Any]) -> dict[str, Any]:
+    """``status`` with each condition's message cut to CONDITION_MESSAGE_KEPT: its own conditions, and those per
+    parent (a route's Gateways) or per ancestor (a policy's targets), as Gateway API statuses nest them."""
+    def cut(conditions: Any) -> Any:
+        if not isinstance(conditions, list) or not any(
+                isinstance(c, dict) and len(str(c.get("message") or "")) > CONDITION_MESSAGE_KEPT for c in conditions):
+            return conditions
+        return [{**c, "message": str(c["message"])[:CONDITION_MESSAGE_KEPT]}
+                if isinstance(c, dict) and len(str(c.get("message") or "")) > CONDITION_MESSAGE_KEPT else c
+                for c in conditions]
+
+    out = dict(status)
+    if "conditions" in out:
+        out["conditions"] = cut(out["conditions"])
+    for nested in ("parents", "ancestors"):
+        if isinstance(out.get(nested), list):
+            out[nested] = [{**entry, "conditions": cut(entry.get("conditions"))}
+                           if isinstance(entry, dict) and "conditions" in entry else entry for entry in out[nested]]
+    return out
 
 
 def controller_uid(body: Mapping[str, Any]) -> str | None:
