@@ -15,7 +15,15 @@ import kubernetes
 
 from model_traffic import kube
 from model_traffic.pipeline.cache import Caches
-from model_traffic.pipeline.informer import Informer, _backoff, _lines
+from model_traffic.pipeline.informer import (
+    FIRST_PAGE_SIZE,
+    MIN_PAGE_SIZE,
+    PAGE_BYTES,
+    PAGE_SIZE,
+    Informer,
+    _backoff,
+    _lines,
+)
 
 
 class Chunked:
@@ -51,16 +59,16 @@ class PagedInformer(Informer):
     lock = threading.Lock()
     delivered: list[str]
 
-    def _call(self, **params: Any) -> Any:
+    def _list_page(self, limit: int, token: str | None) -> tuple[dict[str, Any], int]:
         with PagedInformer.lock:
             PagedInformer.in_hand += 1
             PagedInformer.most_in_hand = max(PagedInformer.most_in_hand, PagedInformer.in_hand)
         time.sleep(0.02)
-        page = int(params.get("_continue") or 0)
+        page = int(token or 0)
         items = [{"metadata": {"namespace": "llm", "name": f"{self.rtype.plural}-{page}-{i}", "resourceVersion": "1"}}
                  for i in range(2)]
         return {"items": items, "metadata": {"continue": str(page + 1) if page < 2 else None,
-                                             "resourceVersion": "9"}}
+                                             "resourceVersion": "9"}}, 200
 
     def _deliver(self, event_type: str | None, obj: dict[str, Any]) -> None:
         self.delivered.append(obj["metadata"]["name"])
@@ -85,3 +93,44 @@ def test_informers_listing_at_once_hold_one_page_at_a_time_between_them() -> Non
         thread.join(10)
     assert [len(informer.delivered) for informer in informers] == [6, 6, 6, 6]
     assert PagedInformer.most_in_hand == 1
+
+
+class SizedInformer(Informer):
+    """An informer whose LIST answers pages of objects of ``object_bytes`` each, recording the limits asked."""
+
+    object_bytes = 0
+    limits: list[int]
+
+    def _list_page(self, limit: int, token: str | None) -> tuple[dict[str, Any], int]:
+        self.limits.append(limit)
+        start = int(token or 0)
+        count = min(limit, 2000 - start)
+        items = [{"metadata": {"namespace": "llm", "name": f"o{start + i}", "resourceVersion": "1"}}
+                 for i in range(count)]
+        following = str(start + count) if start + count < 2000 else None
+        return {"items": items, "metadata": {"continue": following, "resourceVersion": "9"}}, count * self.object_bytes
+
+    def _deliver(self, event_type: str | None, obj: dict[str, Any]) -> None:
+        pass
+
+
+def limits_asked(object_bytes: int) -> list[int]:
+    informer = SizedInformer(kubernetes.client.ApiClient(), Caches(), kube.HTTP_ROUTE, None, lambda event, obj: None,
+                             threading.Event())
+    informer.object_bytes = object_bytes
+    informer.limits = []
+    informer._list()
+    informer._list()  # a relist starts from what the last one learnt
+    return informer.limits
+
+
+def test_pages_are_sized_by_their_bytes_not_their_objects() -> None:
+    # Small objects: after a first page of FIRST_PAGE_SIZE, pages of PAGE_SIZE.
+    small = limits_asked(2_000)
+    assert small[0] == FIRST_PAGE_SIZE and set(small[1:]) == {PAGE_SIZE}
+    # Objects of 33 KB (an HTTPRoute naming 2,000 overlapping routes): pages of about PAGE_BYTES.
+    large = limits_asked(33_000)
+    assert large[0] == FIRST_PAGE_SIZE and set(large[1:]) == {PAGE_BYTES // 33_000}
+    assert all(limit * 33_000 <= PAGE_BYTES for limit in large[1:])
+    # However large the objects, a page holds MIN_PAGE_SIZE of them.
+    assert set(limits_asked(10 * PAGE_BYTES)[1:]) == {MIN_PAGE_SIZE}
