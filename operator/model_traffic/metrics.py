@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Literal
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 # Every replica serves these two, the standby too: "is any replica leading?" is max(leader) over the replicas,
@@ -66,14 +66,20 @@ class ObjectStates(Collector):
         with self._lock:
             self._states.pop((kind, namespace, name), None)
 
-    def collect(self) -> Iterator[Metric]:
+    def describe(self) -> list[GaugeMetricFamily]:
+        """The two families, without samples (what the registry and the dashboard's tests read)."""
         labels = ["kind", "namespace", "name"]
-        ready = GaugeMetricFamily("model_traffic_object_ready", "1 when the object's Ready condition is True.",
-                                  labels=labels)
-        stalled = GaugeMetricFamily(
-            "model_traffic_object_stalled",
-            "1 when the object's Stalled condition is True: it cannot progress without a change (its reason says "
-            "which).", labels=labels)
+        return [
+            GaugeMetricFamily("model_traffic_object_ready", "1 when the object's Ready condition is True.",
+                              labels=labels),
+            GaugeMetricFamily(
+                "model_traffic_object_stalled",
+                "1 when the object's Stalled condition is True: it cannot progress without a change (its reason "
+                "says which).", labels=labels),
+        ]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        ready, stalled = self.describe()
         with self._lock:
             states = list(self._states.items())
         for key, state in states:

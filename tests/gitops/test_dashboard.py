@@ -15,6 +15,7 @@ import json
 import re
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,33 @@ from tests.support import prerequisites
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD_PATH = ROOT / "charts" / "model-traffic-operator" / "files" / "dashboards" / "model-traffic-operator.json"
 DASHBOARD: dict[str, Any] = json.loads(DASHBOARD_PATH.read_text())
-COLLECTORS = [c for c in vars(metrics).values() if isinstance(c, MetricWrapperBase)]
+
+
+@dataclass(frozen=True)
+class Family:
+    """One metric family the operator exports, from a labelled metric of prometheus_client or from a collector of
+    its own (metrics.ObjectStates: one dict entry per object)."""
+
+    name: str
+    type: str
+    documentation: str
+    labelnames: tuple[str, ...]
+    buckets: tuple[float, ...] = ()
+
+
+def exported_families() -> list[Family]:
+    out = []
+    for value in vars(metrics).values():
+        if isinstance(value, MetricWrapperBase):
+            out.append(Family(value._name, value._type, value._documentation, tuple(value._labelnames),
+                              tuple(getattr(value, "_upper_bounds", ()))))
+        elif isinstance(value, metrics.ObjectStates):
+            out.extend(Family(family.name, family.type, family.documentation, tuple(family._labelnames))
+                       for family in value.describe())
+    return out
+
+
+COLLECTORS = exported_families()
 ROLLOUT_FAMILIES = {"model_traffic_rollout_phase", "model_traffic_rollout_canary_weight",
                     "model_traffic_analysis_value", "model_traffic_analysis_passed"}
 
@@ -46,10 +73,10 @@ def exposed_samples() -> dict[str, tuple[str, set[str]]]:
     """Sample name -> (family, label names) for everything the operator exposes."""
     out: dict[str, tuple[str, set[str]]] = {}
     for collector in COLLECTORS:
-        name, labels = collector._name, set(collector._labelnames)
-        if collector._type == "counter":
+        name, labels = collector.name, set(collector.labelnames)
+        if collector.type == "counter":
             out[f"{name}_total"] = (name, labels)
-        elif collector._type == "histogram":
+        elif collector.type == "histogram":
             out[f"{name}_bucket"] = (name, labels | {"le"})
             out[f"{name}_sum"] = (name, labels)
             out[f"{name}_count"] = (name, labels)
@@ -194,7 +221,7 @@ def test_every_variable_label_exists_on_its_series() -> None:
 
 def test_every_exported_metric_has_a_panel() -> None:
     used = {SAMPLES[n][0] for _, expr in panel_queries() for n in analyse(expr)[0] if n in SAMPLES}
-    families = {c._name for c in COLLECTORS}
+    families = {c.name for c in COLLECTORS}
     assert families - used == set(), f"metrics without a panel: {families - used}"
     assert families >= ROLLOUT_FAMILIES  # the rollout gauges are exported (and so have panels)
 
@@ -239,22 +266,22 @@ def exposition() -> str:
     operator's /metrics serves."""
     registry = CollectorRegistry()
     for collector in COLLECTORS:
-        labelnames = list(collector._labelnames)
-        if collector._type == "counter":
-            counter = Counter(collector._name, collector._documentation, labelnames, registry=registry)
+        labelnames = list(collector.labelnames)
+        if collector.type == "counter":
+            counter = Counter(collector.name, collector.documentation, labelnames, registry=registry)
             for values in itertools.product(*(LABEL_VALUES[n] for n in labelnames)):
                 (counter.labels(*values) if values else counter).inc(3)
-        elif collector._type == "histogram":
-            buckets = [b for b in collector._upper_bounds if b != float("inf")]  # type: ignore[attr-defined]
-            histogram = Histogram(collector._name, collector._documentation, labelnames, registry=registry,
+        elif collector.type == "histogram":
+            buckets = [b for b in collector.buckets if b != float("inf")]
+            histogram = Histogram(collector.name, collector.documentation, labelnames, registry=registry,
                                   buckets=buckets)
             for values in itertools.product(*(LABEL_VALUES[n] for n in labelnames)):
                 for seconds in (0.02, 0.2, 2.0):
                     (histogram.labels(*values) if values else histogram).observe(seconds)
         else:
-            gauge = Gauge(collector._name, collector._documentation, labelnames, registry=registry)
+            gauge = Gauge(collector.name, collector.documentation, labelnames, registry=registry)
             for values in itertools.product(*(LABEL_VALUES[n] for n in labelnames)):
-                value = gauge_value(collector._name, dict(zip(labelnames, values, strict=True)))
+                value = gauge_value(collector.name, dict(zip(labelnames, values, strict=True)))
                 (gauge.labels(*values) if values else gauge).set(value)
     return generate_latest(registry).decode()
 
