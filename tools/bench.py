@@ -440,7 +440,7 @@ def run_on_stack(stack: Any, binaries: Any, count: int, idle: float, ready_timeo
     figures["floor_seconds"] = round(time.monotonic() - floor_started, 1)
     phases["floor"] = (phase_start, utc_stamp())
     if reconciled_at:
-        figures["ratio_reconciled_to_floor"] = round(reconciled_at / max(0.001, figures["floor_seconds"]), 1)
+        figures["ratio_reconciled_to_floor"] = round(reconciled_at / max(0.001, figures["floor_seconds"]), 2)
     log.close()
 
     time.sleep(2)  # the API server writes its audit lines as requests end
