@@ -92,7 +92,9 @@ class Informer:
         self._handle = handle
         self._stopping = stopping
         self._listed_once = False
-        self._page_size = FIRST_PAGE_SIZE  # learnt from the pages of the last LIST: see next_page_size
+        # Learnt from the pages of the last LIST (next_page_size); lost in a restart, the next LIST's first page
+        # learns it again.
+        self._page_size = FIRST_PAGE_SIZE
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"watch-{rtype.plural}" + (f"-{namespace}" if namespace else ""))
 
