@@ -1,6 +1,6 @@
 """The informer's pure parts: splitting a watch stream into events as its chunks arrive, the informers taking
-turns with the pages of their LISTs, and each page sized by its bytes. Its LIST, WATCH and relist run against the real API server in every cluster
-test (the operator watches with nothing else)."""
+turns with the pages of their LISTs, and each page sized by its bytes. Its LIST, WATCH and relist run against the
+real API server in every cluster test (the operator watches with nothing else)."""
 
 from __future__ import annotations
 
