@@ -73,8 +73,8 @@ LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 # The longest condition message of another controller's status that the cache keeps. Envoy Gateway's
 # RouteRulesOverlap condition on an HTTPRoute names every other route whose matches overlap it (AI Gateway's
 # generated routes all do), up to the schema's 32,768 characters (internal/gatewayapi/route.go): at 2,000
-# VirtualModels on one Gateway those messages were over half of the cache. A reconcile quotes a refusal's message,
-# never that much of it (an Event's message is cut at 1,024 too).
+# VirtualModels on one Gateway those HTTPRoutes were 10.3 of the cache's 18.4 MiB. A reconcile quotes a refusal's
+# message, never that much of it (an Event's message is cut at 1,024 too).
 CONDITION_MESSAGE_KEPT = 1024
 
 
