@@ -12,6 +12,7 @@ import platform
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 
@@ -89,8 +90,20 @@ def test_trimming_gives_freed_heap_memory_back_that_free_alone_keeps() -> None:
     assert released and after < before - 50, (before, after)
 
 
-def test_the_operator_trims_on_a_thread_of_its_own() -> None:
+def test_the_operator_trims_again_and_again_on_a_thread_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
     from model_traffic import malloc
 
-    thread = malloc.trim_periodically(interval=0.01)
-    assert thread is not None and thread.daemon and thread.is_alive()
+    trims: list[str] = []
+    stop = threading.Event()
+
+    def counted_trim() -> bool:
+        trims.append(threading.current_thread().name)
+        if len(trims) == 3:
+            stop.set()
+        return True
+
+    monkeypatch.setattr(malloc, "trim", counted_trim)
+    thread = malloc.trim_periodically(interval=0.01, stop=stop)
+    assert thread is not None and thread.daemon
+    thread.join(5)
+    assert not thread.is_alive() and trims == ["malloc-trim"] * 3
