@@ -52,8 +52,6 @@ DYNAMIC_REASONS: dict[tuple[str, str], tuple[str, ...]] = {
     ("kinds/trafficconfig/reconcile.py", "event.reason"): (),
     # A named constant: the reason while a controller has not reported yet (the runtime posts no Event for it).
     ("pipeline/acceptance.py", "AWAITING_CONTROLLERS"): ("AwaitingControllers",),
-    # The runtime announces each change of the Ready condition with its reason: a condition reason.
-    ("pipeline/runtime.py", "after['reason']"): (),
 }
 
 

@@ -101,19 +101,17 @@ def _with_short_messages(status: dict[str, Any]) -> dict[str, Any]:
     """``status`` with each condition's message cut to CONDITION_MESSAGE_KEPT: its own conditions, and those per
     parent (a route's Gateways) or per ancestor (a policy's targets), as Gateway API statuses nest them."""
     def cut(conditions: Any) -> Any:
-        if not isinstance(conditions, list) or not any(
-                isinstance(c, dict) and len(str(c.get("message") or "")) > CONDITION_MESSAGE_KEPT for c in conditions):
+        if not isinstance(conditions, list):
             return conditions
-        return [{**c, "message": str(c["message"])[:CONDITION_MESSAGE_KEPT]}
-                if isinstance(c, dict) and len(str(c.get("message") or "")) > CONDITION_MESSAGE_KEPT else c
+        return [{**c, "message": c["message"][:CONDITION_MESSAGE_KEPT]}
+                if isinstance(c, dict) and isinstance(c.get("message"), str)
+                and len(c["message"]) > CONDITION_MESSAGE_KEPT else c
                 for c in conditions]
 
-    out = dict(status)
-    if "conditions" in out:
-        out["conditions"] = cut(out["conditions"])
+    out = {**status, "conditions": cut(status["conditions"])} if "conditions" in status else dict(status)
     for nested in ("parents", "ancestors"):
         if isinstance(out.get(nested), list):
-            out[nested] = [{**entry, "conditions": cut(entry.get("conditions"))}
+            out[nested] = [{**entry, "conditions": cut(entry["conditions"])}
                            if isinstance(entry, dict) and "conditions" in entry else entry for entry in out[nested]]
     return out
 

@@ -328,29 +328,38 @@ class Runtime:
         return "updated"
 
     def _announce(self, body: dict[str, Any], old: list[dict[str, Any]], new: list[dict[str, Any]],
-                  state: str) -> None:
-        """An Event when Ready becomes True, when it is lost, and for each new reason of being Stalled.
+                  state: conditions.State) -> None:
+        event = readiness_event(old, new, state)
+        if event is None:
+            return
+        event_type, reason, message = event
+        self.events.post(body, event_type, reason, message)
+        log.info("%s %s/%s: Ready %s %s: %s", body["kind"], body["metadata"]["namespace"],
+                 body["metadata"]["name"], "True" if event_type == "Normal" else "False", reason, message)
 
-        A wait on the way to Ready (Progressing after anything but Ready: a new object waiting for its backends, a
-        backend for its InferenceService) gets none: it ends by itself, and at 2,000 objects of each kind those
-        Warnings were one in six of the operator's requests while it converged. A wait on the controllers'
-        reports (:data:`UNANNOUNCED_REASONS`) never gets one.
-        """
-        before = conditions.find(old, "Ready")
-        after = conditions.find(new, "Ready")
-        if after is None:
-            return
-        if after["status"] != "True" and after["reason"] in UNANNOUNCED_REASONS:
-            return
-        if before and (before.get("status"), before.get("reason")) == (after["status"], after["reason"]):
-            return
-        was_ready = before is not None and before.get("status") == "True"
-        if state == "Progressing" and not was_ready:
-            return
-        event_type = "Normal" if after["status"] == "True" else "Warning"
-        self.events.post(body, event_type, after["reason"], after["message"])
-        log.info("%s %s/%s: Ready=%s %s: %s", body["kind"], body["metadata"]["namespace"],
-                 body["metadata"]["name"], after["status"], after["reason"], after["message"])
+
+def readiness_event(old: list[dict[str, Any]], new: list[dict[str, Any]],
+                    state: conditions.State) -> tuple[str, str, str] | None:
+    """The Event (type, reason, message) a status change gets: one when Ready becomes True, when it is lost, and
+    for each new reason of being Stalled.
+
+    A wait on the way to Ready (Progressing after anything but Ready: a new object waiting for its backends, a
+    backend for its InferenceService) gets none: it ends by itself, and at 2,000 objects of each kind those
+    Warnings were one in six of the operator's requests while it converged. A wait on the controllers' reports
+    (:data:`UNANNOUNCED_REASONS`) never gets one.
+    """
+    before = conditions.find(old, "Ready")
+    after = conditions.find(new, "Ready")
+    if after is None:
+        return None
+    if after["status"] != "True" and after["reason"] in UNANNOUNCED_REASONS:
+        return None
+    if before and (before.get("status"), before.get("reason")) == (after["status"], after["reason"]):
+        return None
+    was_ready = before is not None and before.get("status") == "True"
+    if state == "Progressing" and not was_ready:
+        return None
+    return ("Normal" if after["status"] == "True" else "Warning"), after["reason"], after["message"]
 
 
 def api_message(error: ApiException) -> str:
