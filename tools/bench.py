@@ -128,6 +128,13 @@ def series(text: str, name: str, labels: str = "") -> int:
     return sum(1 for line in text.splitlines() if line.startswith(name + "{") and labels in line)
 
 
+def readiness(text: str) -> tuple[int, float]:
+    """Of the bench's namespace in the operator's metrics: the objects it reported on (each has a series once its
+    status is written for its generation), and how many of them are Ready."""
+    labels = f'namespace="{NAMESPACE}"'
+    return series(text, "model_traffic_object_ready", labels), metric(text, "model_traffic_object_ready", labels)
+
+
 def requests_by_verb(text: str) -> dict[str, float]:
     """apiserver_request_total summed by verb (all clients)."""
     totals: dict[str, float] = {}
@@ -330,8 +337,7 @@ def run_on_stack(stack: Any, binaries: Any, count: int, idle: float, ready_timeo
     fractions: dict[float, float | None] = {0.5: None, 0.9: None}
     while time.monotonic() - started < 1800:
         text = scrape()
-        reconciled = series(text, "model_traffic_object_ready", f'namespace="{NAMESPACE}"')
-        ready = metric(text, "model_traffic_object_ready", f'namespace="{NAMESPACE}"')
+        reconciled, ready = readiness(text)
         for fraction, at in fractions.items():
             if at is None and reconciled >= fraction * total:
                 fractions[fraction] = time.monotonic() - started
@@ -352,7 +358,7 @@ def run_on_stack(stack: Any, binaries: Any, count: int, idle: float, ready_timeo
     for fraction, at in fractions.items():
         figures[f"seconds_to_{fraction:.0%}_reconciled"] = round(at, 1) if at is not None else None
     figures["seconds_to_all_ready"] = ready_at
-    figures["ready_at_end"] = metric(scrape(), "model_traffic_object_ready", f'namespace="{NAMESPACE}"')
+    figures["ready_at_end"] = readiness(scrape())[1]
     phases["convergence"] = (phase_start, utc_stamp())
     converge = delta(server_requests(), before)
     figures["api_requests_per_object_during_convergence_all_clients"] = {
@@ -385,9 +391,8 @@ def run_on_stack(stack: Any, binaries: Any, count: int, idle: float, ready_timeo
     # from a settled world and its writes are the restart's own.
     settle = time.monotonic()
     while time.monotonic() - settle < 120:
-        text = scrape()
-        if metric(text, "model_traffic_object_ready", f'namespace="{NAMESPACE}"') >= series(
-                text, "model_traffic_object_ready", f'namespace="{NAMESPACE}"'):
+        reported, ready = readiness(scrape())
+        if ready >= reported:
             break
         time.sleep(1)
     time.sleep(5)
